@@ -1,0 +1,283 @@
+//! A stored response: status, headers, body, its secondary (Vary) key and its freshness facts.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, ETAG, LAST_MODIFIED, SET_COOKIE};
+use http::StatusCode;
+
+use super::control::response_directives;
+use super::policy::{corrected_initial_age, freshness_lifetime, http_date, stale_rules, vary_names, Heuristic, StaleRules};
+use crate::config::{CookiePolicy, SiteConfig};
+
+/// The request's values of the fields a response varies on, normalised: repeated lines are
+/// combined and white space around list members is dropped.
+pub type Variant = Vec<(String, Option<String>)>;
+
+pub fn variant_of(names: &[String], request: &HeaderMap) -> Variant {
+    names
+        .iter()
+        .map(|name| {
+            let mut parts: Vec<&str> = Vec::new();
+            for value in request.get_all(name.as_str()) {
+                let text = value.to_str().unwrap_or("");
+                parts.extend(text.split(',').map(str::trim).filter(|s| !s.is_empty()));
+            }
+            let value = if request.contains_key(name.as_str()) {
+                Some(parts.join(","))
+            } else {
+                None
+            };
+            (name.clone(), value)
+        })
+        .collect()
+}
+
+/// What a site decides about storing, gathered from its config once.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreSettings {
+    pub heuristic: Heuristic,
+    pub default_swr: Duration,
+    pub default_sie: Duration,
+    pub cookies: CookiePolicy,
+}
+
+impl StoreSettings {
+    pub fn of(site: &SiteConfig) -> StoreSettings {
+        StoreSettings {
+            heuristic: Heuristic {
+                max: site.heuristic_max,
+                default_ttl: site.default_ttl,
+            },
+            default_swr: site.stale_while_revalidate,
+            default_sie: site.stale_if_error,
+            cookies: site.cache_cookies,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// Headers as they will be sent, without hop-by-hop fields and without `Age`.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub variant: Variant,
+    pub response_time: SystemTime,
+    pub initial_age: Duration,
+    pub lifetime: Duration,
+    pub stale: StaleRules,
+}
+
+/// Fields a 304 must not overwrite in the stored response (RFC 9111 §3.2): they describe the
+/// stored body, which the 304 did not resend.
+const KEEP_ON_UPDATE: [HeaderName; 4] = [
+    CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_RANGE,
+    http::header::TRANSFER_ENCODING,
+];
+
+impl Entry {
+    /// Builds an entry from a complete origin response. `headers` must already be free of
+    /// hop-by-hop fields.
+    pub fn new(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        request_headers: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        settings: &StoreSettings,
+    ) -> Entry {
+        let variant = variant_of(&vary_names(&headers), request_headers);
+        if settings.cookies == CookiePolicy::Strip {
+            headers.remove(SET_COOKIE);
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Entry::from_parts(status, headers, body, variant, request_time, response_time, settings)
+    }
+
+    fn from_parts(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        variant: Variant,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        settings: &StoreSettings,
+    ) -> Entry {
+        let directives = response_directives(&headers);
+        let lifetime = freshness_lifetime(status, &headers, &directives, response_time, settings.heuristic);
+        let initial_age = corrected_initial_age(&headers, request_time, response_time);
+        headers.remove(AGE);
+        Entry {
+            status,
+            headers,
+            body,
+            variant,
+            response_time,
+            initial_age,
+            lifetime,
+            stale: stale_rules(&directives, settings.default_swr, settings.default_sie),
+        }
+    }
+
+    /// The entry after a 304 Not Modified (RFC 9111 §4.3.4): the 304's fields replace the
+    /// stored ones, the body stays, and freshness starts again from the 304.
+    pub fn refreshed(
+        &self,
+        not_modified: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        settings: &StoreSettings,
+    ) -> Entry {
+        let mut headers = self.headers.clone();
+        for name in not_modified.keys() {
+            if KEEP_ON_UPDATE.contains(name) {
+                continue;
+            }
+            if settings.cookies == CookiePolicy::Strip && name == SET_COOKIE {
+                continue;
+            }
+            headers.remove(name);
+            for value in not_modified.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        Entry::from_parts(
+            self.status,
+            headers,
+            self.body.clone(),
+            self.variant.clone(),
+            request_time,
+            response_time,
+            settings,
+        )
+    }
+
+    /// Current age (RFC 9111 §4.2.3).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)
+    }
+
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        self.lifetime > self.age(now)
+    }
+
+    /// How long past its freshness the entry is (zero while fresh).
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        self.age(now).saturating_sub(self.lifetime)
+    }
+
+    /// Remaining freshness in whole seconds, negative once stale (Cache-Status `ttl`).
+    pub fn ttl(&self, now: SystemTime) -> i64 {
+        self.lifetime.as_secs() as i64 - self.age(now).as_secs() as i64
+    }
+
+    pub fn etag(&self) -> Option<&str> {
+        self.headers.get(ETAG).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn last_modified(&self) -> Option<SystemTime> {
+        http_date(&self.headers, LAST_MODIFIED)
+    }
+
+    pub fn has_validator(&self) -> bool {
+        self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED)
+    }
+
+    /// Does this variant answer a request with these headers (RFC 9111 §4.1)?
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.variant.is_empty() || {
+            let names: Vec<String> = self.variant.iter().map(|(n, _)| n.clone()).collect();
+            variant_of(&names, request) == self.variant
+        }
+    }
+
+    /// Approximate memory use, for the store's capacity.
+    pub fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + 256).min(u32::MAX as usize) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> StoreSettings {
+        StoreSettings {
+            heuristic: Heuristic {
+                max: Duration::from_secs(3600),
+                default_ttl: Duration::ZERO,
+            },
+            default_swr: Duration::ZERO,
+            default_sie: Duration::ZERO,
+            cookies: CookiePolicy::Never,
+        }
+    }
+
+    fn entry(pairs: &[(&'static str, &str)], request: &HeaderMap) -> Entry {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        let now = SystemTime::now();
+        Entry::new(StatusCode::OK, h, Bytes::from_static(b"body"), request, now, now, &settings())
+    }
+
+    #[test]
+    fn age_grows_and_ttl_goes_negative() {
+        let e = entry(&[("cache-control", "max-age=10"), ("age", "4")], &HeaderMap::new());
+        let now = e.response_time;
+        assert_eq!(e.age(now).as_secs(), 4);
+        assert_eq!(e.ttl(now), 6);
+        assert!(e.is_fresh(now));
+        let later = now + Duration::from_secs(20);
+        assert_eq!(e.ttl(later), -14);
+        assert_eq!(e.staleness(later).as_secs(), 14);
+        assert!(!e.headers.contains_key(AGE));
+    }
+
+    #[test]
+    fn stale_on_arrival_when_age_exceeds_max_age() {
+        let e = entry(&[("cache-control", "max-age=10"), ("age", "50")], &HeaderMap::new());
+        assert!(!e.is_fresh(e.response_time));
+    }
+
+    #[test]
+    fn vary_values_are_normalised() {
+        let mut req = HeaderMap::new();
+        req.append("accept-language", HeaderValue::from_static("ja ,  en"));
+        let e = entry(&[("vary", "Accept-Language"), ("cache-control", "max-age=60")], &req);
+        let mut other = HeaderMap::new();
+        other.append("accept-language", HeaderValue::from_static("ja"));
+        other.append("accept-language", HeaderValue::from_static("en"));
+        assert!(e.matches(&other));
+        let mut english = HeaderMap::new();
+        english.append("accept-language", HeaderValue::from_static("en"));
+        assert!(!e.matches(&english));
+        assert!(!e.matches(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn refresh_keeps_body_and_framing_and_takes_new_headers() {
+        let e = entry(&[("cache-control", "max-age=0"), ("etag", "\"v1\""), ("x-a", "old")], &HeaderMap::new());
+        let mut not_modified = HeaderMap::new();
+        not_modified.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        not_modified.insert("x-a", HeaderValue::from_static("new"));
+        not_modified.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let now = SystemTime::now();
+        let r = e.refreshed(&not_modified, now, now, &settings());
+        assert_eq!(r.body, e.body);
+        assert_eq!(r.headers["x-a"], "new");
+        assert_eq!(r.headers[CONTENT_LENGTH], "4");
+        assert_eq!(r.etag(), Some("\"v1\""));
+        assert!(r.is_fresh(now));
+    }
+}

@@ -1,0 +1,146 @@
+//! The cache phase of a response: one value that becomes the `Cache-Status` member (RFC 9211),
+//! the access-log label and, later, the metric label.
+
+use std::fmt::Write;
+
+/// How a response was produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Fresh copy from the cache.
+    Hit,
+    /// Stale copy served without asking the origin (stale-while-revalidate, or the origin is
+    /// known to be failing).
+    StaleHit,
+    /// Not in the cache; fetched.
+    Miss,
+    /// The URI is cached but not for this request's Vary values; fetched.
+    VaryMiss,
+    /// A stale copy was revalidated or replaced by the origin.
+    Revalidated,
+    /// The origin failed and a stale copy was served instead.
+    StaleOnError,
+    /// Not cacheable for this request (method, Authorization, ...): passed to the origin.
+    Pass,
+    /// Kagami answered by itself (refused host, bad request, origin unreachable with no copy).
+    Error,
+}
+
+impl Phase {
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Hit => "hit",
+            Phase::StaleHit => "stale-hit",
+            Phase::Miss => "miss",
+            Phase::VaryMiss => "vary-miss",
+            Phase::Revalidated => "revalidated",
+            Phase::StaleOnError => "stale-on-error",
+            Phase::Pass => "pass",
+            Phase::Error => "error",
+        }
+    }
+}
+
+/// Everything Kagami reports about one response in its `Cache-Status` member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheStatus {
+    pub phase: Phase,
+    /// `fwd=` reason token when the request went forward (RFC 9211 §2.2).
+    pub fwd: Option<&'static str>,
+    pub fwd_status: Option<u16>,
+    pub ttl: Option<i64>,
+    pub stored: bool,
+    pub collapsed: bool,
+    pub detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    pub fn new(phase: Phase) -> CacheStatus {
+        let fwd = match phase {
+            Phase::Hit | Phase::StaleHit | Phase::Error => None,
+            Phase::Miss => Some("uri-miss"),
+            Phase::VaryMiss => Some("vary-miss"),
+            Phase::Revalidated | Phase::StaleOnError => Some("stale"),
+            Phase::Pass => Some("bypass"),
+        };
+        CacheStatus {
+            phase,
+            fwd,
+            fwd_status: None,
+            ttl: None,
+            stored: false,
+            collapsed: false,
+            detail: None,
+        }
+    }
+
+    pub fn fwd(mut self, reason: &'static str) -> Self {
+        self.fwd = Some(reason);
+        self
+    }
+    pub fn fwd_status(mut self, status: u16) -> Self {
+        self.fwd_status = Some(status);
+        self
+    }
+    pub fn ttl(mut self, ttl: i64) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+    pub fn stored(mut self, stored: bool) -> Self {
+        self.stored = stored;
+        self
+    }
+    pub fn collapsed(mut self, collapsed: bool) -> Self {
+        self.collapsed = collapsed;
+        self
+    }
+    pub fn detail(mut self, detail: &'static str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// The list member, e.g. `kagami; fwd=uri-miss; fwd-status=200; stored`.
+    pub fn member(&self) -> String {
+        let mut out = String::from("kagami");
+        if matches!(self.phase, Phase::Hit | Phase::StaleHit) {
+            out.push_str("; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            let _ = write!(out, "; fwd={fwd}");
+        }
+        if let Some(status) = self.fwd_status {
+            let _ = write!(out, "; fwd-status={status}");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(out, "; ttl={ttl}");
+        }
+        if self.stored {
+            out.push_str("; stored");
+        }
+        if self.collapsed {
+            out.push_str("; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            let _ = write!(out, "; detail=\"{detail}\"");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_follow_rfc_9211() {
+        assert_eq!(CacheStatus::new(Phase::Hit).ttl(30).member(), "kagami; hit; ttl=30");
+        assert_eq!(
+            CacheStatus::new(Phase::Miss).fwd_status(200).stored(true).collapsed(true).member(),
+            "kagami; fwd=uri-miss; fwd-status=200; stored; collapsed"
+        );
+        assert_eq!(
+            CacheStatus::new(Phase::StaleOnError).fwd_status(503).ttl(-5).detail("grace").member(),
+            "kagami; fwd=stale; fwd-status=503; ttl=-5; detail=\"grace\""
+        );
+        assert_eq!(CacheStatus::new(Phase::Pass).fwd("method").member(), "kagami; fwd=method");
+    }
+}
