@@ -107,7 +107,7 @@ impl Router {
             }
         }
         // Longest suffix first, so that `*.a.example.jp` wins over `*.example.jp`.
-        router.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         router
     }
 

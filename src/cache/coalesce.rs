@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-type Slots<T> = Mutex<HashMap<String, (u64, watch::Receiver<Option<T>>)>>;
+type SlotMap<T> = HashMap<String, (u64, watch::Receiver<Option<T>>)>;
+type Slots<T> = Mutex<SlotMap<T>>;
 
 pub struct Coalescer<T> {
     slots: Arc<Slots<T>>,
@@ -51,7 +52,7 @@ pub enum Wait<T> {
 }
 
 impl<T: Clone> Coalescer<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, watch::Receiver<Option<T>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotMap<T>> {
         // The map holds no invariant a panicking holder could break, so poisoning is ignored.
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -76,7 +77,7 @@ impl<T: Clone> Coalescer<T> {
 
     fn insert_leader(
         &self,
-        slots: &mut HashMap<String, (u64, watch::Receiver<Option<T>>)>,
+        slots: &mut SlotMap<T>,
         key: &str,
     ) -> Leader<T> {
         let (tx, rx) = watch::channel(None);

@@ -1,0 +1,113 @@
+//! Building client responses: from a stored entry (Age, conditionals, ranges, HEAD) and
+//! Kagami's own short answers (errors, refusals).
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderMap, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, CONTENT_TYPE,
+    DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
+};
+use http::{request, Method, Response, StatusCode};
+
+use super::body::Body;
+use crate::cache::conditional::{self, Precondition, RangeAnswer};
+use crate::cache::Entry;
+
+/// A small complete response Kagami can hand to several clients (errors, shared origin errors).
+#[derive(Debug, Clone)]
+pub struct Canned {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Canned {
+    /// A plain-text answer from Kagami itself; never cached downstream.
+    pub fn error(status: StatusCode, text: &str) -> Canned {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let body = Bytes::from(format!("{text}\n"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Canned { status, headers, body }
+    }
+
+    pub fn response(&self, method: &Method) -> Response<Body> {
+        let body = if method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::full(self.body.clone())
+        };
+        build(self.status, self.headers.clone(), body)
+    }
+}
+
+pub fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Answers a request from a stored entry, with a correct `Age` (RFC 9111 §5.1), client
+/// preconditions and single byte ranges.
+pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> Response<Body> {
+    let age = HeaderValue::from(entry.age(now).as_secs());
+    let head_only = request.method == Method::HEAD;
+
+    if entry.status.is_success() {
+        match conditional::evaluate(&request.headers, &entry.headers) {
+            Precondition::NotModified => {
+                let mut headers = HeaderMap::new();
+                for name in [CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY] {
+                    for value in entry.headers.get_all(&name) {
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+                headers.insert(AGE, age);
+                return build(StatusCode::NOT_MODIFIED, headers, Body::empty());
+            }
+            Precondition::Failed => {
+                let mut response = Canned::error(StatusCode::PRECONDITION_FAILED, "precondition failed")
+                    .response(&request.method);
+                response.headers_mut().insert(AGE, age);
+                return response;
+            }
+            Precondition::Proceed => {}
+        }
+    }
+
+    let mut headers = entry.headers.clone();
+    headers.insert(AGE, age);
+    let length = entry.body.len() as u64;
+    if entry.status == StatusCode::OK {
+        headers.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        match conditional::range(&request.headers, &entry.headers, length) {
+            RangeAnswer::Full => {}
+            RangeAnswer::Partial { start, end } => {
+                let part = entry.body.slice(start as usize..=end as usize);
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(part.len()));
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
+                    headers.insert(CONTENT_RANGE, v);
+                }
+                let body = if head_only { Body::empty() } else { Body::full(part) };
+                return build(StatusCode::PARTIAL_CONTENT, headers, body);
+            }
+            RangeAnswer::Unsatisfiable => {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                    headers.insert(CONTENT_RANGE, v);
+                }
+                headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
+                return build(StatusCode::RANGE_NOT_SATISFIABLE, headers, Body::empty());
+            }
+        }
+    }
+    let body = if head_only {
+        Body::empty()
+    } else {
+        Body::full(entry.body.clone())
+    };
+    build(entry.status, headers, body)
+}
