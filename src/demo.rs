@@ -40,9 +40,14 @@ fn index() -> String {
     for (path, title, _) in PAGES {
         links.push_str(&format!("<li><a href=\"{path}\">{title}</a></li>"));
     }
-    links.push_str("<li><a href=\"/status.html\">最新の状況 (数秒ごとに更新) / Live status</a></li>");
+    links.push_str(
+        "<li><a href=\"/status.html\">最新の状況 (数秒ごとに更新) / Live status</a></li>",
+    );
     links.push_str("<li><a href=\"/notice.pdf\">お知らせ (PDF) / Notice (PDF)</a></li>");
-    page("鏡市 災害情報 / Kagami City disaster information", &format!("<ul>{links}</ul>"))
+    page(
+        "鏡市 災害情報 / Kagami City disaster information",
+        &format!("<ul>{links}</ul>"),
+    )
 }
 
 /// A PDF-like asset of about 200 KiB.
@@ -57,7 +62,11 @@ fn notice_pdf() -> Bytes {
 
 const STARTED: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
 
-fn respond(status: StatusCode, headers: &[(header::HeaderName, String)], body: Bytes) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    headers: &[(header::HeaderName, String)],
+    body: Bytes,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     for (name, value) in headers {
@@ -94,11 +103,21 @@ impl DemoOrigin {
         let cc = |v: &str| (header::CACHE_CONTROL, v.to_string());
         let lm = (header::LAST_MODIFIED, STARTED.to_string());
         match path {
-            "/" => respond(StatusCode::OK, &[html, cc("max-age=30"), lm], Bytes::from(index())),
+            "/" => respond(
+                StatusCode::OK,
+                &[html, cc("max-age=30"), lm],
+                Bytes::from(index()),
+            ),
             "/status.html" => {
                 let now = SystemTime::now();
-                let tick = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() / 5).unwrap_or(0);
-                let text = format!("最終更新 / Last update: {} (version {tick})", httpdate::fmt_http_date(now));
+                let tick = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs() / 5)
+                    .unwrap_or(0);
+                let text = format!(
+                    "最終更新 / Last update: {} (version {tick})",
+                    httpdate::fmt_http_date(now)
+                );
                 respond(
                     StatusCode::OK,
                     &[html, cc("max-age=5"), (header::ETAG, format!("\"{tick}\""))],
@@ -107,12 +126,24 @@ impl DemoOrigin {
             }
             "/notice.pdf" => respond(
                 StatusCode::OK,
-                &[(header::CONTENT_TYPE, "application/pdf".into()), cc("max-age=3600"), lm],
+                &[
+                    (header::CONTENT_TYPE, "application/pdf".into()),
+                    cc("max-age=3600"),
+                    lm,
+                ],
                 notice_pdf(),
             ),
             _ => match PAGES.iter().find(|(p, _, _)| *p == path) {
-                Some((_, title, body)) => respond(StatusCode::OK, &[html, cc("max-age=60"), lm], Bytes::from(page(title, body))),
-                None => respond(StatusCode::NOT_FOUND, &[html, cc("max-age=60")], Bytes::from(page("404", "Not found"))),
+                Some((_, title, body)) => respond(
+                    StatusCode::OK,
+                    &[html, cc("max-age=60"), lm],
+                    Bytes::from(page(title, body)),
+                ),
+                None => respond(
+                    StatusCode::NOT_FOUND,
+                    &[html, cc("max-age=60")],
+                    Bytes::from(page("404", "Not found")),
+                ),
             },
         }
     }

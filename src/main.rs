@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use kagami::config::{Config, SiteConfig};
 
 #[derive(Parser)]
-#[command(name = "kagami", version, about = "A caching reverse proxy that keeps municipal websites reachable during disasters")]
+#[command(
+    name = "kagami",
+    version,
+    about = "A caching reverse proxy that keeps municipal websites reachable during disasters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,14 +45,18 @@ enum Command {
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(true).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .init();
 
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run { config } => load(&config).and_then(|c| runtime(&c)?.block_on(run(c))),
-        Command::Demo { listen, origin } => demo_config(listen)
-            .and_then(|c| runtime(&c)?.block_on(demo(c, origin))),
+        Command::Demo { listen, origin } => {
+            demo_config(listen).and_then(|c| runtime(&c)?.block_on(demo(c, origin)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,7 +77,13 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
         "{}: OK ({} site(s), listening on {})",
         path.display(),
         config.sites.len(),
-        config.server.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        config
+            .server
+            .listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -79,7 +93,10 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
     if let Some(n) = config.server.worker_threads {
         builder.worker_threads(n);
     }
-    builder.enable_all().build().context("cannot start the async runtime")
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -94,13 +111,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -112,7 +130,11 @@ async fn shutdown_signal() {
 
 fn demo_config(listen: SocketAddr) -> anyhow::Result<Config> {
     // The origin address is only known once bound; the site is rebuilt in `demo`.
-    let site = SiteConfig::new("demo", &["127.0.0.1", "localhost", "[::1]"], "http://127.0.0.1:1")?;
+    let site = SiteConfig::new(
+        "demo",
+        &["127.0.0.1", "localhost", "[::1]"],
+        "http://127.0.0.1:1",
+    )?;
     Ok(Config::new(vec![listen], vec![site]))
 }
 
@@ -120,12 +142,18 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
     let (origin_addr, state) = kagami::demo::start_origin(origin)
         .await
         .with_context(|| format!("cannot start the demo origin on {origin}"))?;
-    config.sites[0] = SiteConfig::new("demo", &["127.0.0.1", "localhost", "[::1]"], &format!("http://{origin_addr}"))?;
+    config.sites[0] = SiteConfig::new(
+        "demo",
+        &["127.0.0.1", "localhost", "[::1]"],
+        &format!("http://{origin_addr}"),
+    )?;
     let running = kagami::server::start(&config).await?;
     let kagami = running.addr();
     println!();
     println!("  Kagami demo is running.");
-    println!("  Through Kagami:   http://{kagami}/   (also /status.html, /water.html, /notice.pdf)");
+    println!(
+        "  Through Kagami:   http://{kagami}/   (also /status.html, /water.html, /notice.pdf)"
+    );
     println!("  Demo origin:      http://{origin_addr}/");
     println!();
     println!("  Take the origin down:  curl -X POST http://{origin_addr}/_demo/outage   (or type o + Enter)");
@@ -163,7 +191,10 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
             },
         }
     }
-    println!("  origin served {} request(s); shutting down", state.requests.load(Ordering::Relaxed));
+    println!(
+        "  origin served {} request(s); shutting down",
+        state.requests.load(Ordering::Relaxed)
+    );
     running.shutdown(Duration::from_secs(2)).await;
     Ok(())
 }

@@ -10,9 +10,15 @@ use std::fmt;
 /// An entry with a port only matches requests for that port; one without matches any port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
-    Exact { host: String, port: Option<u16> },
+    Exact {
+        host: String,
+        port: Option<u16>,
+    },
     /// `suffix` keeps its leading dot: `*.example.jp` is stored as `.example.jp`.
-    Wildcard { suffix: String, port: Option<u16> },
+    Wildcard {
+        suffix: String,
+        port: Option<u16>,
+    },
 }
 
 impl HostPattern {
@@ -21,7 +27,9 @@ impl HostPattern {
             .ok_or_else(|| format!("{text:?} is not a hostname, optionally with :port"))?;
         if let Some(rest) = host.strip_prefix("*.") {
             if rest.is_empty() || rest.contains('*') || !valid_hostname(rest) {
-                return Err(format!("{text:?} is not a valid wildcard; write e.g. \"*.city.example.jp\""));
+                return Err(format!(
+                    "{text:?} is not a valid wildcard; write e.g. \"*.city.example.jp\""
+                ));
             }
             return Ok(HostPattern::Wildcard {
                 suffix: format!(".{rest}"),
@@ -107,7 +115,9 @@ impl Router {
             }
         }
         // Longest suffix first, so that `*.a.example.jp` wins over `*.example.jp`.
-        router.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        router
+            .wildcards
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         router
     }
 
@@ -125,7 +135,9 @@ impl Router {
         self.wildcards
             .iter()
             .find(|(suffix, p, _)| {
-                (p.is_none() || *p == port) && host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                (p.is_none() || *p == port)
+                    && host.len() > suffix.len()
+                    && host.ends_with(suffix.as_str())
             })
             .map(|(_, _, i)| *i)
     }
@@ -138,7 +150,12 @@ mod tests {
     fn router(sites: &[&[&str]]) -> Router {
         let parsed: Vec<Vec<HostPattern>> = sites
             .iter()
-            .map(|hosts| hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect())
+            .map(|hosts| {
+                hosts
+                    .iter()
+                    .map(|h| HostPattern::parse(h).unwrap())
+                    .collect()
+            })
             .collect();
         Router::new(parsed.iter().map(|v| v.as_slice()))
     }
@@ -179,6 +196,9 @@ mod tests {
         assert!(HostPattern::parse("*.").is_err());
         assert!(HostPattern::parse("a b").is_err());
         assert!(HostPattern::parse("*.*.jp").is_err());
-        assert_eq!(HostPattern::parse("*.x.jp:81").unwrap().to_string(), "*.x.jp:81");
+        assert_eq!(
+            HostPattern::parse("*.x.jp:81").unwrap().to_string(),
+            "*.x.jp:81"
+        );
     }
 }

@@ -13,7 +13,10 @@ async fn expire() {
 #[tokio::test]
 async fn stale_if_error_serves_the_copy_when_the_origin_is_killed() {
     let origin = Origin::start().await;
-    origin.route("/p", Route::ok("last good").header("cache-control", "max-age=1, stale-if-error=600"));
+    origin.route(
+        "/p",
+        Route::ok("last good").header("cache-control", "max-age=1, stale-if-error=600"),
+    );
     let kagami = Kagami::start_with(&origin.url(), |site| site.grace = Duration::ZERO).await;
     kagami.get("/p").await;
     expire().await;
@@ -22,14 +25,25 @@ async fn stale_if_error_serves_the_copy_when_the_origin_is_killed() {
     let reply = kagami.get("/p").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "last good");
-    assert!(reply.cache_status().contains("fwd=stale"), "{}", reply.cache_status());
-    assert!(reply.cache_status().contains("detail=\"stale-if-error\""), "{}", reply.cache_status());
+    assert!(
+        reply.cache_status().contains("fwd=stale"),
+        "{}",
+        reply.cache_status()
+    );
+    assert!(
+        reply.cache_status().contains("detail=\"stale-if-error\""),
+        "{}",
+        reply.cache_status()
+    );
 }
 
 #[tokio::test]
 async fn grace_serves_stale_even_without_stale_if_error_and_over_must_revalidate() {
     let origin = Origin::start().await;
-    origin.route("/mr", Route::ok("strict").header("cache-control", "max-age=1, must-revalidate"));
+    origin.route(
+        "/mr",
+        Route::ok("strict").header("cache-control", "max-age=1, must-revalidate"),
+    );
     let kagami = Kagami::start(&origin.url()).await; // default grace: 7 days
     kagami.get("/mr").await;
     expire().await;
@@ -38,14 +52,27 @@ async fn grace_serves_stale_even_without_stale_if_error_and_over_must_revalidate
     let reply = kagami.get("/mr").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "strict");
-    assert!(reply.cache_status().contains("fwd-status=503"), "{}", reply.cache_status());
-    assert!(reply.cache_status().contains("grace-overrode-must-revalidate"), "{}", reply.cache_status());
+    assert!(
+        reply.cache_status().contains("fwd-status=503"),
+        "{}",
+        reply.cache_status()
+    );
+    assert!(
+        reply
+            .cache_status()
+            .contains("grace-overrode-must-revalidate"),
+        "{}",
+        reply.cache_status()
+    );
 }
 
 #[tokio::test]
 async fn strict_site_returns_the_error_for_must_revalidate_content() {
     let origin = Origin::start().await;
-    origin.route("/mr", Route::ok("strict").header("cache-control", "max-age=1, must-revalidate"));
+    origin.route(
+        "/mr",
+        Route::ok("strict").header("cache-control", "max-age=1, must-revalidate"),
+    );
     let kagami = Kagami::start_with(&origin.url(), |site| site.grace = Duration::ZERO).await;
     kagami.get("/mr").await;
     expire().await;
@@ -58,7 +85,10 @@ async fn strict_site_returns_the_error_for_must_revalidate_content() {
 #[tokio::test]
 async fn no_stored_copy_gives_502_or_the_origins_error() {
     let origin = Origin::start().await;
-    origin.route("/cold", Route::ok("never fetched").header("cache-control", "max-age=60"));
+    origin.route(
+        "/cold",
+        Route::ok("never fetched").header("cache-control", "max-age=60"),
+    );
     let kagami = Kagami::start(&origin.url()).await;
     origin.fail_with(503);
     let reply = kagami.get("/cold").await;
@@ -73,7 +103,10 @@ async fn no_stored_copy_gives_502_or_the_origins_error() {
 async fn slow_origin_without_a_copy_gives_504() {
     let origin = Origin::start().await;
     origin.route("/slow", Route::ok("late").delay(Duration::from_secs(3)));
-    let kagami = Kagami::start_with(&origin.url(), |site| site.timeouts.response = Duration::from_millis(300)).await;
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.timeouts.response = Duration::from_millis(300)
+    })
+    .await;
     let reply = kagami.get("/slow").await;
     assert_eq!(reply.status, 504);
 }
@@ -81,14 +114,25 @@ async fn slow_origin_without_a_copy_gives_504() {
 #[tokio::test]
 async fn an_origin_503_never_replaces_a_stored_200() {
     let origin = Origin::start().await;
-    origin.route("/page", Route::ok("good").header("cache-control", "max-age=1"));
+    origin.route(
+        "/page",
+        Route::ok("good").header("cache-control", "max-age=1"),
+    );
     let kagami = Kagami::start(&origin.url()).await;
     kagami.get("/page").await;
     expire().await;
-    origin.route("/page", Route::ok("bad").status(503).header("cache-control", "max-age=600"));
+    origin.route(
+        "/page",
+        Route::ok("bad")
+            .status(503)
+            .header("cache-control", "max-age=600"),
+    );
     let during = kagami.get("/page").await;
     assert_eq!((during.status, during.text().as_str()), (200, "good"));
-    origin.route("/page", Route::ok("fixed").header("cache-control", "max-age=60"));
+    origin.route(
+        "/page",
+        Route::ok("fixed").header("cache-control", "max-age=60"),
+    );
     // The failure back-off (2 s by default) keeps serving stale without asking the origin.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let after = kagami.get("/page").await;
@@ -98,8 +142,14 @@ async fn an_origin_503_never_replaces_a_stored_200() {
 #[tokio::test]
 async fn a_failing_origin_is_not_hit_by_every_request() {
     let origin = Origin::start().await;
-    origin.route("/hot", Route::ok("copy").header("cache-control", "max-age=1"));
-    let kagami = Kagami::start_with(&origin.url(), |site| site.failure_backoff = Duration::from_secs(30)).await;
+    origin.route(
+        "/hot",
+        Route::ok("copy").header("cache-control", "max-age=1"),
+    );
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.failure_backoff = Duration::from_secs(30)
+    })
+    .await;
     kagami.get("/hot").await;
     expire().await;
     origin.fail_with(500);
@@ -107,16 +157,27 @@ async fn a_failing_origin_is_not_hit_by_every_request() {
         let reply = kagami.get("/hot").await;
         assert_eq!(reply.text(), "copy");
     }
-    assert_eq!(origin.hits("/hot"), 2, "one failed attempt, then stale straight from the cache");
+    assert_eq!(
+        origin.hits("/hot"),
+        2,
+        "one failed attempt, then stale straight from the cache"
+    );
     let last = kagami.get("/hot").await;
-    assert!(last.cache_status().starts_with("kagami; hit"), "{}", last.cache_status());
+    assert!(
+        last.cache_status().starts_with("kagami; hit"),
+        "{}",
+        last.cache_status()
+    );
 }
 
 #[tokio::test]
 async fn origin_recovers_after_a_restart() {
     let origin = Origin::start().await;
     origin.route("/r", Route::ok("v1").header("cache-control", "max-age=1"));
-    let kagami = Kagami::start_with(&origin.url(), |site| site.failure_backoff = Duration::from_millis(200)).await;
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.failure_backoff = Duration::from_millis(200)
+    })
+    .await;
     kagami.get("/r").await;
     expire().await;
     origin.kill();

@@ -10,24 +10,44 @@ use tokio::net::{TcpListener, TcpStream};
 #[tokio::test]
 async fn truncated_body_is_not_cached_and_the_client_sees_an_error() {
     let origin = Origin::start().await;
-    origin.route("/cut", Route::ok(vec![b'z'; 64 * 1024]).header("cache-control", "max-age=60").truncated());
+    origin.route(
+        "/cut",
+        Route::ok(vec![b'z'; 64 * 1024])
+            .header("cache-control", "max-age=60")
+            .truncated(),
+    );
     let kagami = Kagami::start(&origin.url()).await;
 
     let response = kagami.client.get(kagami.url("/cut")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.bytes().await.is_err(), "the body must not complete");
+    assert!(
+        response.bytes().await.is_err(),
+        "the body must not complete"
+    );
 
-    origin.route("/cut", Route::ok(vec![b'z'; 64 * 1024]).header("cache-control", "max-age=60"));
+    origin.route(
+        "/cut",
+        Route::ok(vec![b'z'; 64 * 1024]).header("cache-control", "max-age=60"),
+    );
     let whole = kagami.get("/cut").await;
     assert_eq!(whole.body.len(), 64 * 1024);
-    assert!(whole.cache_status().contains("fwd=uri-miss"), "nothing was stored: {}", whole.cache_status());
+    assert!(
+        whole.cache_status().contains("fwd=uri-miss"),
+        "nothing was stored: {}",
+        whole.cache_status()
+    );
     assert_eq!(origin.hits("/cut"), 2);
 }
 
 #[tokio::test]
 async fn raw_client_connection_is_closed_before_the_declared_length() {
     let origin = Origin::start().await;
-    origin.route("/cut", Route::ok(vec![b'z'; 64 * 1024]).header("cache-control", "max-age=60").truncated());
+    origin.route(
+        "/cut",
+        Route::ok(vec![b'z'; 64 * 1024])
+            .header("cache-control", "max-age=60")
+            .truncated(),
+    );
     let kagami = Kagami::start(&origin.url()).await;
     let mut stream = TcpStream::connect(kagami.addr).await.unwrap();
     stream
@@ -35,12 +55,16 @@ async fn raw_client_connection_is_closed_before_the_declared_length() {
         .await
         .unwrap();
     let mut received = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
     assert!(read.is_ok(), "connection must be closed, not left hanging");
     let text = String::from_utf8_lossy(&received);
     let header_end = text.find("\r\n\r\n").expect("a response head") + 4;
     assert!(text.to_ascii_lowercase().contains("content-length: 65536"));
-    assert!(received.len() - header_end < 64 * 1024, "fewer bytes than declared");
+    assert!(
+        received.len() - header_end < 64 * 1024,
+        "fewer bytes than declared"
+    );
 }
 
 #[tokio::test]
@@ -49,7 +73,9 @@ async fn garbage_from_the_origin_gives_502() {
     let addr = listener.local_addr().unwrap();
     let garbage = tokio::spawn(async move {
         for _ in 0..4 {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
             let mut buf = [0u8; 1024];
             let _ = socket.read(&mut buf).await;
             let _ = socket.write_all(b"this is not HTTP at all\r\n\r\n").await;

@@ -75,11 +75,7 @@ impl<T: Clone> Coalescer<T> {
         Some(self.insert_leader(&mut slots, key))
     }
 
-    fn insert_leader(
-        &self,
-        slots: &mut SlotMap<T>,
-        key: &str,
-    ) -> Leader<T> {
+    fn insert_leader(&self, slots: &mut SlotMap<T>, key: &str) -> Leader<T> {
         let (tx, rx) = watch::channel(None);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         slots.insert(key.to_string(), (id, rx));
@@ -135,7 +131,9 @@ mod tests {
     #[tokio::test]
     async fn waiters_get_the_leaders_outcome_and_the_key_is_released() {
         let c: Coalescer<u32> = Coalescer::default();
-        let Role::Leader(leader) = c.join("k") else { panic!("first must lead") };
+        let Role::Leader(leader) = c.join("k") else {
+            panic!("first must lead")
+        };
         let waiters: Vec<_> = (0..10)
             .map(|_| match c.join("k") {
                 Role::Waiter(w) => tokio::spawn(w.wait(Duration::from_secs(5))),
@@ -154,8 +152,12 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_leader_wakes_waiters_as_abandoned() {
         let c: Coalescer<u32> = Coalescer::default();
-        let Role::Leader(leader) = c.join("k") else { panic!() };
-        let Role::Waiter(w) = c.join("k") else { panic!() };
+        let Role::Leader(leader) = c.join("k") else {
+            panic!()
+        };
+        let Role::Waiter(w) = c.join("k") else {
+            panic!()
+        };
         let started = std::time::Instant::now();
         let handle = tokio::spawn(w.wait(Duration::from_secs(5)));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,7 +171,9 @@ mod tests {
     async fn waiting_times_out() {
         let c: Coalescer<u32> = Coalescer::default();
         let _leader = c.join("k");
-        let Role::Waiter(w) = c.join("k") else { panic!() };
+        let Role::Waiter(w) = c.join("k") else {
+            panic!()
+        };
         assert_eq!(w.wait(Duration::from_millis(20)).await, Wait::TimedOut);
     }
 }

@@ -3,7 +3,10 @@
 
 use std::time::SystemTime;
 
-use http::header::{HeaderMap, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE};
+use http::header::{
+    HeaderMap, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
+    LAST_MODIFIED, RANGE,
+};
 
 use super::policy::http_date;
 
@@ -44,7 +47,9 @@ fn tag_list(headers: &HeaderMap, name: http::header::HeaderName) -> Option<Vec<S
 }
 
 fn seconds(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Evaluates the request's preconditions against a stored GET response.
@@ -56,7 +61,9 @@ pub fn evaluate(request: &HeaderMap, stored: &HeaderMap) -> Precondition {
         // Strong comparison.
         let ok = match tag_list(request, IF_MATCH) {
             None => true,
-            Some(tags) => etag.is_some_and(|e| !is_weak(e) && tags.iter().any(|t| !is_weak(t) && t.trim() == e.trim())),
+            Some(tags) => etag.is_some_and(|e| {
+                !is_weak(e) && tags.iter().any(|t| !is_weak(t) && t.trim() == e.trim())
+            }),
         };
         if !ok {
             return Precondition::Failed;
@@ -102,7 +109,9 @@ pub fn range(request: &HeaderMap, stored: &HeaderMap, length: u64) -> RangeAnswe
     };
     if let Some(condition) = request.get(IF_RANGE).and_then(|v| v.to_str().ok()) {
         let etag = stored.get(ETAG).and_then(|v| v.to_str().ok());
-        let matches = if condition.trim_start().starts_with('"') || condition.trim_start().starts_with("W/") {
+        let matches = if condition.trim_start().starts_with('"')
+            || condition.trim_start().starts_with("W/")
+        {
             etag.is_some_and(|e| !is_weak(e) && !is_weak(condition) && e.trim() == condition.trim())
         } else {
             let stored_date = http_date(stored, LAST_MODIFIED);
@@ -133,7 +142,9 @@ pub fn range(request: &HeaderMap, stored: &HeaderMap, length: u64) -> RangeAnswe
             None => return RangeAnswer::Full,
         },
         (false, open_end) => {
-            let Some(start) = parse(first) else { return RangeAnswer::Full };
+            let Some(start) = parse(first) else {
+                return RangeAnswer::Full;
+            };
             let end = if open_end {
                 length.saturating_sub(1)
             } else {
@@ -174,27 +185,60 @@ mod tests {
 
     #[test]
     fn if_none_match_uses_weak_comparison() {
-        assert_eq!(evaluate(&h(&[("if-none-match", "W/\"v1\"")]), &stored()), Precondition::NotModified);
-        assert_eq!(evaluate(&h(&[("if-none-match", "\"x\", \"v1\"")]), &stored()), Precondition::NotModified);
-        assert_eq!(evaluate(&h(&[("if-none-match", "*")]), &stored()), Precondition::NotModified);
-        assert_eq!(evaluate(&h(&[("if-none-match", "\"v2\"")]), &stored()), Precondition::Proceed);
+        assert_eq!(
+            evaluate(&h(&[("if-none-match", "W/\"v1\"")]), &stored()),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            evaluate(&h(&[("if-none-match", "\"x\", \"v1\"")]), &stored()),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            evaluate(&h(&[("if-none-match", "*")]), &stored()),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            evaluate(&h(&[("if-none-match", "\"v2\"")]), &stored()),
+            Precondition::Proceed
+        );
     }
 
     #[test]
     fn if_modified_since_is_ignored_when_if_none_match_is_present() {
-        assert_eq!(evaluate(&h(&[("if-modified-since", LATER)]), &stored()), Precondition::NotModified);
-        assert_eq!(evaluate(&h(&[("if-modified-since", EARLIER)]), &stored()), Precondition::Proceed);
+        assert_eq!(
+            evaluate(&h(&[("if-modified-since", LATER)]), &stored()),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            evaluate(&h(&[("if-modified-since", EARLIER)]), &stored()),
+            Precondition::Proceed
+        );
         let both = h(&[("if-none-match", "\"v2\""), ("if-modified-since", LATER)]);
         assert_eq!(evaluate(&both, &stored()), Precondition::Proceed);
     }
 
     #[test]
     fn if_match_and_if_unmodified_since_come_first() {
-        assert_eq!(evaluate(&h(&[("if-match", "\"v2\"")]), &stored()), Precondition::Failed);
-        assert_eq!(evaluate(&h(&[("if-match", "\"v1\"")]), &stored()), Precondition::Proceed);
-        assert_eq!(evaluate(&h(&[("if-match", "W/\"v1\"")]), &stored()), Precondition::Failed);
-        assert_eq!(evaluate(&h(&[("if-unmodified-since", EARLIER)]), &stored()), Precondition::Failed);
-        assert_eq!(evaluate(&h(&[("if-unmodified-since", LATER)]), &stored()), Precondition::Proceed);
+        assert_eq!(
+            evaluate(&h(&[("if-match", "\"v2\"")]), &stored()),
+            Precondition::Failed
+        );
+        assert_eq!(
+            evaluate(&h(&[("if-match", "\"v1\"")]), &stored()),
+            Precondition::Proceed
+        );
+        assert_eq!(
+            evaluate(&h(&[("if-match", "W/\"v1\"")]), &stored()),
+            Precondition::Failed
+        );
+        assert_eq!(
+            evaluate(&h(&[("if-unmodified-since", EARLIER)]), &stored()),
+            Precondition::Failed
+        );
+        assert_eq!(
+            evaluate(&h(&[("if-unmodified-since", LATER)]), &stored()),
+            Precondition::Proceed
+        );
     }
 
     #[test]
@@ -204,7 +248,10 @@ mod tests {
         assert_eq!(r("bytes=0-9"), RangeAnswer::Partial { start: 0, end: 9 });
         assert_eq!(r("bytes=90-"), RangeAnswer::Partial { start: 90, end: 99 });
         assert_eq!(r("bytes=-10"), RangeAnswer::Partial { start: 90, end: 99 });
-        assert_eq!(r("bytes=50-500"), RangeAnswer::Partial { start: 50, end: 99 });
+        assert_eq!(
+            r("bytes=50-500"),
+            RangeAnswer::Partial { start: 50, end: 99 }
+        );
         assert_eq!(r("bytes=100-"), RangeAnswer::Unsatisfiable);
         assert_eq!(r("bytes=0-1,5-6"), RangeAnswer::Full);
         assert_eq!(r("bytes=9-2"), RangeAnswer::Full);

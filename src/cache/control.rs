@@ -193,7 +193,10 @@ mod tests {
     #[test]
     fn first_max_age_wins_and_huge_values_saturate() {
         assert_eq!(cc(&["max-age=10, max-age=99"]).max_age, Some(10));
-        assert_eq!(cc(&["max-age=99999999999999999999"]).max_age, Some(MAX_DELTA));
+        assert_eq!(
+            cc(&["max-age=99999999999999999999"]).max_age,
+            Some(MAX_DELTA)
+        );
     }
 
     #[test]
@@ -223,7 +226,10 @@ mod tests {
     fn cdn_cache_control_replaces_cache_control_when_valid() {
         let mut h = HeaderMap::new();
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert("cdn-cache-control", HeaderValue::from_static("max-age=600, stale-if-error=60"));
+        h.insert(
+            "cdn-cache-control",
+            HeaderValue::from_static("max-age=600, stale-if-error=60"),
+        );
         let d = response_directives(&h);
         assert!(!d.no_store);
         assert_eq!(d.max_age, Some(600));
@@ -234,9 +240,15 @@ mod tests {
     fn unparsable_cdn_cache_control_is_ignored() {
         let mut h = HeaderMap::new();
         h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
-        h.insert("cdn-cache-control", HeaderValue::from_static("max-age=\"600"));
+        h.insert(
+            "cdn-cache-control",
+            HeaderValue::from_static("max-age=\"600"),
+        );
         assert_eq!(response_directives(&h).max_age, Some(5));
-        h.insert("cdn-cache-control", HeaderValue::from_static("no-store, max-age=?1"));
+        h.insert(
+            "cdn-cache-control",
+            HeaderValue::from_static("no-store, max-age=?1"),
+        );
         // Valid SF dictionary; max-age as a boolean is not a number: stale.
         let d = response_directives(&h);
         assert!(d.no_store);

@@ -3,11 +3,16 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, ETAG, LAST_MODIFIED, SET_COOKIE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, ETAG, LAST_MODIFIED, SET_COOKIE,
+};
 use http::StatusCode;
 
 use super::control::response_directives;
-use super::policy::{corrected_initial_age, freshness_lifetime, http_date, stale_rules, vary_names, Heuristic, StaleRules};
+use super::policy::{
+    corrected_initial_age, freshness_lifetime, http_date, stale_rules, vary_names, Heuristic,
+    StaleRules,
+};
 use crate::config::{CookiePolicy, SiteConfig};
 
 /// The request's values of the fields a response varies on, normalised: repeated lines are
@@ -95,7 +100,15 @@ impl Entry {
             headers.remove(SET_COOKIE);
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Entry::from_parts(status, headers, body, variant, request_time, response_time, settings)
+        Entry::from_parts(
+            status,
+            headers,
+            body,
+            variant,
+            request_time,
+            response_time,
+            settings,
+        )
     }
 
     fn from_parts(
@@ -108,7 +121,13 @@ impl Entry {
         settings: &StoreSettings,
     ) -> Entry {
         let directives = response_directives(&headers);
-        let lifetime = freshness_lifetime(status, &headers, &directives, response_time, settings.heuristic);
+        let lifetime = freshness_lifetime(
+            status,
+            &headers,
+            &directives,
+            response_time,
+            settings.heuristic,
+        );
         let initial_age = corrected_initial_age(&headers, request_time, response_time);
         headers.remove(AGE);
         Entry {
@@ -158,7 +177,10 @@ impl Entry {
 
     /// Current age (RFC 9111 §4.2.3).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.initial_age + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)
+        self.initial_age
+            + now
+                .duration_since(self.response_time)
+                .unwrap_or(Duration::ZERO)
     }
 
     pub fn is_fresh(&self, now: SystemTime) -> bool {
@@ -228,12 +250,23 @@ mod tests {
             h.append(*k, HeaderValue::from_str(v).unwrap());
         }
         let now = SystemTime::now();
-        Entry::new(StatusCode::OK, h, Bytes::from_static(b"body"), request, now, now, &settings())
+        Entry::new(
+            StatusCode::OK,
+            h,
+            Bytes::from_static(b"body"),
+            request,
+            now,
+            now,
+            &settings(),
+        )
     }
 
     #[test]
     fn age_grows_and_ttl_goes_negative() {
-        let e = entry(&[("cache-control", "max-age=10"), ("age", "4")], &HeaderMap::new());
+        let e = entry(
+            &[("cache-control", "max-age=10"), ("age", "4")],
+            &HeaderMap::new(),
+        );
         let now = e.response_time;
         assert_eq!(e.age(now).as_secs(), 4);
         assert_eq!(e.ttl(now), 6);
@@ -246,7 +279,10 @@ mod tests {
 
     #[test]
     fn stale_on_arrival_when_age_exceeds_max_age() {
-        let e = entry(&[("cache-control", "max-age=10"), ("age", "50")], &HeaderMap::new());
+        let e = entry(
+            &[("cache-control", "max-age=10"), ("age", "50")],
+            &HeaderMap::new(),
+        );
         assert!(!e.is_fresh(e.response_time));
     }
 
@@ -254,7 +290,10 @@ mod tests {
     fn vary_values_are_normalised() {
         let mut req = HeaderMap::new();
         req.append("accept-language", HeaderValue::from_static("ja ,  en"));
-        let e = entry(&[("vary", "Accept-Language"), ("cache-control", "max-age=60")], &req);
+        let e = entry(
+            &[("vary", "Accept-Language"), ("cache-control", "max-age=60")],
+            &req,
+        );
         let mut other = HeaderMap::new();
         other.append("accept-language", HeaderValue::from_static("ja"));
         other.append("accept-language", HeaderValue::from_static("en"));
@@ -267,7 +306,14 @@ mod tests {
 
     #[test]
     fn refresh_keeps_body_and_framing_and_takes_new_headers() {
-        let e = entry(&[("cache-control", "max-age=0"), ("etag", "\"v1\""), ("x-a", "old")], &HeaderMap::new());
+        let e = entry(
+            &[
+                ("cache-control", "max-age=0"),
+                ("etag", "\"v1\""),
+                ("x-a", "old"),
+            ],
+            &HeaderMap::new(),
+        );
         let mut not_modified = HeaderMap::new();
         not_modified.insert("cache-control", HeaderValue::from_static("max-age=60"));
         not_modified.insert("x-a", HeaderValue::from_static("new"));

@@ -55,7 +55,10 @@ mod tests {
 
     #[test]
     fn percent_encoding_is_normalised() {
-        assert_eq!(primary_key("s", "/%7euser/%41?q=%2f"), primary_key("s", "/~user/A?q=%2F"));
+        assert_eq!(
+            primary_key("s", "/%7euser/%41?q=%2f"),
+            primary_key("s", "/~user/A?q=%2F")
+        );
         assert_ne!(primary_key("s", "/a%2Fb"), primary_key("s", "/a/b"));
         assert_eq!(primary_key("s", "/bad%zz%"), "s\u{0}/bad%zz%");
     }

@@ -99,13 +99,24 @@ mod tests {
         let mut resp = HeaderMap::new();
         resp.insert("vary", HeaderValue::from_static("accept-language"));
         let s = StoreSettings {
-            heuristic: Heuristic { max: Duration::ZERO, default_ttl: Duration::ZERO },
+            heuristic: Heuristic {
+                max: Duration::ZERO,
+                default_ttl: Duration::ZERO,
+            },
             default_swr: Duration::ZERO,
             default_sie: Duration::ZERO,
             cookies: CookiePolicy::Never,
         };
         let now = SystemTime::now();
-        Arc::new(Entry::new(StatusCode::OK, resp, Bytes::from_static(body.as_bytes()), &req, now, now, &s))
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            resp,
+            Bytes::from_static(body.as_bytes()),
+            &req,
+            now,
+            now,
+            &s,
+        ))
     }
 
     fn req(lang: &str) -> HeaderMap {

@@ -60,7 +60,10 @@ pub fn storable(
         return Err(NotStorable::Method);
     }
     // 206 is never combined or stored here; 304 only ever updates a stored response.
-    if status.is_informational() || status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
         return Err(NotStorable::Status);
     }
     if directives.no_store {
@@ -169,7 +172,9 @@ pub fn corrected_initial_age(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::ZERO);
-    let response_delay = response_time.duration_since(request_time).unwrap_or(Duration::ZERO);
+    let response_delay = response_time
+        .duration_since(request_time)
+        .unwrap_or(Duration::ZERO);
     apparent_age.max(age_value + response_delay)
 }
 
@@ -184,13 +189,20 @@ pub struct StaleRules {
 }
 
 /// Stale windows from the response, falling back to the site's defaults when it sends none.
-pub fn stale_rules(directives: &Directives, default_swr: Duration, default_sie: Duration) -> StaleRules {
+pub fn stale_rules(
+    directives: &Directives,
+    default_swr: Duration,
+    default_sie: Duration,
+) -> StaleRules {
     StaleRules {
         while_revalidate: directives
             .stale_while_revalidate
             .map(Duration::from_secs)
             .unwrap_or(default_swr),
-        if_error: directives.stale_if_error.map(Duration::from_secs).unwrap_or(default_sie),
+        if_error: directives
+            .stale_if_error
+            .map(Duration::from_secs)
+            .unwrap_or(default_sie),
         strict: directives.forbids_stale(),
     }
 }
@@ -280,8 +292,27 @@ mod tests {
     fn s_maxage_beats_max_age_beats_expires() {
         let d0 = date(0);
         let d100 = date(100);
-        assert_eq!(lifetime(200, &[("cache-control", "max-age=10, s-maxage=20"), ("expires", &d100)]), 20);
-        assert_eq!(lifetime(200, &[("cache-control", "max-age=10"), ("date", &d0), ("expires", &d100)]), 10);
+        assert_eq!(
+            lifetime(
+                200,
+                &[
+                    ("cache-control", "max-age=10, s-maxage=20"),
+                    ("expires", &d100)
+                ]
+            ),
+            20
+        );
+        assert_eq!(
+            lifetime(
+                200,
+                &[
+                    ("cache-control", "max-age=10"),
+                    ("date", &d0),
+                    ("expires", &d100)
+                ]
+            ),
+            10
+        );
         assert_eq!(lifetime(200, &[("date", &d0), ("expires", &d100)]), 100);
     }
 
@@ -314,7 +345,10 @@ mod tests {
 
     #[test]
     fn no_cache_means_zero_lifetime() {
-        assert_eq!(lifetime(200, &[("cache-control", "no-cache, max-age=100")]), 0);
+        assert_eq!(
+            lifetime(200, &[("cache-control", "no-cache, max-age=100")]),
+            0
+        );
     }
 
     #[test]
@@ -330,46 +364,96 @@ mod tests {
         assert_eq!(corrected_initial_age(&h, t(0), t(0)).as_secs(), 0);
     }
 
-    fn can_store(status: u16, req: &[(&'static str, &str)], resp: &[(&'static str, &str)]) -> Result<(), NotStorable> {
+    fn can_store(
+        status: u16,
+        req: &[(&'static str, &str)],
+        resp: &[(&'static str, &str)],
+    ) -> Result<(), NotStorable> {
         let (rq, rs) = (headers(req), headers(resp));
         let d = parse_cache_control(&rs);
-        storable(&Method::GET, &rq, StatusCode::from_u16(status).unwrap(), &rs, &d, CookiePolicy::Never)
+        storable(
+            &Method::GET,
+            &rq,
+            StatusCode::from_u16(status).unwrap(),
+            &rs,
+            &d,
+            CookiePolicy::Never,
+        )
     }
 
     #[test]
     fn no_store_and_private_are_not_stored() {
-        assert_eq!(can_store(200, &[], &[("cache-control", "no-store")]), Err(NotStorable::NoStore));
-        assert_eq!(can_store(200, &[], &[("cache-control", "private, max-age=60")]), Err(NotStorable::Private));
-        assert_eq!(can_store(200, &[], &[("cache-control", "max-age=60")]), Ok(()));
+        assert_eq!(
+            can_store(200, &[], &[("cache-control", "no-store")]),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            can_store(200, &[], &[("cache-control", "private, max-age=60")]),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            can_store(200, &[], &[("cache-control", "max-age=60")]),
+            Ok(())
+        );
     }
 
     #[test]
     fn authorization_needs_public_s_maxage_or_must_revalidate() {
         let auth = [("authorization", "Basic eA==")];
-        assert_eq!(can_store(200, &auth, &[("cache-control", "max-age=60")]), Err(NotStorable::Authorization));
-        assert_eq!(can_store(200, &auth, &[("cache-control", "public, max-age=60")]), Ok(()));
-        assert_eq!(can_store(200, &auth, &[("cache-control", "s-maxage=60")]), Ok(()));
-        assert_eq!(can_store(200, &auth, &[("cache-control", "must-revalidate")]), Ok(()));
+        assert_eq!(
+            can_store(200, &auth, &[("cache-control", "max-age=60")]),
+            Err(NotStorable::Authorization)
+        );
+        assert_eq!(
+            can_store(200, &auth, &[("cache-control", "public, max-age=60")]),
+            Ok(())
+        );
+        assert_eq!(
+            can_store(200, &auth, &[("cache-control", "s-maxage=60")]),
+            Ok(())
+        );
+        assert_eq!(
+            can_store(200, &auth, &[("cache-control", "must-revalidate")]),
+            Ok(())
+        );
     }
 
     #[test]
     fn set_cookie_vary_star_and_status_rules() {
-        assert_eq!(can_store(200, &[], &[("set-cookie", "a=b")]), Err(NotStorable::SetCookie));
-        assert_eq!(can_store(200, &[], &[("vary", "Accept, *")]), Err(NotStorable::VaryStar));
+        assert_eq!(
+            can_store(200, &[], &[("set-cookie", "a=b")]),
+            Err(NotStorable::SetCookie)
+        );
+        assert_eq!(
+            can_store(200, &[], &[("vary", "Accept, *")]),
+            Err(NotStorable::VaryStar)
+        );
         assert_eq!(can_store(302, &[], &[]), Err(NotStorable::NoFreshnessInfo));
-        assert_eq!(can_store(302, &[], &[("cache-control", "max-age=5")]), Ok(()));
+        assert_eq!(
+            can_store(302, &[], &[("cache-control", "max-age=5")]),
+            Ok(())
+        );
         assert_eq!(can_store(500, &[], &[]), Err(NotStorable::NoFreshnessInfo));
-        assert_eq!(can_store(206, &[], &[("cache-control", "max-age=5")]), Err(NotStorable::Status));
+        assert_eq!(
+            can_store(206, &[], &[("cache-control", "max-age=5")]),
+            Err(NotStorable::Status)
+        );
         assert_eq!(can_store(404, &[], &[]), Ok(()));
     }
 
     #[test]
     fn swr_applies_within_its_window_and_never_to_strict_responses() {
-        let d = parse_cache_control(&headers(&[("cache-control", "max-age=1, stale-while-revalidate=30")]));
+        let d = parse_cache_control(&headers(&[(
+            "cache-control",
+            "max-age=1, stale-while-revalidate=30",
+        )]));
         let rules = stale_rules(&d, Duration::ZERO, Duration::ZERO);
         assert!(serve_while_revalidating(&rules, Duration::from_secs(30)));
         assert!(!serve_while_revalidating(&rules, Duration::from_secs(31)));
-        let strict = StaleRules { strict: true, ..rules };
+        let strict = StaleRules {
+            strict: true,
+            ..rules
+        };
         assert!(!serve_while_revalidating(&strict, Duration::from_secs(1)));
     }
 
@@ -377,9 +461,15 @@ mod tests {
     fn site_defaults_apply_only_when_the_origin_is_silent() {
         let none = Directives::default();
         let r = stale_rules(&none, Duration::from_secs(5), Duration::from_secs(50));
-        assert_eq!((r.while_revalidate.as_secs(), r.if_error.as_secs()), (5, 50));
+        assert_eq!(
+            (r.while_revalidate.as_secs(), r.if_error.as_secs()),
+            (5, 50)
+        );
         let own = parse_cache_control(&headers(&[("cache-control", "stale-while-revalidate=0")]));
-        assert_eq!(stale_rules(&own, Duration::from_secs(5), Duration::ZERO).while_revalidate, Duration::ZERO);
+        assert_eq!(
+            stale_rules(&own, Duration::from_secs(5), Duration::ZERO).while_revalidate,
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -390,12 +480,27 @@ mod tests {
             strict: false,
         };
         let s = Duration::from_secs;
-        assert_eq!(stale_on_error(&rules, s(60), None, Duration::ZERO), Some(StaleOnError::IfError));
+        assert_eq!(
+            stale_on_error(&rules, s(60), None, Duration::ZERO),
+            Some(StaleOnError::IfError)
+        );
         assert_eq!(stale_on_error(&rules, s(61), None, Duration::ZERO), None);
-        assert_eq!(stale_on_error(&rules, s(61), Some(s(100)), Duration::ZERO), Some(StaleOnError::IfError));
-        assert_eq!(stale_on_error(&rules, s(61), None, s(3600)), Some(StaleOnError::Grace));
-        let strict = StaleRules { strict: true, ..rules };
+        assert_eq!(
+            stale_on_error(&rules, s(61), Some(s(100)), Duration::ZERO),
+            Some(StaleOnError::IfError)
+        );
+        assert_eq!(
+            stale_on_error(&rules, s(61), None, s(3600)),
+            Some(StaleOnError::Grace)
+        );
+        let strict = StaleRules {
+            strict: true,
+            ..rules
+        };
         assert_eq!(stale_on_error(&strict, s(1), None, Duration::ZERO), None);
-        assert_eq!(stale_on_error(&strict, s(1), None, s(3600)), Some(StaleOnError::GraceOverride));
+        assert_eq!(
+            stale_on_error(&strict, s(1), None, s(3600)),
+            Some(StaleOnError::GraceOverride)
+        );
     }
 }

@@ -132,15 +132,29 @@ mod tests {
 
     #[test]
     fn members_follow_rfc_9211() {
-        assert_eq!(CacheStatus::new(Phase::Hit).ttl(30).member(), "kagami; hit; ttl=30");
         assert_eq!(
-            CacheStatus::new(Phase::Miss).fwd_status(200).stored(true).collapsed(true).member(),
+            CacheStatus::new(Phase::Hit).ttl(30).member(),
+            "kagami; hit; ttl=30"
+        );
+        assert_eq!(
+            CacheStatus::new(Phase::Miss)
+                .fwd_status(200)
+                .stored(true)
+                .collapsed(true)
+                .member(),
             "kagami; fwd=uri-miss; fwd-status=200; stored; collapsed"
         );
         assert_eq!(
-            CacheStatus::new(Phase::StaleOnError).fwd_status(503).ttl(-5).detail("grace").member(),
+            CacheStatus::new(Phase::StaleOnError)
+                .fwd_status(503)
+                .ttl(-5)
+                .detail("grace")
+                .member(),
             "kagami; fwd=stale; fwd-status=503; ttl=-5; detail=\"grace\""
         );
-        assert_eq!(CacheStatus::new(Phase::Pass).fwd("method").member(), "kagami; fwd=method");
+        assert_eq!(
+            CacheStatus::new(Phase::Pass).fwd("method").member(),
+            "kagami; fwd=method"
+        );
     }
 }

@@ -243,7 +243,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         .listen
         .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()]);
     if listen.is_empty() {
-        problems.add("server.listen", "needs at least one address such as \"0.0.0.0:80\"");
+        problems.add(
+            "server.listen",
+            "needs at least one address such as \"0.0.0.0:80\"",
+        );
     }
     for (i, addr) in listen.iter().enumerate() {
         match addr.parse::<SocketAddr>() {
@@ -265,7 +268,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         config.server.idle_timeout,
     );
     for (key, value) in [
-        ("server.header_read_timeout", config.server.header_read_timeout),
+        (
+            "server.header_read_timeout",
+            config.server.header_read_timeout,
+        ),
         ("server.idle_timeout", config.server.idle_timeout),
     ] {
         if value.is_zero() && !problems.0.iter().any(|p| p.key == key) {
@@ -273,7 +279,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     if server.worker_threads == Some(0) {
-        problems.add("server.worker_threads", "must be at least 1 (omit it for one per core)");
+        problems.add(
+            "server.worker_threads",
+            "must be at least 1 (omit it for one per core)",
+        );
     }
     config.server.worker_threads = server.worker_threads.filter(|n| *n > 0);
 
@@ -285,7 +294,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     config.log.access = raw.log.and_then(|l| l.access).unwrap_or(true);
 
     if raw.site.is_empty() {
-        problems.add("site", "no [[site]] table: add one with name, hosts and origin");
+        problems.add(
+            "site",
+            "no [[site]] table: add one with name, hosts and origin",
+        );
     }
     let mut names = HashSet::new();
     let mut hosts = HashSet::new();
@@ -293,11 +305,17 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         let prefix = format!("site[{i}]");
         if let Some(site) = validate_site(raw_site, &prefix, &mut problems) {
             if !names.insert(site.name.clone()) {
-                problems.add(format!("{prefix}.name"), format!("{:?} is used by another site", site.name));
+                problems.add(
+                    format!("{prefix}.name"),
+                    format!("{:?} is used by another site", site.name),
+                );
             }
             for host in &site.hosts {
                 if !hosts.insert(host.to_string()) {
-                    problems.add(format!("{prefix}.hosts"), format!("{host} is listed by another site"));
+                    problems.add(
+                        format!("{prefix}.hosts"),
+                        format!("{host} is listed by another site"),
+                    );
                 }
             }
             if site.max_object_size > config.cache.memory {
@@ -322,14 +340,22 @@ fn validate_site(raw: &RawSite, prefix: &str, problems: &mut Problems) -> Option
             String::new()
         }
         None => {
-            problems.add(key("name"), "missing: give the site a short name such as \"iwate\"");
+            problems.add(
+                key("name"),
+                "missing: give the site a short name such as \"iwate\"",
+            );
             String::new()
         }
     };
     let mut hosts = Vec::new();
     match &raw.hosts {
-        None => problems.add(key("hosts"), "missing: list the hostnames this site answers for"),
-        Some(list) if list.is_empty() => problems.add(key("hosts"), "must list at least one hostname"),
+        None => problems.add(
+            key("hosts"),
+            "missing: list the hostnames this site answers for",
+        ),
+        Some(list) if list.is_empty() => {
+            problems.add(key("hosts"), "must list at least one hostname")
+        }
         Some(list) => {
             for (j, h) in list.iter().enumerate() {
                 match HostPattern::parse(h) {
@@ -341,7 +367,10 @@ fn validate_site(raw: &RawSite, prefix: &str, problems: &mut Problems) -> Option
     }
     let origin = match &raw.origin {
         None => {
-            problems.add(key("origin"), "missing: the URL of the real web server, e.g. \"http://10.0.0.5:80\"");
+            problems.add(
+                key("origin"),
+                "missing: the URL of the real web server, e.g. \"http://10.0.0.5:80\"",
+            );
             None
         }
         Some(text) => match parse_origin(text) {
@@ -357,7 +386,10 @@ fn validate_site(raw: &RawSite, prefix: &str, problems: &mut Problems) -> Option
         Some(h) => match HeaderValue::from_str(h.trim()) {
             Ok(v) if !h.trim().is_empty() => Some(v),
             _ => {
-                problems.add(key("origin_host"), format!("{h:?} is not a valid Host value"));
+                problems.add(
+                    key("origin_host"),
+                    format!("{h:?} is not a valid Host value"),
+                );
                 None
             }
         },
@@ -366,7 +398,10 @@ fn validate_site(raw: &RawSite, prefix: &str, problems: &mut Problems) -> Option
         None | Some("never") => CookiePolicy::Never,
         Some("strip") => CookiePolicy::Strip,
         Some(other) => {
-            problems.add(key("cache_cookies"), format!("{other:?} is not one of \"never\", \"strip\""));
+            problems.add(
+                key("cache_cookies"),
+                format!("{other:?} is not one of \"never\", \"strip\""),
+            );
             CookiePolicy::Never
         }
     };
@@ -376,19 +411,51 @@ fn validate_site(raw: &RawSite, prefix: &str, problems: &mut Problems) -> Option
         origin: origin?,
         origin_host,
         grace: problems.duration(key("grace"), &raw.grace, Duration::from_secs(7 * 86_400)),
-        stale_while_revalidate: problems.duration(key("stale_while_revalidate"), &raw.stale_while_revalidate, Duration::ZERO),
-        stale_if_error: problems.duration(key("stale_if_error"), &raw.stale_if_error, Duration::ZERO),
-        heuristic_max: problems.duration(key("heuristic_max"), &raw.heuristic_max, Duration::from_secs(86_400)),
+        stale_while_revalidate: problems.duration(
+            key("stale_while_revalidate"),
+            &raw.stale_while_revalidate,
+            Duration::ZERO,
+        ),
+        stale_if_error: problems.duration(
+            key("stale_if_error"),
+            &raw.stale_if_error,
+            Duration::ZERO,
+        ),
+        heuristic_max: problems.duration(
+            key("heuristic_max"),
+            &raw.heuristic_max,
+            Duration::from_secs(86_400),
+        ),
         default_ttl: problems.duration(key("default_ttl"), &raw.default_ttl, Duration::ZERO),
         max_object_size: problems.size(key("max_object_size"), &raw.max_object_size, 32 << 20),
         cache_cookies,
         timeouts: OriginTimeouts {
-            connect: problems.duration(key("connect_timeout"), &raw.connect_timeout, Duration::from_secs(5)),
-            response: problems.duration(key("response_timeout"), &raw.response_timeout, Duration::from_secs(30)),
-            read: problems.duration(key("read_timeout"), &raw.read_timeout, Duration::from_secs(30)),
+            connect: problems.duration(
+                key("connect_timeout"),
+                &raw.connect_timeout,
+                Duration::from_secs(5),
+            ),
+            response: problems.duration(
+                key("response_timeout"),
+                &raw.response_timeout,
+                Duration::from_secs(30),
+            ),
+            read: problems.duration(
+                key("read_timeout"),
+                &raw.read_timeout,
+                Duration::from_secs(30),
+            ),
         },
-        failure_backoff: problems.duration(key("failure_backoff"), &raw.failure_backoff, Duration::from_secs(2)),
-        coalesce_timeout: problems.duration(key("coalesce_timeout"), &raw.coalesce_timeout, Duration::from_secs(10)),
+        failure_backoff: problems.duration(
+            key("failure_backoff"),
+            &raw.failure_backoff,
+            Duration::from_secs(2),
+        ),
+        coalesce_timeout: problems.duration(
+            key("coalesce_timeout"),
+            &raw.coalesce_timeout,
+            Duration::from_secs(10),
+        ),
     };
     for (k, v) in [
         ("connect_timeout", site.timeouts.connect),
@@ -416,7 +483,9 @@ fn parse_origin(text: &str) -> Result<reqwest::Url, String> {
         return Err(format!("{text:?} has no host"));
     }
     if url.path() != "/" || url.query().is_some() {
-        return Err(format!("{text:?} must not have a path or query; the client's path is appended as it is"));
+        return Err(format!(
+            "{text:?} must not have a path or query; the client's path is appended as it is"
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("{text:?} must not contain credentials"));
@@ -451,7 +520,10 @@ origin = "http://127.0.0.1:8081"
     #[test]
     fn minimal_file_from_the_issue_works_with_defaults() {
         let config = Config::parse(MINIMAL, Path::new("k.toml")).unwrap();
-        assert_eq!(config.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(
+            config.server.listen,
+            vec!["127.0.0.1:8080".parse().unwrap()]
+        );
         assert_eq!(config.cache.memory, 256 << 20);
         let site = &config.sites[0];
         assert_eq!(site.name, "iwate");
@@ -476,7 +548,13 @@ grace = "forever"
 "#,
         );
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        for key in ["server.listen[0]", "cache.memory", "site[0].name", "site[0].hosts", "site[0].origin"] {
+        for key in [
+            "server.listen[0]",
+            "cache.memory",
+            "site[0].name",
+            "site[0].hosts",
+            "site[0].origin",
+        ] {
             assert!(keys.contains(&key), "missing {key} in {keys:?}");
         }
     }

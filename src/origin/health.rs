@@ -24,7 +24,8 @@ pub struct Health {
 impl Health {
     pub fn record_failure(&self, backoff: Duration) {
         let until = now_ms() + backoff.as_millis() as u64;
-        self.failing_until.fetch_max(until.max(1), Ordering::Relaxed);
+        self.failing_until
+            .fetch_max(until.max(1), Ordering::Relaxed);
     }
 
     pub fn record_success(&self) {

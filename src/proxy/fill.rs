@@ -111,9 +111,15 @@ async fn pump(
     }
 
     if expected.is_some_and(|len| len != received) {
-        tracing::warn!(received, ?expected, "origin body length mismatch; not storing");
+        tracing::warn!(
+            received,
+            ?expected,
+            "origin body length mismatch; not storing"
+        );
         if client_open {
-            let _ = tx.send(Err(Truncated(format!("{received} of {expected:?} bytes")))).await;
+            let _ = tx
+                .send(Err(Truncated(format!("{received} of {expected:?} bytes"))))
+                .await;
         }
         return;
     }

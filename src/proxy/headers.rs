@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_RANGE, IF_UNMODIFIED_SINCE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RANGE, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE, VIA,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, RANGE,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
 };
 
 /// The pseudonym Kagami uses in `Via` (RFC 9110 §7.6.3).
@@ -41,7 +41,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Client preconditions and ranges are answered by Kagami from the full stored response, so
 /// they are not sent to the origin on a cache fill.
 pub fn strip_conditionals(headers: &mut HeaderMap) {
-    for name in [IF_MATCH, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_UNMODIFIED_SINCE, IF_RANGE, RANGE] {
+    for name in [
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+        RANGE,
+    ] {
         headers.remove(name);
     }
 }
@@ -69,7 +76,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: &str, prot
     } else {
         ip.to_string()
     };
-    let element = format!("for={node};proto={proto};host=\"{}\"", host.replace(['"', '\\'], ""));
+    let element = format!(
+        "for={node};proto={proto};host=\"{}\"",
+        host.replace(['"', '\\'], "")
+    );
     if let Ok(v) = HeaderValue::from_str(&element) {
         headers.append(FORWARDED, v);
     }
@@ -97,9 +107,17 @@ mod tests {
     fn forwarded_fields_append_to_prior_proxies() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        add_forwarded(&mut h, "[::1]:4000".parse().unwrap(), "www.example.jp", "http");
+        add_forwarded(
+            &mut h,
+            "[::1]:4000".parse().unwrap(),
+            "www.example.jp",
+            "http",
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, ::1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http;host=\"www.example.jp\"");
+        assert_eq!(
+            h[FORWARDED],
+            "for=\"[::1]\";proto=http;host=\"www.example.jp\""
+        );
     }
 }

@@ -14,7 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_LOCATION, HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_LOCATION, HOST, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, LOCATION,
+};
 use http::{request, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -117,14 +120,22 @@ impl Proxy {
     }
 
     /// Handles one request from `client`.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, client: Client) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        client: Client,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let authority = authority_of(&request);
 
         let (mut response, status) = match authority.as_deref().map(|a| (a, self.router.route(a))) {
-            None => refuse(StatusCode::BAD_REQUEST, "kagami: the request has no Host", &method),
+            None => refuse(
+                StatusCode::BAD_REQUEST,
+                "kagami: the request has no Host",
+                &method,
+            ),
             Some((host, None)) => refuse(
                 StatusCode::MISDIRECTED_REQUEST,
                 &format!("kagami: no site is configured for host {host:?}"),
@@ -157,7 +168,13 @@ impl Proxy {
         response
     }
 
-    async fn serve(self: &Arc<Self>, index: usize, request: Request<Incoming>, client: Client, host: &str) -> Served {
+    async fn serve(
+        self: &Arc<Self>,
+        index: usize,
+        request: Request<Incoming>,
+        client: Client,
+        host: &str,
+    ) -> Served {
         let method = request.method().clone();
         match method {
             Method::GET | Method::HEAD if !request.headers().contains_key(AUTHORIZATION) => {
@@ -165,15 +182,23 @@ impl Proxy {
                 self.lookup(index, parts, client, host).await
             }
             Method::GET | Method::HEAD => self.pass(index, request, client, host, "bypass").await,
-            Method::CONNECT | Method::TRACE => {
-                refuse(StatusCode::METHOD_NOT_ALLOWED, "kagami: method not allowed", &method)
-            }
+            Method::CONNECT | Method::TRACE => refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "kagami: method not allowed",
+                &method,
+            ),
             _ => self.pass(index, request, client, host, "method").await,
         }
     }
 
     /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
-    async fn lookup(self: &Arc<Self>, index: usize, parts: request::Parts, client: Client, host: &str) -> Served {
+    async fn lookup(
+        self: &Arc<Self>,
+        index: usize,
+        parts: request::Parts,
+        client: Client,
+        host: &str,
+    ) -> Served {
         let site = &self.sites[index];
         let key = primary_key(&site.config.name, path_and_query(&parts));
         let now = SystemTime::now();
@@ -192,9 +217,16 @@ impl Proxy {
                     return (from_entry(&entry, &parts, now), status);
                 }
                 if site.origin.health.is_failing() {
-                    let reason = stale_on_error(&entry.stale, staleness, request_sie(&parts), site.config.grace);
+                    let reason = stale_on_error(
+                        &entry.stale,
+                        staleness,
+                        request_sie(&parts),
+                        site.config.grace,
+                    );
                     if let Some(reason) = reason {
-                        let status = CacheStatus::new(Phase::StaleHit).ttl(entry.ttl(now)).detail(reason.as_str());
+                        let status = CacheStatus::new(Phase::StaleHit)
+                            .ttl(entry.ttl(now))
+                            .detail(reason.as_str());
                         return (from_entry(&entry, &parts, now), status);
                     }
                 }
@@ -203,7 +235,8 @@ impl Proxy {
             Lookup::VaryMiss => (None, Phase::VaryMiss),
             Lookup::Miss => (None, Phase::Miss),
         };
-        self.fetch_coalesced(index, key, parts, client, host, stale, phase).await
+        self.fetch_coalesced(index, key, parts, client, host, stale, phase)
+            .await
     }
 
     /// Joins or leads the fetch of `key`. Waiters are woken when the leader finishes.
@@ -226,13 +259,19 @@ impl Proxy {
                     // Another leader may have stored the page between our lookup and now.
                     if let Lookup::Found(entry) = self.store.lookup(&key, &parts.headers) {
                         let now = SystemTime::now();
-                        if entry.is_fresh(now) && stale.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &entry)) {
+                        if entry.is_fresh(now)
+                            && stale.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &entry))
+                        {
                             drop(leader);
-                            let status = CacheStatus::new(Phase::Hit).ttl(entry.ttl(now)).collapsed(true);
+                            let status = CacheStatus::new(Phase::Hit)
+                                .ttl(entry.ttl(now))
+                                .collapsed(true);
                             return (from_entry(&entry, &parts, now), status);
                         }
                     }
-                    return self.fetch(index, key, &parts, client, host, stale, phase, Some(leader)).await;
+                    return self
+                        .fetch(index, key, &parts, client, host, stale, phase, Some(leader))
+                        .await;
                 }
                 Role::Waiter(waiter) => match waiter.wait(site.config.coalesce_timeout).await {
                     Wait::Done(Outcome::Stored(entry)) if entry.matches(&parts.headers) => {
@@ -243,24 +282,30 @@ impl Proxy {
                     Wait::Done(Outcome::Stored(_)) => {}
                     Wait::Done(Outcome::Uncacheable) => break,
                     Wait::Done(Outcome::Failed(failure)) => {
-                        if let Some(served) = self.stale_after_failure(index, &stale, &parts, failure.origin_status) {
+                        if let Some(served) =
+                            self.stale_after_failure(index, &stale, &parts, failure.origin_status)
+                        {
                             return (served.0, served.1.collapsed(true));
                         }
-                        let mut status = CacheStatus::new(Phase::Error).fwd(fwd_of(phase)).collapsed(true);
+                        let mut status = CacheStatus::new(Phase::Error)
+                            .fwd(fwd_of(phase))
+                            .collapsed(true);
                         if let Some(s) = failure.origin_status {
                             status = status.fwd_status(s.as_u16());
                         }
                         return (failure.answer.response(&parts.method), status);
                     }
                     Wait::Abandoned | Wait::TimedOut => {
-                        if let Some(served) = self.stale_after_failure(index, &stale, &parts, None) {
+                        if let Some(served) = self.stale_after_failure(index, &stale, &parts, None)
+                        {
                             return (served.0, served.1.collapsed(true));
                         }
                     }
                 },
             }
         }
-        self.fetch(index, key, &parts, client, host, stale, phase, None).await
+        self.fetch(index, key, &parts, client, host, stale, phase, None)
+            .await
     }
 
     /// Serves a stale copy after an origin failure, if stale-if-error or grace allows it.
@@ -274,8 +319,15 @@ impl Proxy {
         let entry = stale.as_ref()?;
         let now = SystemTime::now();
         let grace = self.sites[index].config.grace;
-        let reason = stale_on_error(&entry.stale, entry.staleness(now), request_sie(parts), grace)?;
-        let mut status = CacheStatus::new(Phase::StaleOnError).ttl(entry.ttl(now)).detail(reason.as_str());
+        let reason = stale_on_error(
+            &entry.stale,
+            entry.staleness(now),
+            request_sie(parts),
+            grace,
+        )?;
+        let mut status = CacheStatus::new(Phase::StaleOnError)
+            .ttl(entry.ttl(now))
+            .detail(reason.as_str());
         if let Some(s) = origin_status {
             status = status.fwd_status(s.as_u16());
         }
@@ -311,13 +363,18 @@ impl Proxy {
         }
         let request_time = SystemTime::now();
         // HEAD is filled with GET, so the stored copy can answer both.
-        let result = site.origin.send(Method::GET, path_and_query(parts), headers, None).await;
+        let result = site
+            .origin
+            .send(Method::GET, path_and_query(parts), headers, None)
+            .await;
         let response_time = SystemTime::now();
 
         let response = match result {
             Ok(response) if !is_failure(response.status()) => response,
             failed => {
-                site.origin.health.record_failure(site.config.failure_backoff);
+                site.origin
+                    .health
+                    .record_failure(site.config.failure_backoff);
                 let failure = Arc::new(match failed {
                     Err(err) => {
                         tracing::warn!(site = %site.config.name, error = %err, "origin fetch failed");
@@ -335,7 +392,8 @@ impl Proxy {
                 if let Some(leader) = leader {
                     leader.finish(Outcome::Failed(failure.clone()));
                 }
-                if let Some(served) = self.stale_after_failure(index, &stale, parts, origin_status) {
+                if let Some(served) = self.stale_after_failure(index, &stale, parts, origin_status)
+                {
                     return served;
                 }
                 let mut status = CacheStatus::new(Phase::Error).fwd(fwd_of(phase));
@@ -350,7 +408,12 @@ impl Proxy {
 
         if status == StatusCode::NOT_MODIFIED {
             if let Some(entry) = &stale {
-                let refreshed = Arc::new(entry.refreshed(response.headers(), request_time, response_time, &site.settings));
+                let refreshed = Arc::new(entry.refreshed(
+                    response.headers(),
+                    request_time,
+                    response_time,
+                    &site.settings,
+                ));
                 self.store.insert(key, refreshed.clone());
                 if let Some(leader) = leader {
                     leader.finish(Outcome::Stored(refreshed.clone()));
@@ -375,7 +438,11 @@ impl Proxy {
             &directives,
             site.settings.cookies,
         );
-        if verdict.is_ok() && response.content_length().is_some_and(|len| len > site.config.max_object_size) {
+        if verdict.is_ok()
+            && response
+                .content_length()
+                .is_some_and(|len| len > site.config.max_object_size)
+        {
             verdict = Err(NotStorable::TooLarge);
         }
         let mut cache_status = CacheStatus::new(phase).fwd_status(status.as_u16());
@@ -430,7 +497,16 @@ impl Proxy {
         let host = host.to_string();
         tokio::spawn(async move {
             let (response, _) = proxy
-                .fetch(index, key, &parts, client, &host, Some(stale), Phase::Revalidated, Some(leader))
+                .fetch(
+                    index,
+                    key,
+                    &parts,
+                    client,
+                    &host,
+                    Some(stale),
+                    Phase::Revalidated,
+                    Some(leader),
+                )
                 .await;
             // The body task keeps storing without a reader.
             drop(response);
@@ -456,11 +532,18 @@ impl Proxy {
             _ => Some(reqwest::Body::wrap(incoming)),
         };
         let cache_status = CacheStatus::new(Phase::Pass).fwd(reason);
-        let response = match site.origin.send(parts.method.clone(), path_and_query(&parts), headers, body).await {
+        let response = match site
+            .origin
+            .send(parts.method.clone(), path_and_query(&parts), headers, body)
+            .await
+        {
             Ok(response) => response,
             Err(err) => {
                 tracing::warn!(site = %site.config.name, error = %err, "origin request failed");
-                return (origin_error_answer(&err).response(&parts.method), cache_status);
+                return (
+                    origin_error_answer(&err).response(&parts.method),
+                    cache_status,
+                );
             }
         };
         let status = response.status();
@@ -471,15 +554,29 @@ impl Proxy {
         let mut response_headers = response.headers().clone();
         headers::strip_hop_by_hop(&mut response_headers);
         let body = relay(response, None, None, parts.method != Method::HEAD);
-        (respond::build(status, response_headers, body), cache_status.fwd_status(status.as_u16()))
+        (
+            respond::build(status, response_headers, body),
+            cache_status.fwd_status(status.as_u16()),
+        )
     }
 
-    fn invalidate_after_unsafe(&self, index: usize, parts: &request::Parts, host: &str, response: &http::HeaderMap) {
+    fn invalidate_after_unsafe(
+        &self,
+        index: usize,
+        parts: &request::Parts,
+        host: &str,
+        response: &http::HeaderMap,
+    ) {
         let name = &self.sites[index].config.name;
-        self.store.invalidate(&primary_key(name, path_and_query(parts)));
+        self.store
+            .invalidate(&primary_key(name, path_and_query(parts)));
         for field in [LOCATION, CONTENT_LOCATION] {
-            let Some(target) = response.get(field).and_then(|v| v.to_str().ok()) else { continue };
-            let Ok(uri) = target.parse::<http::Uri>() else { continue };
+            let Some(target) = response.get(field).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let Ok(uri) = target.parse::<http::Uri>() else {
+                continue;
+            };
             // Only URIs of the same origin may be invalidated (RFC 9111 §4.4).
             let same_origin = match uri.authority() {
                 None => true,
@@ -493,7 +590,13 @@ impl Proxy {
     }
 
     /// Hop-by-hop fields out; Host, Forwarded / X-Forwarded-* and Via in.
-    fn prepare_origin_headers(&self, site: &Site, headers: &mut http::HeaderMap, client: Client, host: &str) {
+    fn prepare_origin_headers(
+        &self,
+        site: &Site,
+        headers: &mut http::HeaderMap,
+        client: Client,
+        host: &str,
+    ) {
         headers::strip_hop_by_hop(headers);
         headers::add_forwarded(headers, client.peer, host, client.proto);
         headers::append_via(headers);
@@ -521,12 +624,18 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
 }
 
 fn path_and_query(parts: &request::Parts) -> &str {
-    parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
 }
 
 /// A client's own `Cache-Control: stale-if-error=N` (RFC 5861 §4).
 fn request_sie(parts: &request::Parts) -> Option<Duration> {
-    parse_cache_control(&parts.headers).stale_if_error.map(Duration::from_secs)
+    parse_cache_control(&parts.headers)
+        .stale_if_error
+        .map(Duration::from_secs)
 }
 
 fn fwd_of(phase: Phase) -> &'static str {
@@ -534,14 +643,23 @@ fn fwd_of(phase: Phase) -> &'static str {
 }
 
 fn refuse(status: StatusCode, text: &str, method: &Method) -> Served {
-    (Canned::error(status, text).response(method), CacheStatus::new(Phase::Error))
+    (
+        Canned::error(status, text).response(method),
+        CacheStatus::new(Phase::Error),
+    )
 }
 
 /// Kagami's own answer when the origin could not be reached at all.
 fn origin_error_answer(err: &OriginError) -> Canned {
     match err {
-        OriginError::Timeout(_) => Canned::error(StatusCode::GATEWAY_TIMEOUT, "kagami: the origin server did not answer in time"),
-        _ => Canned::error(StatusCode::BAD_GATEWAY, "kagami: the origin server cannot be reached"),
+        OriginError::Timeout(_) => Canned::error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "kagami: the origin server did not answer in time",
+        ),
+        _ => Canned::error(
+            StatusCode::BAD_GATEWAY,
+            "kagami: the origin server cannot be reached",
+        ),
     }
 }
 
@@ -550,10 +668,17 @@ async fn shared_error(response: reqwest::Response) -> Canned {
     let status = response.status();
     let mut headers = response.headers().clone();
     headers::strip_hop_by_hop(&mut headers);
-    if response.content_length().is_some_and(|len| len <= SHARED_ERROR_BODY) {
+    if response
+        .content_length()
+        .is_some_and(|len| len <= SHARED_ERROR_BODY)
+    {
         if let Ok(body) = response.bytes().await {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-            return Canned { status, headers, body };
+            return Canned {
+                status,
+                headers,
+                body,
+            };
         }
     }
     Canned::error(status, "kagami: the origin server reported an error")

@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, CONTENT_TYPE,
-    DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
+    HeaderMap, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
+    CONTENT_TYPE, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
 };
 use http::{request, Method, Response, StatusCode};
 
@@ -26,11 +26,18 @@ impl Canned {
     /// A plain-text answer from Kagami itself; never cached downstream.
     pub fn error(status: StatusCode, text: &str) -> Canned {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         let body = Bytes::from(format!("{text}\n"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Canned { status, headers, body }
+        Canned {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub fn response(&self, method: &Method) -> Response<Body> {
@@ -60,7 +67,15 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
         match conditional::evaluate(&request.headers, &entry.headers) {
             Precondition::NotModified => {
                 let mut headers = HeaderMap::new();
-                for name in [CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY] {
+                for name in [
+                    CACHE_CONTROL,
+                    CONTENT_LOCATION,
+                    DATE,
+                    ETAG,
+                    EXPIRES,
+                    LAST_MODIFIED,
+                    VARY,
+                ] {
                     for value in entry.headers.get_all(&name) {
                         headers.append(name.clone(), value.clone());
                     }
@@ -69,8 +84,9 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
                 return build(StatusCode::NOT_MODIFIED, headers, Body::empty());
             }
             Precondition::Failed => {
-                let mut response = Canned::error(StatusCode::PRECONDITION_FAILED, "precondition failed")
-                    .response(&request.method);
+                let mut response =
+                    Canned::error(StatusCode::PRECONDITION_FAILED, "precondition failed")
+                        .response(&request.method);
                 response.headers_mut().insert(AGE, age);
                 return response;
             }
@@ -82,7 +98,10 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
     headers.insert(AGE, age);
     let length = entry.body.len() as u64;
     if entry.status == StatusCode::OK {
-        headers.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.insert(
+            http::header::ACCEPT_RANGES,
+            HeaderValue::from_static("bytes"),
+        );
         match conditional::range(&request.headers, &entry.headers, length) {
             RangeAnswer::Full => {}
             RangeAnswer::Partial { start, end } => {
@@ -91,7 +110,11 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
                     headers.insert(CONTENT_RANGE, v);
                 }
-                let body = if head_only { Body::empty() } else { Body::full(part) };
+                let body = if head_only {
+                    Body::empty()
+                } else {
+                    Body::full(part)
+                };
                 return build(StatusCode::PARTIAL_CONTENT, headers, body);
             }
             RangeAnswer::Unsatisfiable => {

@@ -21,7 +21,10 @@ mod idle;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Build(#[from] BuildError),
 }
@@ -58,8 +61,14 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     for addr in &config.server.listen {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServerError::Bind { addr: *addr, source })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind { addr: *addr, source })?;
+            .map_err(|source| ServerError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: *addr,
+            source,
+        })?;
         addrs.push(local);
         tracing::info!(%local, "listening");
         tasks.push(tokio::spawn(accept_loop(
@@ -92,7 +101,12 @@ fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, server: ServerConfig, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    server: ServerConfig,
+    mut stopped: watch::Receiver<bool>,
+) {
     let builder = Arc::new(builder(&server));
     let graceful = GracefulShutdown::new();
     loop {
@@ -109,7 +123,14 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, server: ServerCon
                 continue;
             }
         };
-        serve_connection(stream, peer, &builder, &graceful, proxy.clone(), server.idle_timeout);
+        serve_connection(
+            stream,
+            peer,
+            &builder,
+            &graceful,
+            proxy.clone(),
+            server.idle_timeout,
+        );
     }
     drop(listener);
     tokio::select! {
@@ -127,14 +148,19 @@ fn serve_connection(
     idle_timeout: Duration,
 ) {
     let _ = stream.set_nodelay(true);
-    let client = Client { peer, proto: "http" };
+    let client = Client {
+        peer,
+        proto: "http",
+    };
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, client).await) }
     });
     let (io, activity) = idle::IdleIo::new(stream);
     let builder = builder.clone();
-    let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         tokio::select! {

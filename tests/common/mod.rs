@@ -114,12 +114,22 @@ impl Origin {
     }
 
     pub fn route(&self, path: &str, route: Route) {
-        self.state.routes.lock().unwrap().insert(path.to_string(), route);
+        self.state
+            .routes
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), route);
     }
 
     /// Requests the origin received for `path` (304 answers included).
     pub fn hits(&self, path: &str) -> usize {
-        self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total(&self) -> usize {
@@ -137,13 +147,20 @@ impl Origin {
     /// Headers of the last request for `path`.
     pub fn last_request_headers(&self, path: &str) -> Option<HeaderMap> {
         let requests = self.state.requests.lock().unwrap();
-        requests.iter().rev().find(|(_, p, _)| p == path).map(|(_, _, h)| h.clone())
+        requests
+            .iter()
+            .rev()
+            .find(|(_, p, _)| p == path)
+            .map(|(_, _, h)| h.clone())
     }
 
     /// Methods and paths in arrival order.
     pub fn log(&self) -> Vec<(String, String)> {
         let requests = self.state.requests.lock().unwrap();
-        requests.iter().map(|(m, p, _)| (m.clone(), p.clone())).collect()
+        requests
+            .iter()
+            .map(|(m, p, _)| (m.clone(), p.clone()))
+            .collect()
     }
 
     /// Every request is answered with `status` until `recover`.
@@ -182,7 +199,9 @@ impl Drop for Origin {
 async fn accept(listener: TcpListener, state: Arc<State>) {
     let mut connections = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         connections.spawn(async move {
             let service = service_fn(move |request| answer(state.clone(), request));
@@ -193,7 +212,10 @@ async fn accept(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Response<OriginBody>, Infallible> {
+async fn answer(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<OriginBody>, Infallible> {
     let path = request
         .uri()
         .path_and_query()
@@ -206,7 +228,11 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
 
     state.total.fetch_add(1, Ordering::SeqCst);
     *state.hits.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
-    state.requests.lock().unwrap().push((method, path.clone(), headers.clone()));
+    state
+        .requests
+        .lock()
+        .unwrap()
+        .push((method, path.clone(), headers.clone()));
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let route = state.routes.lock().unwrap().get(&path).cloned();
@@ -216,7 +242,12 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     Ok(response)
 }
 
-async fn build(state: &State, route: Option<Route>, fail_with: Option<u16>, request: &HeaderMap) -> Response<OriginBody> {
+async fn build(
+    state: &State,
+    route: Option<Route>,
+    fail_with: Option<u16>,
+    request: &HeaderMap,
+) -> Response<OriginBody> {
     if let Some(status) = fail_with {
         return plain(status, Vec::new(), Bytes::from("origin failure\n"));
     }
@@ -302,7 +333,11 @@ impl Kagami {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        Kagami { running, addr, client }
+        Kagami {
+            running,
+            addr,
+            client,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -321,7 +356,11 @@ impl Kagami {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await.expect("complete body");
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
