@@ -276,7 +276,10 @@ impl Proxy {
                 Role::Waiter(waiter) => match waiter.wait(site.config.coalesce_timeout).await {
                     Wait::Done(Outcome::Stored(entry)) if entry.matches(&parts.headers) => {
                         let now = SystemTime::now();
-                        let status = CacheStatus::new(phase).ttl(entry.ttl(now)).collapsed(true);
+                        let status = CacheStatus::new(phase)
+                            .fwd_status(entry.status.as_u16())
+                            .ttl(entry.ttl(now))
+                            .collapsed(true);
                         return (from_entry(&entry, &parts, now), status);
                     }
                     Wait::Done(Outcome::Stored(_)) => {}
