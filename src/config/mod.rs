@@ -168,7 +168,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: not valid TOML: {message}", path.display())]
+    /// TOML syntax errors and unknown keys: the message names the line and the key.
+    #[error("{}: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
     #[error("{}", format_problems(path, problems))]
     Invalid {
@@ -405,10 +406,13 @@ fn validate_site(raw: &RawSite, prefix: &str, problems: &mut Problems) -> Option
             CookiePolicy::Never
         }
     };
+    // Keep validating with a placeholder so every other problem is reported too.
+    let origin_ok = origin.is_some();
+    let placeholder = reqwest::Url::parse("http://invalid.invalid/").ok()?;
     let site = SiteConfig {
         name,
         hosts,
-        origin: origin?,
+        origin: origin.unwrap_or(placeholder),
         origin_host,
         grace: problems.duration(key("grace"), &raw.grace, Duration::from_secs(7 * 86_400)),
         stale_while_revalidate: problems.duration(
@@ -470,7 +474,7 @@ fn validate_site(raw: &RawSite, prefix: &str, problems: &mut Problems) -> Option
     if site.max_object_size == 0 {
         problems.add(key("max_object_size"), "must be larger than 0");
     }
-    Some(site)
+    origin_ok.then_some(site)
 }
 
 fn parse_origin(text: &str) -> Result<reqwest::Url, String> {

@@ -618,10 +618,14 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
     if let Some(authority) = request.uri().authority() {
         return Some(authority.as_str().to_string());
     }
-    request
-        .headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
+    // Two Host lines: which one counts is exactly what cache-poisoning attacks play on.
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next()?;
+    if hosts.next().is_some() {
+        return None;
+    }
+    host.to_str()
+        .ok()
         .filter(|h| !h.trim().is_empty())
         .map(|h| h.trim().to_string())
 }

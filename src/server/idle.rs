@@ -1,9 +1,11 @@
-//! Idle detection for client connections: the socket records when it last moved a byte, and a
-//! watchdog resolves once nothing has moved for the idle timeout.
+//! Connection watchdog: the socket records when it last moved a byte and how many requests are
+//! under way. A connection is closed when its first request head does not arrive within the
+//! header-read timeout (hyper's own timer only starts once the protocol is known, and HTTP/2 has
+//! none), or when no request is under way and nothing has moved for the idle timeout.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,6 +21,27 @@ pub struct IdleIo {
 pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    /// Requests whose handler is running.
+    active: AtomicUsize,
+    /// Requests ever started on this connection.
+    requests: AtomicU64,
+}
+
+/// Marks a request as under way until dropped.
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// Why the watchdog closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    NoRequestInTime,
+    Idle,
 }
 
 impl Activity {
@@ -27,15 +50,35 @@ impl Activity {
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Resolves when no byte has moved for `timeout`.
-    pub async fn idle(self: Arc<Self>, timeout: Duration) {
+    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        RequestGuard(self.clone())
+    }
+
+    /// Resolves when the connection should be closed.
+    pub async fn watch(self: Arc<Self>, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
         loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let quiet = self.start.elapsed().saturating_sub(last);
-            if quiet >= timeout {
-                return;
+            let now = self.start.elapsed();
+            if self.requests.load(Ordering::Relaxed) == 0 {
+                if now >= header_timeout {
+                    return Verdict::NoRequestInTime;
+                }
+                tokio::time::sleep((header_timeout - now).min(idle_timeout)).await;
+                continue;
             }
-            tokio::time::sleep(timeout - quiet).await;
+            if self.active.load(Ordering::Relaxed) > 0 {
+                // A request in progress (perhaps waiting for a slow origin) is not idleness.
+                tokio::time::sleep(idle_timeout).await;
+                continue;
+            }
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = now.saturating_sub(last);
+            if quiet >= idle_timeout {
+                return Verdict::Idle;
+            }
+            tokio::time::sleep(idle_timeout - quiet).await;
         }
     }
 }
@@ -45,6 +88,8 @@ impl IdleIo {
         let activity = Arc::new(Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
         });
         (
             IdleIo {

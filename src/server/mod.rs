@@ -129,7 +129,7 @@ async fn accept_loop(
             &builder,
             &graceful,
             proxy.clone(),
-            server.idle_timeout,
+            &server,
         );
     }
     drop(listener);
@@ -145,23 +145,25 @@ fn serve_connection(
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
     proxy: Arc<Proxy>,
-    idle_timeout: Duration,
+    server: &ServerConfig,
 ) {
     let _ = stream.set_nodelay(true);
-    let client = Client {
-        peer,
-        proto: "http",
-    };
+    let client = Client { peer, proto: "http" };
+    let (io, activity) = idle::IdleIo::new(stream);
+    let tracker = activity.clone();
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, client).await) }
+        let guard = tracker.request_started();
+        async move {
+            let response = proxy.handle(request, client).await;
+            drop(guard);
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
-    let (io, activity) = idle::IdleIo::new(stream);
     let builder = builder.clone();
-    let connection = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
+    let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
     let connection = graceful.watch(connection);
+    let (header_timeout, idle_timeout) = (server.header_read_timeout, server.idle_timeout);
     tokio::spawn(async move {
         tokio::select! {
             result = connection => {
@@ -169,8 +171,8 @@ fn serve_connection(
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
                 }
             }
-            _ = activity.idle(idle_timeout) => {
-                tracing::debug!(%peer, "closing idle connection");
+            verdict = activity.watch(header_timeout, idle_timeout) => {
+                tracing::debug!(%peer, ?verdict, "closing connection");
             }
         }
     });

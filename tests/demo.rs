@@ -1,0 +1,168 @@
+//! `kagami demo`: the printed addresses work, the second request is a hit, and after the demo
+//! origin is taken down an expired page is still served (stale) with 200.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+/// Kills the demo process when the test ends, however it ends.
+struct Demo {
+    child: Child,
+    /// Kept open: the demo treats a closed stdin as "run in the background".
+    _stdin: Option<ChildStdin>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The URL printed after `label`, e.g. "Through Kagami:   http://127.0.0.1:PORT/".
+fn url_after(line: &str, label: &str) -> Option<String> {
+    let rest = &line[line.find(label)? + label.len()..];
+    let url = rest.split_whitespace().next()?;
+    url.starts_with("http://127.0.0.1:")
+        .then(|| url.trim_end_matches('/').to_string())
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, String, String) {
+    let response = tokio::time::timeout(Duration::from_secs(5), client.get(url).send())
+        .await
+        .unwrap_or_else(|_| panic!("GET {url} answered in time"))
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let cache_status = response
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = response.text().await.unwrap();
+    (status, cache_status, body)
+}
+
+#[tokio::test]
+async fn demo_serves_hits_and_stale_copies_during_an_outage() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kagami"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--origin", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kagami demo");
+    let stdout = child.stdout.take().unwrap();
+    let stdin = child.stdin.take();
+    let _demo = Demo {
+        child,
+        _stdin: stdin,
+    };
+
+    // Read stdout for the whole run (so the pipe never fills), forwarding lines.
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut kagami, mut origin) = (None, None);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kagami.is_none() || origin.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tokio::time::timeout(left, lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the demo printed its addresses in time; got {seen:#?}"))
+            .unwrap_or_else(|| panic!("the demo exited early; printed {seen:#?}"));
+        kagami = kagami.or_else(|| url_after(&line, "Through Kagami:"));
+        origin = origin.or_else(|| url_after(&line, "Demo origin:"));
+        seen.push(line);
+    }
+    let (kagami, origin) = (kagami.unwrap(), origin.unwrap());
+    assert_ne!(kagami, origin);
+
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // The index: a miss that is stored, then a hit.
+    let (status, cache_status, index) = get(&client, &format!("{kagami}/")).await;
+    assert_eq!(status, 200);
+    assert!(cache_status.contains("stored"), "{cache_status}");
+    let (status, cache_status, again) = get(&client, &format!("{kagami}/")).await;
+    assert_eq!(status, 200);
+    assert!(cache_status.starts_with("kagami; hit"), "{cache_status}");
+    assert_eq!(again, index);
+
+    // /status.html is fresh for 5 s; store it, then take the origin down.
+    let stored_at = Instant::now();
+    let (status, cache_status, page) = get(&client, &format!("{kagami}/status.html")).await;
+    assert_eq!(status, 200);
+    assert!(cache_status.contains("stored"), "{cache_status}");
+
+    let outage = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.post(format!("{origin}/_demo/outage")).send(),
+    )
+    .await
+    .expect("outage switch answered in time")
+    .expect("outage switch");
+    assert_eq!(outage.status().as_u16(), 200);
+    let (status, _, _) = get(&client, &format!("{origin}/status.html")).await;
+    assert_eq!(status, 503, "the demo origin is down");
+
+    // Until it expires the copy is a plain hit; once expired, the origin's 503 is answered with
+    // the stale copy.
+    let stale = loop {
+        assert!(
+            stored_at.elapsed() < Duration::from_secs(8),
+            "no stale answer within 8 s of storing /status.html"
+        );
+        let (status, cache_status, body) = get(&client, &format!("{kagami}/status.html")).await;
+        assert_eq!(
+            status, 200,
+            "Kagami keeps serving /status.html: {cache_status}"
+        );
+        assert_eq!(body, page, "the stored copy, unchanged");
+        if !cache_status.starts_with("kagami; hit; ttl=") || cache_status.contains("detail=") {
+            break cache_status;
+        }
+        let ttl: i64 = cache_status
+            .trim_start_matches("kagami; hit; ttl=")
+            .split(';')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        assert!(
+            ttl >= 0,
+            "a fresh hit has a non-negative ttl: {cache_status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        stored_at.elapsed() >= Duration::from_secs(3),
+        "expired too early: {stale}"
+    );
+    assert!(
+        stale.contains("fwd=stale") && stale.contains("fwd-status=503"),
+        "served stale because the origin failed: {stale}"
+    );
+    let ttl: i64 = stale
+        .split(';')
+        .find_map(|m| m.trim().strip_prefix("ttl="))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("a ttl in {stale}"));
+    assert!(ttl <= 0, "an expired copy: {stale}");
+
+    // The index (max-age=30) is still a plain hit during the outage.
+    let (status, cache_status, body) = get(&client, &format!("{kagami}/")).await;
+    assert_eq!(status, 200);
+    assert!(cache_status.starts_with("kagami; hit"), "{cache_status}");
+    assert_eq!(body, index);
+}

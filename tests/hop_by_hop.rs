@@ -1,0 +1,331 @@
+//! Hop-by-hop fields stop at Kagami in both directions (RFC 9110 §7.6.1); the origin learns who
+//! asked through X-Forwarded-*, Forwarded and Via; Host is the client's unless `origin_host` is set.
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Kagami, Origin, Route};
+use http::HeaderValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A response read off the wire, header names lowercased, values as sent.
+struct RawReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawReply {
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+    fn has(&self, name: &str) -> bool {
+        !self.all(name).is_empty()
+    }
+}
+
+/// Writes `request` as is and reads until the server closes (the request should say
+/// `Connection: close`).
+async fn raw_exchange(addr: SocketAddr, request: &str) -> RawReply {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+        .await
+        .expect("Kagami answered and closed in time")
+        .expect("read the answer");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    RawReply {
+        status,
+        headers,
+        body: out[split + 4..].to_vec(),
+    }
+}
+
+const CLIENT_HOP_BY_HOP: &str = "Connection: X-Private, close\r\n\
+    X-Private: 1\r\n\
+    Keep-Alive: timeout=5\r\n\
+    Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+    Proxy-Connection: keep-alive\r\n\
+    TE: trailers\r\n\
+    Upgrade: websocket\r\n\
+    X-End-To-End: kept\r\n";
+
+fn assert_no_client_hop_by_hop(seen: &http::HeaderMap, what: &str) {
+    for name in [
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
+        assert!(
+            !seen.contains_key(name),
+            "{what}: the origin saw {name}: {:?}",
+            seen.get(name)
+        );
+    }
+    for value in seen.get_all("connection") {
+        let text = value.to_str().unwrap().to_ascii_lowercase();
+        assert!(
+            !text.contains("x-private"),
+            "{what}: the origin saw Connection: {text}"
+        );
+    }
+    assert_eq!(
+        seen.get("x-end-to-end").map(|v| v.to_str().unwrap()),
+        Some("kept"),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn client_hop_by_hop_fields_do_not_reach_the_origin() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
+    origin.route("/form", Route::ok("posted"));
+    let kagami = Kagami::start(&origin.url()).await;
+
+    // A cache fill (GET).
+    let reply = raw_exchange(
+        kagami.addr,
+        &format!("GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\n{CLIENT_HOP_BY_HOP}\r\n"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, b"page");
+    let seen = origin
+        .last_request_headers("/page")
+        .expect("origin got the GET");
+    assert_no_client_hop_by_hop(&seen, "GET");
+
+    // A pass-through (POST with a body).
+    let reply = raw_exchange(
+        kagami.addr,
+        &format!("POST /form HTTP/1.1\r\nHost: 127.0.0.1\r\n{CLIENT_HOP_BY_HOP}Content-Length: 3\r\n\r\na=1"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let seen = origin
+        .last_request_headers("/form")
+        .expect("origin got the POST");
+    assert_no_client_hop_by_hop(&seen, "POST");
+}
+
+#[tokio::test]
+async fn origin_hop_by_hop_fields_do_not_reach_the_client() {
+    let origin = Origin::start().await;
+    let route = |body: &'static str| {
+        Route::ok(body)
+            .header("cache-control", "max-age=60")
+            .header("connection", "X-Secret")
+            .header("x-secret", "origin-internal")
+            .header("keep-alive", "timeout=5, max=100")
+            .header("proxy-authenticate", "Basic realm=\"origin\"")
+            .header("proxy-connection", "keep-alive")
+            .header("upgrade", "h2c")
+            .header("x-end-to-end", "kept")
+    };
+    origin.route("/page", route("page"));
+    origin.route("/form", route("posted"));
+    let kagami = Kagami::start(&origin.url()).await;
+
+    // The test origin really sends them (so that the checks below are not vacuous).
+    let direct = raw_exchange(
+        origin.addr,
+        "GET /form HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    for name in [
+        "x-secret",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(
+            direct.has(name),
+            "the origin itself should send {name}: {:?}",
+            direct.headers
+        );
+    }
+    assert!(direct
+        .all("connection")
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("x-secret")));
+
+    let requests = [
+        ("miss", "GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_string()),
+        ("hit", "GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_string()),
+        (
+            "pass",
+            "POST /form HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".to_string(),
+        ),
+    ];
+    for (what, request) in requests {
+        let reply = raw_exchange(kagami.addr, &request).await;
+        assert_eq!(reply.status, 200, "{what}");
+        for name in [
+            "x-secret",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-connection",
+            "upgrade",
+        ] {
+            assert!(
+                !reply.has(name),
+                "{what}: the client saw {name}: {:?}",
+                reply.all(name)
+            );
+        }
+        for value in reply.all("connection") {
+            assert!(
+                value.eq_ignore_ascii_case("close"),
+                "{what}: only Kagami's own Connection: close may reach the client, got {value:?}"
+            );
+        }
+        assert_eq!(reply.all("x-end-to-end"), vec!["kept"], "{what}");
+        assert_eq!(reply.all("via"), vec!["1.1 kagami"], "{what}");
+    }
+    assert_eq!(origin.hits("/page"), 1, "the hit came from the cache");
+    assert_eq!(
+        origin.hits("/form"),
+        2,
+        "one direct request, one through Kagami"
+    );
+}
+
+#[tokio::test]
+async fn origin_sees_forwarding_fields_and_the_client_host() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
+    origin.route("/form", Route::ok("posted"));
+    let kagami = Kagami::start(&origin.url()).await;
+    let host = format!("127.0.0.1:{}", kagami.addr.port());
+
+    let reply = kagami.get("/page").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("via"), Some("1.1 kagami"));
+    let post = kagami
+        .send(kagami.client.post(kagami.url("/form")).body("x"))
+        .await;
+    assert_eq!(post.header("via"), Some("1.1 kagami"));
+
+    for path in ["/page", "/form"] {
+        let seen = origin.last_request_headers(path).unwrap();
+        let get = |name: &str| seen.get(name).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            get("x-forwarded-for").as_deref(),
+            Some("127.0.0.1"),
+            "{path}"
+        );
+        assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"), "{path}");
+        assert_eq!(
+            get("forwarded"),
+            Some(format!("for=127.0.0.1;proto=http;host=\"{host}\"")),
+            "{path}"
+        );
+        assert_eq!(get("via").as_deref(), Some("1.1 kagami"), "{path}");
+        assert_eq!(
+            get("host"),
+            Some(host.clone()),
+            "{path}: the client's Host by default"
+        );
+    }
+}
+
+#[tokio::test]
+async fn prior_forwarding_fields_are_appended_to() {
+    let origin = Origin::start().await;
+    origin.route("/page", Route::ok("page"));
+    let kagami = Kagami::start(&origin.url()).await;
+
+    kagami
+        .send(
+            kagami
+                .client
+                .get(kagami.url("/page"))
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("via", "1.1 edge"),
+        )
+        .await;
+    let seen = origin.last_request_headers("/page").unwrap();
+    assert_eq!(
+        seen.get("x-forwarded-for").unwrap(),
+        "203.0.113.9, 127.0.0.1"
+    );
+    let via: Vec<&str> = seen
+        .get_all("via")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(via.join(", "), "1.1 edge, 1.1 kagami");
+}
+
+#[tokio::test]
+async fn origin_host_replaces_host_but_forwarded_keeps_the_client_host() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
+    origin.route("/form", Route::ok("posted"));
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.origin_host = Some(HeaderValue::from_static("origin.example"));
+    })
+    .await;
+    let host = format!("127.0.0.1:{}", kagami.addr.port());
+
+    assert_eq!(kagami.get("/page").await.status, 200);
+    assert_eq!(
+        kagami
+            .send(kagami.client.post(kagami.url("/form")).body("x"))
+            .await
+            .status,
+        200
+    );
+    for path in ["/page", "/form"] {
+        let seen = origin.last_request_headers(path).unwrap();
+        assert_eq!(seen.get("host").unwrap(), "origin.example", "{path}");
+        assert_eq!(
+            seen.get("forwarded").unwrap().to_str().unwrap(),
+            format!("for=127.0.0.1;proto=http;host=\"{host}\""),
+            "{path}"
+        );
+        assert_eq!(
+            seen.get("x-forwarded-host").unwrap().to_str().unwrap(),
+            host,
+            "{path}"
+        );
+    }
+}

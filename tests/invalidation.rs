@@ -1,0 +1,373 @@
+//! Unsafe methods that succeed invalidate the stored target URI and same-origin Location /
+//! Content-Location (RFC 9111 §4.4); failed ones do not. Request bodies reach the origin intact.
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Kagami, Origin, Route};
+use futures_util::StreamExt;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// GET requests the origin received for `path` (the origin counts every method in `hits`).
+fn gets(origin: &Origin, path: &str) -> usize {
+    origin
+        .log()
+        .iter()
+        .filter(|(m, p)| m == "GET" && p == path)
+        .count()
+}
+
+async fn cached(kagami: &Kagami, origin: &Origin, path: &str) {
+    let first = kagami.get(path).await;
+    assert_eq!(first.status, 200, "{path}");
+    let second = kagami.get(path).await;
+    assert!(
+        second.cache_status().contains("hit"),
+        "{path} should be cached: {}",
+        second.cache_status()
+    );
+    assert_eq!(gets(origin, path), 1, "{path}");
+}
+
+#[tokio::test]
+async fn successful_post_invalidates_the_target() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    cached(&kagami, &origin, "/page").await;
+
+    let post = kagami
+        .send(kagami.client.post(kagami.url("/page")).body("comment=1"))
+        .await;
+    assert_eq!(post.status, 200);
+    assert!(
+        post.cache_status().contains("fwd="),
+        "{}",
+        post.cache_status()
+    );
+
+    let after = kagami.get("/page").await;
+    assert_eq!(after.status, 200);
+    assert!(
+        !after.cache_status().contains("hit"),
+        "{}",
+        after.cache_status()
+    );
+    assert_eq!(
+        gets(&origin, "/page"),
+        2,
+        "the GET after the POST goes to the origin"
+    );
+}
+
+#[tokio::test]
+async fn put_invalidates_the_location_it_answers_with() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/other",
+        Route::ok("other").header("cache-control", "max-age=60"),
+    );
+    origin.route(
+        "/elsewhere",
+        Route::ok("elsewhere").header("cache-control", "max-age=60"),
+    );
+    origin.route(
+        "/form",
+        Route::ok("saved").status(201).header("location", "/other"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    cached(&kagami, &origin, "/other").await;
+    cached(&kagami, &origin, "/elsewhere").await;
+
+    let put = kagami
+        .send(kagami.client.put(kagami.url("/form")).body("x"))
+        .await;
+    assert_eq!(put.status, 201);
+    assert_eq!(put.header("location"), Some("/other"));
+
+    kagami.get("/other").await;
+    assert_eq!(
+        gets(&origin, "/other"),
+        2,
+        "Location: /other was invalidated"
+    );
+    kagami.get("/elsewhere").await;
+    assert_eq!(
+        gets(&origin, "/elsewhere"),
+        1,
+        "unrelated pages stay cached"
+    );
+}
+
+#[tokio::test]
+async fn location_on_another_host_is_not_invalidated() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/other",
+        Route::ok("other").header("cache-control", "max-age=60"),
+    );
+    origin.route(
+        "/form",
+        Route::ok("saved").header("location", "http://elsewhere.example/other"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    cached(&kagami, &origin, "/other").await;
+
+    let post = kagami
+        .send(kagami.client.post(kagami.url("/form")).body("x"))
+        .await;
+    assert_eq!(post.status, 200);
+    kagami.get("/other").await;
+    assert_eq!(
+        gets(&origin, "/other"),
+        1,
+        "a Location on another host must not invalidate ours"
+    );
+}
+
+#[tokio::test]
+async fn absolute_location_on_the_same_host_is_invalidated() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/other",
+        Route::ok("other").header("cache-control", "max-age=60"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    let location = format!("http://127.0.0.1:{}/other", kagami.addr.port());
+    origin.route(
+        "/form",
+        Route::ok("saved").header("content-location", &location),
+    );
+    cached(&kagami, &origin, "/other").await;
+
+    let post = kagami
+        .send(kagami.client.post(kagami.url("/form")).body("x"))
+        .await;
+    assert_eq!(post.status, 200);
+    kagami.get("/other").await;
+    assert_eq!(
+        gets(&origin, "/other"),
+        2,
+        "Content-Location {location} was invalidated"
+    );
+}
+
+#[tokio::test]
+async fn post_answered_500_does_not_invalidate() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    cached(&kagami, &origin, "/page").await;
+
+    origin.fail_with(500);
+    let post = kagami
+        .send(kagami.client.post(kagami.url("/page")).body("comment=1"))
+        .await;
+    assert_eq!(post.status, 500);
+    origin.recover();
+
+    let after = kagami.get("/page").await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.text(), "page");
+    assert!(
+        after.cache_status().contains("hit"),
+        "{}",
+        after.cache_status()
+    );
+    assert_eq!(
+        gets(&origin, "/page"),
+        1,
+        "a failed POST leaves the stored copy alone"
+    );
+}
+
+#[tokio::test]
+async fn delete_invalidates() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    cached(&kagami, &origin, "/page").await;
+
+    let delete = kagami.send(kagami.client.delete(kagami.url("/page"))).await;
+    assert_eq!(delete.status, 200);
+    kagami.get("/page").await;
+    assert_eq!(gets(&origin, "/page"), 2);
+}
+
+#[tokio::test]
+async fn invalidation_covers_the_query_string_exactly() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/list?page=2",
+        Route::ok("p2").header("cache-control", "max-age=60"),
+    );
+    origin.route(
+        "/list?page=3",
+        Route::ok("p3").header("cache-control", "max-age=60"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    cached(&kagami, &origin, "/list?page=2").await;
+    cached(&kagami, &origin, "/list?page=3").await;
+
+    let post = kagami
+        .send(kagami.client.post(kagami.url("/list?page=2")).body("x"))
+        .await;
+    assert_eq!(post.status, 200);
+    kagami.get("/list?page=2").await;
+    kagami.get("/list?page=3").await;
+    assert_eq!(gets(&origin, "/list?page=2"), 2);
+    assert_eq!(gets(&origin, "/list?page=3"), 1);
+}
+
+/// What the recording origin received.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    path: String,
+    content_length: Option<String>,
+    body: Bytes,
+}
+
+/// A tiny origin that records request bodies (the shared one discards them).
+async fn recording_origin() -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let state = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        let method = request.method().to_string();
+                        let path = request.uri().path().to_string();
+                        let content_length = request
+                            .headers()
+                            .get("content-length")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                        let body = body.unwrap_or_default();
+                        let answer = format!("got {} bytes", body.len());
+                        state.lock().unwrap().push(Received {
+                            method,
+                            path,
+                            content_length,
+                            body,
+                        });
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// Bytes that are not text and not one repeated pattern.
+fn payload(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn request_bodies_reach_the_origin_intact() {
+    let (addr, log) = recording_origin().await;
+    let kagami = Kagami::start(&format!("http://{addr}")).await;
+
+    // With Content-Length, larger than any single buffer.
+    let sized = payload(300 * 1024 + 7);
+    let reply = kagami
+        .send(
+            kagami
+                .client
+                .post(kagami.url("/upload"))
+                .body(sized.clone()),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), format!("got {} bytes", sized.len()));
+
+    // Chunked, in several pieces with pauses.
+    let chunked = payload(64 * 1024);
+    let pieces: Vec<Result<Bytes, std::io::Error>> = chunked
+        .chunks(10_000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let stream = futures_util::stream::iter(pieces).then(|piece| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        piece
+    });
+    let reply = kagami
+        .send(
+            kagami
+                .client
+                .put(kagami.url("/stream"))
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+
+    // Empty.
+    let reply = kagami.send(kagami.client.post(kagami.url("/empty"))).await;
+    assert_eq!(reply.status, 200);
+
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(
+        (log[0].method.as_str(), log[0].path.as_str()),
+        ("POST", "/upload")
+    );
+    assert_eq!(
+        log[0].content_length.as_deref(),
+        Some(sized.len().to_string().as_str())
+    );
+    assert!(
+        log[0].body == sized,
+        "POST body differs ({} bytes received)",
+        log[0].body.len()
+    );
+    assert_eq!(
+        (log[1].method.as_str(), log[1].path.as_str()),
+        ("PUT", "/stream")
+    );
+    assert!(
+        log[1].body == chunked,
+        "chunked PUT body differs ({} bytes received)",
+        log[1].body.len()
+    );
+    assert_eq!(log[2].method, "POST");
+    assert!(log[2].body.is_empty());
+}

@@ -1,0 +1,266 @@
+//! Timeouts: slow clients are cut off (slowloris), a slow origin gives a quick 504 when nothing is
+//! cached, and idle keep-alive connections are closed.
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Kagami, Origin, Route};
+use kagami::config::{Config, SiteConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn kagami_with(origin: &Origin, header_read: Duration, idle: Duration) -> Kagami {
+    let site = SiteConfig::new("test", &["127.0.0.1", "localhost"], &origin.url()).unwrap();
+    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
+    config.log.access = false;
+    config.server.header_read_timeout = header_read;
+    config.server.idle_timeout = idle;
+    Kagami::start_config(config).await
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .expect("connected in time")
+        .expect("connected")
+}
+
+/// Reads until the server closes the connection (EOF or reset) and returns when that happened
+/// (measured from `since`) and what was read. Panics if the connection is still open at `limit`.
+async fn wait_for_close(
+    stream: &mut TcpStream,
+    since: Instant,
+    limit: Duration,
+) -> (Duration, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(since.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => panic!(
+                "the connection was still open after {:?}; read so far: {:?}",
+                since.elapsed(),
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => return (since.elapsed(), got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one response with a Content-Length body off a keep-alive connection.
+async fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before a full response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn stalled_request_head_is_cut_off_after_header_read_timeout() {
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("home"));
+    let kagami = kagami_with(&origin, Duration::from_secs(1), Duration::from_secs(30)).await;
+
+    let mut stream = connect(kagami.addr).await;
+    let start = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (after, got) = wait_for_close(&mut stream, start, Duration::from_secs(4)).await;
+    assert!(
+        after >= Duration::from_millis(800),
+        "closed too early ({after:?})"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        got.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "unexpected answer {text:?}"
+    );
+    assert_eq!(origin.total(), 0);
+}
+
+#[tokio::test]
+async fn trickled_request_head_is_cut_off_after_header_read_timeout() {
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("home"));
+    let kagami = kagami_with(&origin, Duration::from_secs(1), Duration::from_secs(30)).await;
+
+    // A byte every 100 ms keeps the connection busy but never completes the head.
+    let mut stream = connect(kagami.addr).await;
+    let start = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    let closed = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return start.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    let after = tokio::time::timeout(Duration::from_secs(4), async {
+        tokio::select! {
+            after = closed => after,
+            _ = trickle => start.elapsed(),
+        }
+    })
+    .await
+    .expect("the trickling client was disconnected within 4s");
+    assert!(
+        after >= Duration::from_millis(800),
+        "closed too early ({after:?})"
+    );
+    assert_eq!(origin.total(), 0);
+}
+
+#[tokio::test]
+async fn silent_connection_is_cut_off_after_header_read_timeout() {
+    // A client that connects and sends nothing holds a connection just as well as a slow one.
+    let origin = Origin::start().await;
+    let kagami = kagami_with(&origin, Duration::from_secs(1), Duration::from_secs(30)).await;
+
+    let mut stream = connect(kagami.addr).await;
+    let start = Instant::now();
+    let (after, _) = wait_for_close(&mut stream, start, Duration::from_secs(4)).await;
+    assert!(
+        after >= Duration::from_millis(800),
+        "closed too early ({after:?})"
+    );
+}
+
+#[tokio::test]
+async fn partial_http2_preface_is_cut_off_after_header_read_timeout() {
+    let origin = Origin::start().await;
+    let kagami = kagami_with(&origin, Duration::from_secs(1), Duration::from_secs(30)).await;
+
+    let mut stream = connect(kagami.addr).await;
+    let start = Instant::now();
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let (after, _) = wait_for_close(&mut stream, start, Duration::from_secs(4)).await;
+    assert!(
+        after >= Duration::from_millis(800),
+        "closed too early ({after:?})"
+    );
+}
+
+#[tokio::test]
+async fn slow_origin_gives_a_quick_504_when_nothing_is_cached() {
+    let origin = Origin::start().await;
+    origin.route("/slow", Route::ok("late").delay(Duration::from_secs(5)));
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.timeouts.response = Duration::from_millis(500);
+    })
+    .await;
+
+    let start = Instant::now();
+    let reply = kagami.get("/slow").await;
+    let took = start.elapsed();
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert!(
+        took >= Duration::from_millis(400),
+        "answered before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_millis(2500), "the 504 took {took:?}");
+    assert!(!reply.text().contains("late"));
+    assert!(
+        reply.cache_status().contains("kagami"),
+        "{}",
+        reply.cache_status()
+    );
+
+    // The same for a request passed through (POST).
+    let start = Instant::now();
+    let reply = kagami
+        .send(kagami.client.post(kagami.url("/slow")).body("x"))
+        .await;
+    assert_eq!(reply.status, 504);
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "the 504 took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("home").header("cache-control", "max-age=60"));
+    let kagami = kagami_with(&origin, Duration::from_secs(10), Duration::from_secs(1)).await;
+
+    let mut stream = connect(kagami.addr).await;
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_one_response(&mut stream).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("home"), "{response}");
+        // Activity within the idle timeout keeps the connection open.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let idle_since = Instant::now() - Duration::from_millis(500);
+    let (after, got) = wait_for_close(&mut stream, idle_since, Duration::from_secs(3)).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed too early ({after:?})"
+    );
+}
+
+#[tokio::test]
+async fn a_request_waiting_for_a_slow_origin_is_not_idle() {
+    // The idle timeout is about keep-alive connections between requests; a client waiting for an
+    // answer that the origin is still preparing must get that answer (or Kagami's 504).
+    let origin = Origin::start().await;
+    origin.route(
+        "/slow",
+        Route::ok("late but complete").delay(Duration::from_millis(2000)),
+    );
+    let kagami = kagami_with(&origin, Duration::from_secs(10), Duration::from_secs(1)).await;
+
+    let mut stream = connect(kagami.addr).await;
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_one_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("late but complete"), "{response}");
+}
