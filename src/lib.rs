@@ -6,6 +6,8 @@
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod limit;
+pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod routing;

@@ -78,25 +78,42 @@ async fn strict_site_returns_the_error_for_must_revalidate_content() {
     expire().await;
     origin.kill();
     let reply = kagami.get("/mr").await;
-    assert_eq!(reply.status, 502);
+    assert_eq!(reply.status, 503);
     assert_ne!(reply.text(), "strict");
+    assert!(
+        reply
+            .cache_status()
+            .contains("detail=\"origin-unreachable\""),
+        "{}",
+        reply.cache_status()
+    );
 }
 
 #[tokio::test]
-async fn no_stored_copy_gives_502_or_the_origins_error() {
+async fn no_stored_copy_gives_the_origins_error_or_the_emergency_page() {
     let origin = Origin::start().await;
     origin.route(
         "/cold",
         Route::ok("never fetched").header("cache-control", "max-age=60"),
     );
-    let kagami = Kagami::start(&origin.url()).await;
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.emergency_page = bytes::Bytes::from_static("<h1>緊急 / Emergency</h1>".as_bytes())
+    })
+    .await;
     origin.fail_with(503);
     let reply = kagami.get("/cold").await;
     assert_eq!(reply.status, 503);
+    assert_eq!(
+        reply.text(),
+        "origin failure\n",
+        "the origin's own answer is relayed"
+    );
     origin.kill();
     let refused = kagami.get("/cold").await;
-    assert_eq!(refused.status, 502);
-    assert!(refused.text().contains("cannot be reached"));
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.text(), "<h1>緊急 / Emergency</h1>");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
 }
 
 #[tokio::test]

@@ -23,6 +23,8 @@ pub enum Phase {
     Pass,
     /// Kagami answered by itself (refused host, bad request, origin unreachable with no copy).
     Error,
+    /// Refused by a rate limit (429).
+    Limited,
 }
 
 impl Phase {
@@ -36,6 +38,7 @@ impl Phase {
             Phase::StaleOnError => "stale-on-error",
             Phase::Pass => "pass",
             Phase::Error => "error",
+            Phase::Limited => "rate-limited",
         }
     }
 }
@@ -56,7 +59,7 @@ pub struct CacheStatus {
 impl CacheStatus {
     pub fn new(phase: Phase) -> CacheStatus {
         let fwd = match phase {
-            Phase::Hit | Phase::StaleHit | Phase::Error => None,
+            Phase::Hit | Phase::StaleHit | Phase::Error | Phase::Limited => None,
             Phase::Miss => Some("uri-miss"),
             Phase::VaryMiss => Some("vary-miss"),
             Phase::Revalidated | Phase::StaleOnError => Some("stale"),

@@ -9,6 +9,7 @@ pub struct RawConfig {
     pub server: Option<RawServer>,
     pub cache: Option<RawCache>,
     pub log: Option<RawLog>,
+    pub limits: Option<RawLimits>,
     #[serde(default)]
     pub site: Vec<RawSite>,
 }
@@ -20,6 +21,24 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub worker_threads: Option<usize>,
+    pub max_header_size: Option<String>,
+    pub max_headers: Option<usize>,
+    pub max_request_body: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_requests_in_flight: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub trusted_proxies: Option<Vec<String>>,
+    pub hits: Option<String>,
+    pub hits_burst: Option<u32>,
+    pub misses: Option<String>,
+    pub misses_burst: Option<u32>,
+    pub max_clients: Option<usize>,
+    pub page_429: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +59,7 @@ pub struct RawSite {
     pub name: Option<String>,
     pub hosts: Option<Vec<String>>,
     pub origin: Option<String>,
+    pub origins: Option<Vec<String>>,
     pub origin_host: Option<String>,
     pub grace: Option<String>,
     pub stale_while_revalidate: Option<String>,
@@ -53,4 +73,16 @@ pub struct RawSite {
     pub read_timeout: Option<String>,
     pub failure_backoff: Option<String>,
     pub coalesce_timeout: Option<String>,
+    pub origin_concurrency: Option<usize>,
+    pub origin_queue_timeout: Option<String>,
+    pub circuit_failures: Option<u32>,
+    pub circuit_open: Option<String>,
+    pub health_path: Option<String>,
+    pub health_interval: Option<String>,
+    pub emergency_page: Option<String>,
+    pub emergency_html: Option<String>,
+    pub limit_hits: Option<String>,
+    pub limit_hits_burst: Option<u32>,
+    pub limit_misses: Option<String>,
+    pub limit_misses_burst: Option<u32>,
 }

@@ -1,15 +1,19 @@
-//! The origin side of a site: the HTTP client that fetches from it and what Kagami remembers
-//! about its recent failures.
+//! The origin side of a site: the HTTP client, the origin servers (primary and backups) with
+//! their circuit breakers, the cap on concurrent origin requests, and active health checks.
 
 mod health;
 
-pub use health::Health;
+pub use health::{Backoff, Breaker, Transition};
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 
 use crate::config::SiteConfig;
+use crate::metrics::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
@@ -19,10 +23,23 @@ pub enum OriginError {
     Timeout(Duration),
     #[error("the origin request failed: {0}")]
     Other(String),
+    #[error("every origin's circuit is open")]
+    CircuitOpen,
+    #[error("every origin slot is taken")]
+    Busy,
+    #[error("the request body is larger than allowed")]
+    TooLarge,
 }
 
 impl OriginError {
     fn from_reqwest(err: reqwest::Error, response_timeout: Duration) -> OriginError {
+        let mut cause: Option<&dyn std::error::Error> = Some(&err);
+        while let Some(e) = cause {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return OriginError::TooLarge;
+            }
+            cause = e.source();
+        }
         if err.is_timeout() {
             OriginError::Timeout(response_timeout)
         } else if err.is_connect() {
@@ -31,10 +48,22 @@ impl OriginError {
             OriginError::Other(source_chain(&err))
         }
     }
+
+    /// The Cache-Status `detail` for this failure.
+    pub fn detail(&self) -> &'static str {
+        match self {
+            OriginError::Connect(_) => "origin-unreachable",
+            OriginError::Timeout(_) => "origin-timeout",
+            OriginError::Other(_) => "origin-error",
+            OriginError::CircuitOpen => "circuit-open",
+            OriginError::Busy => "origin-busy",
+            OriginError::TooLarge => "body-too-large",
+        }
+    }
 }
 
 /// reqwest's top-level message is generic; the cause is at the bottom of the chain.
-fn source_chain(err: &dyn std::error::Error) -> String {
+pub fn source_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -45,17 +74,32 @@ fn source_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// One site's origin.
-pub struct Origin {
-    client: reqwest::Client,
+/// Origin status codes that count as failures (RFC 5861 §4).
+pub fn is_failure(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// One origin server of a site.
+pub struct Server {
     /// `scheme://host[:port]` with no trailing slash; the request's path is appended as is.
-    base: String,
+    pub base: String,
+    pub breaker: Breaker,
+}
+
+/// One site's origins.
+pub struct Origin {
+    site: String,
+    client: reqwest::Client,
+    pub servers: Vec<Server>,
     response_timeout: Duration,
-    pub health: Health,
+    pub backoff: Backoff,
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
+    stats: Arc<Stats>,
 }
 
 impl Origin {
-    pub fn new(site: &SiteConfig) -> Result<Origin, reqwest::Error> {
+    pub fn new(site: &SiteConfig, stats: Arc<Stats>) -> Result<Origin, reqwest::Error> {
         let client = reqwest::Client::builder()
             // Redirects are the client's business: a proxy relays them.
             .redirect(reqwest::redirect::Policy::none())
@@ -64,26 +108,108 @@ impl Origin {
             .connect_timeout(site.timeouts.connect)
             .read_timeout(site.timeouts.read)
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(site.protection.concurrency.max(8))
             .tcp_nodelay(true)
             .build()?;
+        let protection = &site.protection;
         Ok(Origin {
+            site: site.name.clone(),
             client,
-            base: site.origin.as_str().trim_end_matches('/').to_string(),
+            servers: site
+                .origins
+                .iter()
+                .map(|url| Server {
+                    base: url.as_str().trim_end_matches('/').to_string(),
+                    breaker: Breaker::new(protection.circuit_failures, protection.circuit_open),
+                })
+                .collect(),
             response_timeout: site.timeouts.response,
-            health: Health::default(),
+            backoff: Backoff::default(),
+            slots: Arc::new(Semaphore::new(protection.concurrency)),
+            queue_timeout: protection.queue_timeout,
+            stats,
         })
     }
 
-    /// Sends a request and waits (at most the response timeout) for the response head.
+    /// True when requests that have a stale copy should be answered from it without asking
+    /// the origin: just after a failure, or while every circuit is open.
+    pub fn avoid(&self) -> bool {
+        self.backoff.is_failing() || self.servers.iter().all(|s| s.breaker.rejecting())
+    }
+
+    /// A free origin slot, if there is one right now.
+    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// An origin slot, waiting in line at most the site's queue timeout.
+    pub async fn slot(&self) -> Result<OwnedSemaphorePermit, OriginError> {
+        if let Some(permit) = self.try_slot() {
+            return Ok(permit);
+        }
+        self.stats.add(&self.stats.origin_busy);
+        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(OriginError::Busy),
+        }
+    }
+
+    /// Sends a request, trying backups in order when it is idempotent and has no body (so it
+    /// can be repeated), and waits at most the response timeout for each response head.
     pub async fn send(
         &self,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
+        mut body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, OriginError> {
+        let repeatable = body.is_none() && method.is_idempotent();
+        let mut last: Option<Result<reqwest::Response, OriginError>> = None;
+        for server in &self.servers {
+            let Some(ticket) = server.breaker.admit() else {
+                continue;
+            };
+            if last.is_some() {
+                self.stats.add(&self.stats.failovers);
+            }
+            let result = {
+                let _in_flight = self.stats.origin_started();
+                self.send_to(
+                    server,
+                    method.clone(),
+                    path_and_query,
+                    headers.clone(),
+                    body.take(),
+                )
+                .await
+            };
+            let failed = match &result {
+                Ok(response) => is_failure(response.status()),
+                Err(_) => true,
+            };
+            if !failed {
+                self.note(server, ticket.success());
+                return result;
+            }
+            self.stats.add(&self.stats.origin_failures);
+            self.note(server, ticket.failure());
+            if !repeatable {
+                return result;
+            }
+            last = Some(result);
+        }
+        last.unwrap_or(Err(OriginError::CircuitOpen))
+    }
+
+    async fn send_to(
+        &self,
+        server: &Server,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
         body: Option<reqwest::Body>,
     ) -> Result<reqwest::Response, OriginError> {
-        let url = format!("{}{}", self.base, path_and_query);
+        let url = format!("{}{}", server.base, path_and_query);
         let mut request = self.client.request(method, url).headers(headers);
         if let Some(body) = body {
             request = request.body(body);
@@ -93,5 +219,60 @@ impl Origin {
             Ok(Err(err)) => Err(OriginError::from_reqwest(err, self.response_timeout)),
             Ok(Ok(response)) => Ok(response),
         }
+    }
+
+    fn note(&self, server: &Server, transition: Transition) {
+        match transition {
+            Transition::Opened => {
+                self.stats.add(&self.stats.circuit_opened);
+                tracing::warn!(site = %self.site, origin = %server.base, "origin circuit opened");
+            }
+            Transition::Closed => {
+                tracing::info!(site = %self.site, origin = %server.base, "origin circuit closed");
+            }
+            Transition::None => {}
+        }
+    }
+
+    /// Active health checks: every `interval`, GET `path` on each server; 2xx/3xx counts as
+    /// healthy. Returns the tasks' handles; they hold only this origin, never the proxy.
+    pub fn spawn_health_checks(
+        self: &Arc<Self>,
+        path: &str,
+        interval: Duration,
+    ) -> Vec<AbortHandle> {
+        (0..self.servers.len())
+            .map(|index| {
+                let origin = Arc::downgrade(self);
+                let path = path.to_string();
+                tokio::spawn(async move {
+                    let mut ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        ticker.tick().await;
+                        let Some(origin) = origin.upgrade() else {
+                            return;
+                        };
+                        let server = &origin.servers[index];
+                        let url = format!("{}{}", server.base, path);
+                        let probe = origin
+                            .client
+                            .get(url)
+                            .header("user-agent", "kagami-health-check");
+                        let healthy = matches!(
+                            tokio::time::timeout(origin.response_timeout, probe.send()).await,
+                            Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection()
+                        );
+                        let transition = if healthy {
+                            server.breaker.record_success()
+                        } else {
+                            server.breaker.record_failure()
+                        };
+                        origin.note(server, transition);
+                    }
+                })
+                .abort_handle()
+            })
+            .collect()
     }
 }

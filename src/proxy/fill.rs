@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::body::{Body, Truncated};
 use super::Outcome;
@@ -40,10 +40,15 @@ pub fn relay(
     job: Option<StoreJob>,
     leader: Option<Leader<Outcome>>,
     want_body: bool,
+    origin_slot: Option<OwnedSemaphorePermit>,
 ) -> Body {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Truncated>>(16);
     let expected = response.content_length();
-    tokio::spawn(pump(response, job, leader, tx, expected, want_body));
+    tokio::spawn(async move {
+        pump(response, job, leader, tx, expected, want_body).await;
+        // The origin slot is held until its body has been read (or abandoned).
+        drop(origin_slot);
+    });
     if want_body {
         Body::Channel(rx)
     } else {

@@ -1,36 +1,40 @@
-//! The request path, top to bottom: route by Host, choose cache or pass, look up, serve fresh or
-//! stale, coalesce misses into one origin fetch, fall back to stale when the origin fails, and
-//! label the response (`Cache-Status`, `Via`, access log).
+//! The request path, top to bottom: global caps, route by Host, rate limits, choose cache or
+//! pass, look up, serve fresh or stale, coalesce misses into one origin fetch (`forward`), fall
+//! back to stale when the origin fails, and label the response (`Cache-Status`, `Via`, access
+//! log, counters).
 //!
 //! Caching must never break the relay to the client: every failure of the cache machinery ends
 //! in a plain origin fetch or a clear error status, never a panic.
 
 pub mod body;
 mod fill;
+mod forward;
 mod headers;
 pub mod respond;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{
-    HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_LOCATION, HOST, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, LOCATION,
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER,
 };
-use http::{request, Method, Request, Response, StatusCode};
+use http::{request, HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tokio::task::AbortHandle;
 
-use crate::cache::coalesce::{Coalescer, Leader, Role, Wait};
-use crate::cache::control::{parse_cache_control, response_directives};
+use crate::cache::coalesce::{Coalescer, Role, Wait};
+use crate::cache::control::parse_cache_control;
 use crate::cache::key::primary_key;
-use crate::cache::policy::{serve_while_revalidating, stale_on_error, storable, NotStorable};
+use crate::cache::policy::{serve_while_revalidating, stale_on_error};
 use crate::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings};
 use crate::config::{Config, SiteConfig};
-use crate::origin::{Origin, OriginError};
+use crate::limit::{client_ip, limit_key, Limiter, TrustedProxies};
+use crate::metrics::Stats;
+use crate::origin::Origin;
 use crate::routing::Router;
 use body::Body;
-use fill::{relay, StoreJob};
 use respond::{from_entry, Canned};
 
 /// What a coalesced fetch ended with, as seen by the requests that waited for it.
@@ -49,13 +53,17 @@ pub struct Failure {
     pub answer: Canned,
     /// The origin's status, when it answered at all (for `fwd-status`).
     pub origin_status: Option<StatusCode>,
+    /// Why, for Cache-Status.
+    pub detail: &'static str,
 }
 
-/// A site at run time: its config, its origin client and its storage settings.
+/// A site at run time: its config, origins, limits and storage settings.
 pub struct Site {
     pub config: SiteConfig,
-    pub origin: Origin,
+    pub origin: Arc<Origin>,
     settings: StoreSettings,
+    hits: Option<Limiter>,
+    misses: Option<Limiter>,
 }
 
 /// Who sent a request.
@@ -63,6 +71,16 @@ pub struct Site {
 pub struct Client {
     pub peer: SocketAddr,
     pub proto: &'static str,
+}
+
+/// One GET/HEAD on its way through the cache: owned, so background work can keep it.
+struct Req {
+    site: usize,
+    parts: request::Parts,
+    client: Client,
+    host: String,
+    /// The rate-limit key of the client.
+    ip: IpAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,42 +94,55 @@ pub struct Proxy {
     sites: Vec<Site>,
     router: Router,
     pub store: MemoryStore,
+    pub stats: Arc<Stats>,
     coalescer: Coalescer<Outcome>,
+    trusted: TrustedProxies,
+    page_429: bytes::Bytes,
     access_log: bool,
+    max_in_flight: usize,
+    max_request_body: u64,
+    in_flight: AtomicUsize,
+    background: Vec<AbortHandle>,
 }
-
-/// Origin status codes that count as failures (RFC 5861 §4).
-fn is_failure(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 500 | 502 | 503 | 504)
-}
-
-/// Largest origin error body shared with coalesced waiters; larger ones get a generic answer.
-const SHARED_ERROR_BODY: u64 = 64 * 1024;
 
 type Served = (Response<Body>, CacheStatus);
 
 impl Proxy {
+    /// Builds the proxy; must run inside a tokio runtime (health checks start here).
     pub fn new(config: &Config) -> Result<Proxy, BuildError> {
-        let sites = config
-            .sites
-            .iter()
-            .map(|c| {
-                Ok(Site {
-                    origin: Origin::new(c).map_err(|source| BuildError {
-                        site: c.name.clone(),
-                        source,
-                    })?,
-                    settings: StoreSettings::of(c),
-                    config: c.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, BuildError>>()?;
+        let stats = Arc::new(Stats::default());
+        let mut background = Vec::new();
+        let mut sites = Vec::new();
+        for c in &config.sites {
+            let origin = Arc::new(Origin::new(c, stats.clone()).map_err(|source| BuildError {
+                site: c.name.clone(),
+                source,
+            })?);
+            if let Some(path) = &c.protection.health_path {
+                background.extend(origin.spawn_health_checks(path, c.protection.health_interval));
+            }
+            let max_clients = config.limits.max_clients;
+            sites.push(Site {
+                origin,
+                settings: StoreSettings::of(c),
+                hits: c.limit_hits.map(|rate| Limiter::new(rate, max_clients)),
+                misses: c.limit_misses.map(|rate| Limiter::new(rate, max_clients)),
+                config: c.clone(),
+            });
+        }
         Ok(Proxy {
             router: Router::new(sites.iter().map(|s| s.config.hosts.as_slice())),
             sites,
             store: MemoryStore::new(config.cache.memory),
+            stats,
             coalescer: Coalescer::default(),
+            trusted: TrustedProxies::new(config.limits.trusted_proxies.clone()),
+            page_429: config.limits.page_429.clone(),
             access_log: config.log.access,
+            max_in_flight: config.server.max_requests_in_flight,
+            max_request_body: config.server.max_request_body,
+            in_flight: AtomicUsize::new(0),
+            background,
         })
     }
 
@@ -130,23 +161,30 @@ impl Proxy {
         let path = request.uri().path().to_string();
         let authority = authority_of(&request);
 
-        let (mut response, status) = match authority.as_deref().map(|a| (a, self.router.route(a))) {
-            None => refuse(
-                StatusCode::BAD_REQUEST,
-                "kagami: the request has no Host",
-                &method,
-            ),
-            Some((host, None)) => refuse(
-                StatusCode::MISDIRECTED_REQUEST,
-                &format!("kagami: no site is configured for host {host:?}"),
-                &method,
-            ),
-            Some((host, Some(index))) => {
-                let host = host.to_string();
-                self.serve(index, request, client, &host).await
+        let (mut response, status) = match self.enter() {
+            None => {
+                self.stats.add(&self.stats.overloaded);
+                overloaded(&method)
             }
+            Some(_guard) => match authority.as_deref().map(|a| (a, self.router.route(a))) {
+                None => refuse(
+                    StatusCode::BAD_REQUEST,
+                    "kagami: the request needs exactly one valid Host",
+                    &method,
+                ),
+                Some((host, None)) => refuse(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!("kagami: no site is configured for host {host:?}"),
+                    &method,
+                ),
+                Some((host, Some(index))) => {
+                    let host = host.to_string();
+                    self.serve(index, request, client, host).await
+                }
+            },
         };
 
+        self.stats.record(status.phase, status.collapsed);
         let headers = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&status.member()) {
             headers.append("cache-status", v);
@@ -168,96 +206,132 @@ impl Proxy {
         response
     }
 
+    /// Admits a request under the global in-flight cap.
+    fn enter(&self) -> Option<InFlightGuard<'_>> {
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let guard = InFlightGuard(self);
+        self.stats
+            .requests_in_flight
+            .store(now as u64, Ordering::Relaxed);
+        (now <= self.max_in_flight).then_some(guard)
+    }
+
     async fn serve(
         self: &Arc<Self>,
         index: usize,
         request: Request<Incoming>,
         client: Client,
-        host: &str,
+        host: String,
     ) -> Served {
         let method = request.method().clone();
+        let ip = limit_key(client_ip(
+            client.peer.ip(),
+            request.headers(),
+            &self.trusted,
+        ));
         match method {
             Method::GET | Method::HEAD if !request.headers().contains_key(AUTHORIZATION) => {
                 let (parts, _) = request.into_parts();
-                self.lookup(index, parts, client, host).await
+                let req = Req {
+                    site: index,
+                    parts,
+                    client,
+                    host,
+                    ip,
+                };
+                self.lookup(req).await
             }
-            Method::GET | Method::HEAD => self.pass(index, request, client, host, "bypass").await,
             Method::CONNECT | Method::TRACE => refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "kagami: method not allowed",
                 &method,
             ),
-            _ => self.pass(index, request, client, host, "method").await,
+            _ => {
+                let site = &self.sites[index];
+                if let Err(wait) = check(&site.misses, ip) {
+                    return self.too_many(wait, &method);
+                }
+                let reason = if method == Method::GET || method == Method::HEAD {
+                    "bypass"
+                } else {
+                    "method"
+                };
+                self.pass(index, request, client, &host, reason).await
+            }
         }
     }
 
     /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
-    async fn lookup(
-        self: &Arc<Self>,
-        index: usize,
-        parts: request::Parts,
-        client: Client,
-        host: &str,
-    ) -> Served {
-        let site = &self.sites[index];
-        let key = primary_key(&site.config.name, path_and_query(&parts));
+    async fn lookup(self: &Arc<Self>, req: Req) -> Served {
+        let site = &self.sites[req.site];
+        let key = primary_key(&site.config.name, path_and_query(&req.parts));
         let now = SystemTime::now();
-        let (stale, phase) = match self.store.lookup(&key, &parts.headers) {
+        let (stale, phase) = match self.store.lookup(&key, &req.parts.headers) {
             Lookup::Found(entry) if entry.is_fresh(now) => {
+                if let Err(wait) = check(&site.hits, req.ip) {
+                    return self.too_many(wait, &req.parts.method);
+                }
                 let status = CacheStatus::new(Phase::Hit).ttl(entry.ttl(now));
-                return (from_entry(&entry, &parts, now), status);
+                return (from_entry(&entry, &req.parts, now), status);
             }
             Lookup::Found(entry) => {
                 let staleness = entry.staleness(now);
-                if serve_while_revalidating(&entry.stale, staleness) {
-                    self.revalidate_in_background(index, key, &parts, client, host, entry.clone());
-                    let status = CacheStatus::new(Phase::StaleHit)
-                        .ttl(entry.ttl(now))
-                        .detail("stale-while-revalidate");
-                    return (from_entry(&entry, &parts, now), status);
-                }
-                if site.origin.health.is_failing() {
-                    let reason = stale_on_error(
+                let detail = if serve_while_revalidating(&entry.stale, staleness) {
+                    self.revalidate_in_background(&req, key.clone(), entry.clone());
+                    Some("stale-while-revalidate")
+                } else if site.origin.avoid() {
+                    stale_on_error(
                         &entry.stale,
                         staleness,
-                        request_sie(&parts),
+                        request_sie(&req.parts),
                         site.config.grace,
-                    );
-                    if let Some(reason) = reason {
-                        let status = CacheStatus::new(Phase::StaleHit)
-                            .ttl(entry.ttl(now))
-                            .detail(reason.as_str());
-                        return (from_entry(&entry, &parts, now), status);
+                    )
+                    .map(|reason| reason.as_str())
+                } else {
+                    None
+                };
+                if let Some(detail) = detail {
+                    if let Err(wait) = check(&site.hits, req.ip) {
+                        return self.too_many(wait, &req.parts.method);
                     }
+                    let status = CacheStatus::new(Phase::StaleHit)
+                        .ttl(entry.ttl(now))
+                        .detail(detail);
+                    return (from_entry(&entry, &req.parts, now), status);
                 }
                 (Some(entry), Phase::Revalidated)
             }
             Lookup::VaryMiss => (None, Phase::VaryMiss),
             Lookup::Miss => (None, Phase::Miss),
         };
-        self.fetch_coalesced(index, key, parts, client, host, stale, phase)
-            .await
+        self.fetch_coalesced(req, key, stale, phase).await
+    }
+
+    /// Charges a request that will reach the origin to the client's origin budget. Over it, a
+    /// stale copy is still better than a refusal.
+    fn charge_miss(&self, req: &Req, stale: &Option<Arc<Entry>>) -> Option<Served> {
+        let wait = check(&self.sites[req.site].misses, req.ip).err()?;
+        Some(
+            self.stale_after_failure(req, stale, None)
+                .unwrap_or_else(|| self.too_many(wait, &req.parts.method)),
+        )
     }
 
     /// Joins or leads the fetch of `key`. Waiters are woken when the leader finishes.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch_coalesced(
         self: &Arc<Self>,
-        index: usize,
+        req: Req,
         key: String,
-        parts: request::Parts,
-        client: Client,
-        host: &str,
         stale: Option<Arc<Entry>>,
         phase: Phase,
     ) -> Served {
-        let site = &self.sites[index];
+        let site = &self.sites[req.site];
         // Two rounds at most: a leader that vanished gets one replacement, then we fetch alone.
         for _ in 0..2 {
             match self.coalescer.join(&key) {
                 Role::Leader(leader) => {
                     // Another leader may have stored the page between our lookup and now.
-                    if let Lookup::Found(entry) = self.store.lookup(&key, &parts.headers) {
+                    if let Lookup::Found(entry) = self.store.lookup(&key, &req.parts.headers) {
                         let now = SystemTime::now();
                         if entry.is_fresh(now)
                             && stale.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &entry))
@@ -266,66 +340,71 @@ impl Proxy {
                             let status = CacheStatus::new(Phase::Hit)
                                 .ttl(entry.ttl(now))
                                 .collapsed(true);
-                            return (from_entry(&entry, &parts, now), status);
+                            return (from_entry(&entry, &req.parts, now), status);
                         }
+                    }
+                    if let Some(refused) = self.charge_miss(&req, &stale) {
+                        return refused;
                     }
                     return self
-                        .fetch(index, key, &parts, client, host, stale, phase, Some(leader))
+                        .fetch(&req, key, stale, phase, Some(leader), None)
                         .await;
                 }
-                Role::Waiter(waiter) => match waiter.wait(site.config.coalesce_timeout).await {
-                    Wait::Done(Outcome::Stored(entry)) if entry.matches(&parts.headers) => {
-                        let now = SystemTime::now();
-                        let status = CacheStatus::new(phase)
-                            .fwd_status(entry.status.as_u16())
-                            .ttl(entry.ttl(now))
-                            .collapsed(true);
-                        return (from_entry(&entry, &parts, now), status);
+                Role::Waiter(waiter) => {
+                    // A waiter costs the origin nothing, so it spends the cheap budget.
+                    if let Err(wait) = check(&site.hits, req.ip) {
+                        return self.too_many(wait, &req.parts.method);
                     }
-                    Wait::Done(Outcome::Stored(_)) => {}
-                    Wait::Done(Outcome::Uncacheable) => break,
-                    Wait::Done(Outcome::Failed(failure)) => {
-                        if let Some(served) =
-                            self.stale_after_failure(index, &stale, &parts, failure.origin_status)
-                        {
-                            return (served.0, served.1.collapsed(true));
+                    match waiter.wait(site.config.coalesce_timeout).await {
+                        Wait::Done(Outcome::Stored(entry)) if entry.matches(&req.parts.headers) => {
+                            let now = SystemTime::now();
+                            let status = CacheStatus::new(phase)
+                                .fwd_status(entry.status.as_u16())
+                                .ttl(entry.ttl(now))
+                                .collapsed(true);
+                            return (from_entry(&entry, &req.parts, now), status);
                         }
-                        let mut status = CacheStatus::new(Phase::Error)
-                            .fwd(fwd_of(phase))
-                            .collapsed(true);
-                        if let Some(s) = failure.origin_status {
-                            status = status.fwd_status(s.as_u16());
+                        Wait::Done(Outcome::Stored(_)) => {}
+                        Wait::Done(Outcome::Uncacheable) => break,
+                        Wait::Done(Outcome::Failed(failure)) => {
+                            if let Some((response, status)) =
+                                self.stale_after_failure(&req, &stale, failure.origin_status)
+                            {
+                                return (response, status.collapsed(true));
+                            }
+                            return self.failed(&req, phase, &failure, true);
                         }
-                        return (failure.answer.response(&parts.method), status);
+                        Wait::Abandoned | Wait::TimedOut => {
+                            if let Some((response, status)) =
+                                self.stale_after_failure(&req, &stale, None)
+                            {
+                                return (response, status.collapsed(true));
+                            }
+                        }
                     }
-                    Wait::Abandoned | Wait::TimedOut => {
-                        if let Some(served) = self.stale_after_failure(index, &stale, &parts, None)
-                        {
-                            return (served.0, served.1.collapsed(true));
-                        }
-                    }
-                },
+                }
             }
         }
-        self.fetch(index, key, &parts, client, host, stale, phase, None)
-            .await
+        if let Some(refused) = self.charge_miss(&req, &stale) {
+            return refused;
+        }
+        self.fetch(&req, key, stale, phase, None, None).await
     }
 
     /// Serves a stale copy after an origin failure, if stale-if-error or grace allows it.
     fn stale_after_failure(
         &self,
-        index: usize,
+        req: &Req,
         stale: &Option<Arc<Entry>>,
-        parts: &request::Parts,
         origin_status: Option<StatusCode>,
     ) -> Option<Served> {
         let entry = stale.as_ref()?;
         let now = SystemTime::now();
-        let grace = self.sites[index].config.grace;
+        let grace = self.sites[req.site].config.grace;
         let reason = stale_on_error(
             &entry.stale,
             entry.staleness(now),
-            request_sie(parts),
+            request_sie(&req.parts),
             grace,
         )?;
         let mut status = CacheStatus::new(Phase::StaleOnError)
@@ -334,181 +413,53 @@ impl Proxy {
         if let Some(s) = origin_status {
             status = status.fwd_status(s.as_u16());
         }
-        Some((from_entry(entry, parts, now), status))
+        Some((from_entry(entry, &req.parts, now), status))
     }
 
-    /// Fetches `key` from the origin (conditionally when a stale copy has validators), stores
-    /// what may be stored, and answers the client. With `leader`, the outcome is published to
-    /// the requests waiting on it.
-    #[allow(clippy::too_many_arguments)]
-    async fn fetch(
-        &self,
-        index: usize,
-        key: String,
-        parts: &request::Parts,
-        client: Client,
-        host: &str,
-        stale: Option<Arc<Entry>>,
-        phase: Phase,
-        leader: Option<Leader<Outcome>>,
-    ) -> Served {
-        let site = &self.sites[index];
-        let mut headers = parts.headers.clone();
-        headers::strip_conditionals(&mut headers);
-        self.prepare_origin_headers(site, &mut headers, client, host);
-        if let Some(entry) = &stale {
-            if let Some(etag) = entry.headers.get(http::header::ETAG) {
-                headers.insert(IF_NONE_MATCH, etag.clone());
-            }
-            if let Some(modified) = entry.headers.get(LAST_MODIFIED) {
-                headers.insert(IF_MODIFIED_SINCE, modified.clone());
-            }
+    /// The answer when the origin failed and no stale copy may be served.
+    fn failed(&self, req: &Req, phase: Phase, failure: &Failure, collapsed: bool) -> Served {
+        if failure.origin_status.is_none() {
+            self.stats.add(&self.stats.emergency_pages);
         }
-        let request_time = SystemTime::now();
-        // HEAD is filled with GET, so the stored copy can answer both.
-        let result = site
-            .origin
-            .send(Method::GET, path_and_query(parts), headers, None)
-            .await;
-        let response_time = SystemTime::now();
-
-        let response = match result {
-            Ok(response) if !is_failure(response.status()) => response,
-            failed => {
-                site.origin
-                    .health
-                    .record_failure(site.config.failure_backoff);
-                let failure = Arc::new(match failed {
-                    Err(err) => {
-                        tracing::warn!(site = %site.config.name, error = %err, "origin fetch failed");
-                        Failure {
-                            answer: origin_error_answer(&err),
-                            origin_status: None,
-                        }
-                    }
-                    Ok(response) => Failure {
-                        origin_status: Some(response.status()),
-                        answer: shared_error(response).await,
-                    },
-                });
-                let origin_status = failure.origin_status;
-                if let Some(leader) = leader {
-                    leader.finish(Outcome::Failed(failure.clone()));
-                }
-                if let Some(served) = self.stale_after_failure(index, &stale, parts, origin_status)
-                {
-                    return served;
-                }
-                let mut status = CacheStatus::new(Phase::Error).fwd(fwd_of(phase));
-                if let Some(s) = origin_status {
-                    status = status.fwd_status(s.as_u16());
-                }
-                return (failure.answer.response(&parts.method), status);
-            }
-        };
-        site.origin.health.record_success();
-        let status = response.status();
-
-        if status == StatusCode::NOT_MODIFIED {
-            if let Some(entry) = &stale {
-                let refreshed = Arc::new(entry.refreshed(
-                    response.headers(),
-                    request_time,
-                    response_time,
-                    &site.settings,
-                ));
-                self.store.insert(key, refreshed.clone());
-                if let Some(leader) = leader {
-                    leader.finish(Outcome::Stored(refreshed.clone()));
-                }
-                let now = SystemTime::now();
-                let cache_status = CacheStatus::new(Phase::Revalidated)
-                    .fwd_status(304)
-                    .ttl(refreshed.ttl(now))
-                    .stored(true);
-                return (from_entry(&refreshed, parts, now), cache_status);
-            }
+        let mut status = CacheStatus::new(Phase::Error)
+            .fwd(fwd_of(phase))
+            .detail(failure.detail)
+            .collapsed(collapsed);
+        if let Some(s) = failure.origin_status {
+            status = status.fwd_status(s.as_u16());
         }
-
-        let mut response_headers = response.headers().clone();
-        headers::strip_hop_by_hop(&mut response_headers);
-        let directives = response_directives(&response_headers);
-        let mut verdict = storable(
-            &Method::GET,
-            &parts.headers,
-            status,
-            &response_headers,
-            &directives,
-            site.settings.cookies,
-        );
-        if verdict.is_ok()
-            && response
-                .content_length()
-                .is_some_and(|len| len > site.config.max_object_size)
-        {
-            verdict = Err(NotStorable::TooLarge);
-        }
-        let mut cache_status = CacheStatus::new(phase).fwd_status(status.as_u16());
-        let (job, leader) = match verdict {
-            Ok(()) => {
-                cache_status = cache_status.stored(true);
-                let job = StoreJob {
-                    store: self.store.clone(),
-                    key,
-                    status,
-                    headers: response_headers.clone(),
-                    request_headers: parts.headers.clone(),
-                    request_time,
-                    response_time,
-                    settings: site.settings,
-                    max_size: site.config.max_object_size,
-                };
-                (Some(job), leader)
-            }
-            Err(reason) => {
-                cache_status = cache_status.detail(reason.as_str());
-                if stale.is_some() {
-                    // The origin's current answer may not be stored: the old copy is outdated.
-                    self.store.invalidate(&key);
-                }
-                if let Some(leader) = leader {
-                    leader.finish(Outcome::Uncacheable);
-                }
-                (None, None)
-            }
-        };
-        let body = relay(response, job, leader, parts.method != Method::HEAD);
-        (respond::build(status, response_headers, body), cache_status)
+        (failure.answer.response(&req.parts.method), status)
     }
 
-    /// stale-while-revalidate: one background fetch per key; errors never touch the stored copy.
-    fn revalidate_in_background(
-        self: &Arc<Self>,
-        index: usize,
-        key: String,
-        parts: &request::Parts,
-        client: Client,
-        host: &str,
-        stale: Arc<Entry>,
-    ) {
+    /// stale-while-revalidate: one background fetch per key, only when an origin slot is free;
+    /// errors never touch the stored copy.
+    fn revalidate_in_background(self: &Arc<Self>, req: &Req, key: String, stale: Arc<Entry>) {
         let Some(leader) = self.coalescer.try_lead(&key) else {
             return;
         };
+        // A busy origin is not asked for a refresh nobody is waiting for.
+        let Some(permit) = self.sites[req.site].origin.try_slot() else {
+            return;
+        };
         let proxy = self.clone();
-        let mut parts = head_copy(parts);
+        let mut parts = head_copy(&req.parts);
         parts.method = Method::GET;
-        let host = host.to_string();
+        let req = Req {
+            site: req.site,
+            parts,
+            client: req.client,
+            host: req.host.clone(),
+            ip: req.ip,
+        };
         tokio::spawn(async move {
             let (response, _) = proxy
                 .fetch(
-                    index,
+                    &req,
                     key,
-                    &parts,
-                    client,
-                    &host,
                     Some(stale),
                     Phase::Revalidated,
                     Some(leader),
+                    Some(permit),
                 )
                 .await;
             // The body task keeps storing without a reader.
@@ -516,101 +467,53 @@ impl Proxy {
         });
     }
 
-    /// Non-cacheable requests: relayed to the origin as they are. A successful unsafe method
-    /// invalidates the stored target URI and same-site Location / Content-Location (RFC 9111 §4.4).
-    async fn pass(
-        &self,
-        index: usize,
-        request: Request<Incoming>,
-        client: Client,
-        host: &str,
-        reason: &'static str,
-    ) -> Served {
-        let site = &self.sites[index];
-        let (parts, incoming) = request.into_parts();
-        let mut headers = parts.headers.clone();
-        self.prepare_origin_headers(site, &mut headers, client, host);
-        let body = match parts.method {
-            Method::GET | Method::HEAD => None,
-            _ => Some(reqwest::Body::wrap(incoming)),
+    /// 429 with Retry-After and the configured page.
+    fn too_many(&self, wait: Duration, method: &Method) -> Served {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(self.page_429.len()));
+        let canned = Canned {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: self.page_429.clone(),
         };
-        let cache_status = CacheStatus::new(Phase::Pass).fwd(reason);
-        let response = match site
-            .origin
-            .send(parts.method.clone(), path_and_query(&parts), headers, body)
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => {
-                tracing::warn!(site = %site.config.name, error = %err, "origin request failed");
-                return (
-                    origin_error_answer(&err).response(&parts.method),
-                    cache_status,
-                );
-            }
-        };
-        let status = response.status();
-        let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        if unsafe_method && (status.is_success() || status.is_redirection()) {
-            self.invalidate_after_unsafe(index, &parts, host, response.headers());
-        }
-        let mut response_headers = response.headers().clone();
-        headers::strip_hop_by_hop(&mut response_headers);
-        let body = relay(response, None, None, parts.method != Method::HEAD);
         (
-            respond::build(status, response_headers, body),
-            cache_status.fwd_status(status.as_u16()),
+            canned.response(method),
+            CacheStatus::new(Phase::Limited).detail("rate-limited"),
         )
     }
+}
 
-    fn invalidate_after_unsafe(
-        &self,
-        index: usize,
-        parts: &request::Parts,
-        host: &str,
-        response: &http::HeaderMap,
-    ) {
-        let name = &self.sites[index].config.name;
-        self.store
-            .invalidate(&primary_key(name, path_and_query(parts)));
-        for field in [LOCATION, CONTENT_LOCATION] {
-            let Some(target) = response.get(field).and_then(|v| v.to_str().ok()) else {
-                continue;
-            };
-            let Ok(uri) = target.parse::<http::Uri>() else {
-                continue;
-            };
-            // Only URIs of the same origin may be invalidated (RFC 9111 §4.4).
-            let same_origin = match uri.authority() {
-                None => true,
-                Some(a) => a.as_str().eq_ignore_ascii_case(host),
-            };
-            if same_origin && (uri.authority().is_some() || target.starts_with('/')) {
-                let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                self.store.invalidate(&primary_key(name, pq));
-            }
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
         }
     }
+}
 
-    /// Hop-by-hop fields out; Host, Forwarded / X-Forwarded-* and Via in.
-    fn prepare_origin_headers(
-        &self,
-        site: &Site,
-        headers: &mut http::HeaderMap,
-        client: Client,
-        host: &str,
-    ) {
-        headers::strip_hop_by_hop(headers);
-        headers::add_forwarded(headers, client.peer, host, client.proto);
-        headers::append_via(headers);
-        let host_value = match &site.config.origin_host {
-            Some(value) => Some(value.clone()),
-            None => HeaderValue::from_str(host).ok(),
-        };
-        if let Some(value) = host_value {
-            headers.insert(HOST, value);
-        }
+struct InFlightGuard<'a>(&'a Proxy);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let now = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.0
+            .stats
+            .requests_in_flight
+            .store(now as u64, Ordering::Relaxed);
     }
+}
+
+fn check(limiter: &Option<Limiter>, ip: IpAddr) -> Result<(), Duration> {
+    limiter.as_ref().map_or(Ok(()), |l| l.check(ip))
 }
 
 /// The request's authority: the URI's (absolute form, HTTP/2 :authority), else `Host`.
@@ -656,39 +559,18 @@ fn refuse(status: StatusCode, text: &str, method: &Method) -> Served {
     )
 }
 
-/// Kagami's own answer when the origin could not be reached at all.
-fn origin_error_answer(err: &OriginError) -> Canned {
-    match err {
-        OriginError::Timeout(_) => Canned::error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "kagami: the origin server did not answer in time",
-        ),
-        _ => Canned::error(
-            StatusCode::BAD_GATEWAY,
-            "kagami: the origin server cannot be reached",
-        ),
-    }
-}
-
-/// An origin error response, kept whole when small so coalesced waiters get the same answer.
-async fn shared_error(response: reqwest::Response) -> Canned {
-    let status = response.status();
-    let mut headers = response.headers().clone();
-    headers::strip_hop_by_hop(&mut headers);
-    if response
-        .content_length()
-        .is_some_and(|len| len <= SHARED_ERROR_BODY)
-    {
-        if let Ok(body) = response.bytes().await {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-            return Canned {
-                status,
-                headers,
-                body,
-            };
-        }
-    }
-    Canned::error(status, "kagami: the origin server reported an error")
+fn overloaded(method: &Method) -> Served {
+    let mut canned = Canned::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "kagami: too many requests at once, try again",
+    );
+    canned
+        .headers
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    (
+        canned.response(method),
+        CacheStatus::new(Phase::Error).detail("overloaded"),
+    )
 }
 
 /// An owned copy of a request head (without extensions), for work that outlives the request.

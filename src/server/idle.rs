@@ -58,7 +58,11 @@ impl Activity {
     }
 
     /// Resolves when the connection should be closed.
-    pub async fn watch(self: Arc<Self>, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+    pub async fn watch(
+        self: Arc<Self>,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Verdict {
         loop {
             let now = self.start.elapsed();
             if self.requests.load(Ordering::Relaxed) == 0 {

@@ -9,8 +9,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::atomic::Ordering;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServerConfig};
@@ -58,6 +59,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     let (stop, stopped) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
+    let connections = Arc::new(Semaphore::new(config.server.max_connections));
     for addr in &config.server.listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -75,6 +77,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             listener,
             proxy.clone(),
             config.server.clone(),
+            connections.clone(),
             stopped.clone(),
         )));
     }
@@ -88,16 +91,24 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
 
 fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_size = server.max_header_size as usize;
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(64 * 1024);
+        // A head larger than the read buffer is refused with 431.
+        .max_buf_size(header_size)
+        .max_headers(server.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_concurrent_streams(server.h2_max_concurrent_streams)
+        .max_header_list_size(header_size as u32)
+        // Rapid-reset (CVE-2023-44487) and error-reset floods: hyper closes the connection.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
@@ -105,11 +116,21 @@ async fn accept_loop(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     server: ServerConfig,
+    connections: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder(&server));
     let graceful = GracefulShutdown::new();
     loop {
+        // At the connection cap, stop accepting: new clients wait in the kernel's backlog
+        // instead of costing memory and file descriptors here.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = stopped.changed() => break,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stopped.changed() => break,
@@ -130,6 +151,7 @@ async fn accept_loop(
             &graceful,
             proxy.clone(),
             &server,
+            permit,
         );
     }
     drop(listener);
@@ -146,9 +168,16 @@ fn serve_connection(
     graceful: &GracefulShutdown,
     proxy: Arc<Proxy>,
     server: &ServerConfig,
+    permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let client = Client { peer, proto: "http" };
+    let stats = proxy.stats.clone();
+    stats.add(&stats.connections_total);
+    stats.connections_open.fetch_add(1, Ordering::Relaxed);
+    let client = Client {
+        peer,
+        proto: "http",
+    };
     let (io, activity) = idle::IdleIo::new(stream);
     let tracker = activity.clone();
     let service = service_fn(move |request| {
@@ -161,7 +190,9 @@ fn serve_connection(
         }
     });
     let builder = builder.clone();
-    let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
     let connection = graceful.watch(connection);
     let (header_timeout, idle_timeout) = (server.header_read_timeout, server.idle_timeout);
     tokio::spawn(async move {
@@ -175,5 +206,7 @@ fn serve_connection(
                 tracing::debug!(%peer, ?verdict, "closing connection");
             }
         }
+        stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
     });
 }

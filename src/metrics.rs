@@ -1,0 +1,124 @@
+//! Counters for everything the request path decides, in one place: the admin API and the
+//! Prometheus exporter (planned) read a `Snapshot`; benches print it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::cache::Phase;
+
+macro_rules! stats {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        /// Live counters; cheap relaxed atomics, safe to bump on the hot path.
+        #[derive(Debug, Default)]
+        pub struct Stats { $(#[doc = $doc] pub $name: AtomicU64,)* }
+
+        /// A copy of every counter at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Snapshot { $(#[doc = $doc] pub $name: u64,)* }
+
+        impl Stats {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl Snapshot {
+            /// `(name, value)` pairs, for printing and export.
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+stats! {
+    requests: "Requests answered.",
+    hits: "Fresh answers from the cache.",
+    stale_served: "Stale answers (stale-while-revalidate, stale-if-error, grace).",
+    misses: "Requests that had to fetch (miss, vary-miss, revalidation).",
+    passes: "Requests relayed without caching.",
+    errors: "Answers Kagami made itself (refusals, origin unavailable).",
+    collapsed: "Requests that waited on another request's fetch.",
+    origin_requests: "Requests sent to origins (probes and retries included).",
+    origin_failures: "Origin requests that failed (connect, timeout, 500/502/503/504).",
+    origin_in_flight: "Origin requests under way now.",
+    origin_peak_in_flight: "Most origin requests ever under way at once.",
+    origin_busy: "Requests that found every origin slot taken.",
+    circuit_opened: "Times an origin circuit opened.",
+    failovers: "Requests retried on a backup origin.",
+    rate_limited: "429 answers.",
+    overloaded: "503 answers because of a global cap.",
+    emergency_pages: "Emergency pages served.",
+    connections_open: "Client connections open now.",
+    connections_total: "Client connections accepted.",
+    requests_in_flight: "Client requests under way now.",
+}
+
+impl Stats {
+    pub fn add(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one answered request under its cache phase.
+    pub fn record(&self, phase: Phase, collapsed: bool) {
+        self.add(&self.requests);
+        let counter = match phase {
+            Phase::Hit => &self.hits,
+            Phase::StaleHit | Phase::StaleOnError => &self.stale_served,
+            Phase::Miss | Phase::VaryMiss | Phase::Revalidated => &self.misses,
+            Phase::Pass => &self.passes,
+            Phase::Error => &self.errors,
+            Phase::Limited => &self.rate_limited,
+        };
+        self.add(counter);
+        if collapsed {
+            self.add(&self.collapsed);
+        }
+    }
+
+    /// Marks an origin request as started; the guard marks it finished when dropped.
+    pub fn origin_started(&self) -> InFlight<'_> {
+        self.add(&self.origin_requests);
+        let now = self.origin_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.origin_peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(&self.origin_in_flight)
+    }
+}
+
+/// Decrements a gauge when dropped.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_land_in_their_counters_and_the_peak_is_kept() {
+        let stats = Stats::default();
+        stats.record(Phase::Hit, false);
+        stats.record(Phase::StaleOnError, true);
+        {
+            let _a = stats.origin_started();
+            let _b = stats.origin_started();
+        }
+        let s = stats.snapshot();
+        assert_eq!(
+            (s.requests, s.hits, s.stale_served, s.collapsed),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(
+            (
+                s.origin_requests,
+                s.origin_in_flight,
+                s.origin_peak_in_flight
+            ),
+            (2, 0, 2)
+        );
+        assert!(s.pairs().contains(&("hits", 1)));
+    }
+}

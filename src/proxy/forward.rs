@@ -1,0 +1,371 @@
+//! The origin side of the request path: cache fills (conditional when a stale copy has
+//! validators), the store decision, relaying uncacheable requests, invalidation after unsafe
+//! methods, and the answers Kagami gives when the origin cannot.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{
+    HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, HOST,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER,
+};
+use http::{HeaderMap, Method, Request, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::fill::{relay, StoreJob};
+use super::respond::{self, from_entry, Canned};
+use super::{headers, path_and_query, Client, Failure, Outcome, Proxy, Req, Served, Site};
+use crate::cache::coalesce::Leader;
+use crate::cache::control::response_directives;
+use crate::cache::key::primary_key;
+use crate::cache::policy::{storable, NotStorable};
+use crate::cache::{CacheStatus, Entry, Phase};
+use crate::origin::{is_failure, OriginError};
+
+/// Largest origin error body shared with coalesced waiters; larger ones get a generic answer.
+const SHARED_ERROR_BODY: u64 = 64 * 1024;
+
+impl Proxy {
+    /// Fetches `key` from the origin, stores what may be stored, and answers the client. With
+    /// `leader`, the outcome is published to the requests waiting on it. `permit` is an origin
+    /// slot already held; without one, the request queues for a slot (or is answered from a
+    /// stale copy at once when every slot is taken).
+    pub(super) async fn fetch(
+        &self,
+        req: &Req,
+        key: String,
+        stale: Option<Arc<Entry>>,
+        phase: Phase,
+        leader: Option<Leader<Outcome>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Served {
+        let site = &self.sites[req.site];
+        let permit = match permit.or_else(|| site.origin.try_slot()) {
+            Some(permit) => permit,
+            None => {
+                if let Some(served) = self.stale_after_failure(req, &stale, None) {
+                    let failure = self.unavailable(site, &OriginError::Busy);
+                    finish(leader, Outcome::Failed(Arc::new(failure)));
+                    return served;
+                }
+                match site.origin.slot().await {
+                    Ok(permit) => permit,
+                    Err(err) => {
+                        let failure = self.unavailable(site, &err);
+                        return self.origin_failed(req, stale, phase, leader, failure);
+                    }
+                }
+            }
+        };
+
+        let mut headers = req.parts.headers.clone();
+        headers::strip_conditionals(&mut headers);
+        prepare_origin_headers(site, &mut headers, req.client, &req.host);
+        if let Some(entry) = &stale {
+            if let Some(etag) = entry.headers.get(http::header::ETAG) {
+                headers.insert(IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(modified) = entry.headers.get(LAST_MODIFIED) {
+                headers.insert(IF_MODIFIED_SINCE, modified.clone());
+            }
+        }
+        let request_time = SystemTime::now();
+        // HEAD is filled with GET, so the stored copy can answer both.
+        let result = site
+            .origin
+            .send(Method::GET, path_and_query(&req.parts), headers, None)
+            .await;
+        let response_time = SystemTime::now();
+
+        let response = match result {
+            Ok(response) if !is_failure(response.status()) => response,
+            failed => {
+                site.origin
+                    .backoff
+                    .record_failure(site.config.failure_backoff);
+                let failure = match failed {
+                    Err(err) => {
+                        tracing::warn!(site = %site.config.name, error = %err, "origin fetch failed");
+                        self.unavailable(site, &err)
+                    }
+                    Ok(response) => Failure {
+                        origin_status: Some(response.status()),
+                        answer: shared_error(response).await,
+                        detail: "origin-error",
+                    },
+                };
+                drop(permit);
+                return self.origin_failed(req, stale, phase, leader, failure);
+            }
+        };
+        site.origin.backoff.record_success();
+        let status = response.status();
+
+        if status == StatusCode::NOT_MODIFIED {
+            if let Some(entry) = &stale {
+                let refreshed = Arc::new(entry.refreshed(
+                    response.headers(),
+                    request_time,
+                    response_time,
+                    &site.settings,
+                ));
+                self.store.insert(key, refreshed.clone());
+                finish(leader, Outcome::Stored(refreshed.clone()));
+                let now = SystemTime::now();
+                let cache_status = CacheStatus::new(Phase::Revalidated)
+                    .fwd_status(304)
+                    .ttl(refreshed.ttl(now))
+                    .stored(true);
+                return (from_entry(&refreshed, &req.parts, now), cache_status);
+            }
+        }
+
+        let mut response_headers = response.headers().clone();
+        headers::strip_hop_by_hop(&mut response_headers);
+        let directives = response_directives(&response_headers);
+        let mut verdict = storable(
+            &Method::GET,
+            &req.parts.headers,
+            status,
+            &response_headers,
+            &directives,
+            site.settings.cookies,
+        );
+        if verdict.is_ok()
+            && response
+                .content_length()
+                .is_some_and(|len| len > site.config.max_object_size)
+        {
+            verdict = Err(NotStorable::TooLarge);
+        }
+        let mut cache_status = CacheStatus::new(phase).fwd_status(status.as_u16());
+        let (job, leader) = match verdict {
+            Ok(()) => {
+                cache_status = cache_status.stored(true);
+                let job = StoreJob {
+                    store: self.store.clone(),
+                    key,
+                    status,
+                    headers: response_headers.clone(),
+                    request_headers: req.parts.headers.clone(),
+                    request_time,
+                    response_time,
+                    settings: site.settings,
+                    max_size: site.config.max_object_size,
+                };
+                (Some(job), leader)
+            }
+            Err(reason) => {
+                cache_status = cache_status.detail(reason.as_str());
+                if stale.is_some() {
+                    // The origin's current answer may not be stored: the old copy is outdated.
+                    self.store.invalidate(&key);
+                }
+                finish(leader, Outcome::Uncacheable);
+                (None, None)
+            }
+        };
+        let body = relay(
+            response,
+            job,
+            leader,
+            req.parts.method != Method::HEAD,
+            Some(permit),
+        );
+        (respond::build(status, response_headers, body), cache_status)
+    }
+
+    /// Publishes a failure to the waiters, then serves a stale copy if allowed, else the failure.
+    fn origin_failed(
+        &self,
+        req: &Req,
+        stale: Option<Arc<Entry>>,
+        phase: Phase,
+        leader: Option<Leader<Outcome>>,
+        failure: Failure,
+    ) -> Served {
+        let failure = Arc::new(failure);
+        finish(leader, Outcome::Failed(failure.clone()));
+        if let Some(served) = self.stale_after_failure(req, &stale, failure.origin_status) {
+            return served;
+        }
+        self.failed(req, phase, &failure, false)
+    }
+
+    /// Kagami's own answer when the origin cannot be used: the site's emergency page, with the
+    /// status that says why (503 unavailable, 504 timeout, 502 bad answer).
+    pub(super) fn unavailable(&self, site: &Site, err: &OriginError) -> Failure {
+        let status = match err {
+            OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            OriginError::Other(_) => StatusCode::BAD_GATEWAY,
+            OriginError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("10"));
+        headers.insert(
+            CONTENT_LENGTH,
+            HeaderValue::from(site.config.emergency_page.len()),
+        );
+        Failure {
+            answer: Canned {
+                status,
+                headers,
+                body: site.config.emergency_page.clone(),
+            },
+            origin_status: None,
+            detail: err.detail(),
+        }
+    }
+
+    /// Non-cacheable requests: relayed to the origin as they are. A successful unsafe method
+    /// invalidates the stored target URI and same-site Location / Content-Location (RFC 9111 §4.4).
+    pub(super) async fn pass(
+        &self,
+        index: usize,
+        request: Request<Incoming>,
+        client: Client,
+        host: &str,
+        reason: &'static str,
+    ) -> Served {
+        let site = &self.sites[index];
+        let (parts, incoming) = request.into_parts();
+        let cache_status = CacheStatus::new(Phase::Pass).fwd(reason);
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_request_body) {
+            let answer = Canned::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "kagami: request body too large",
+            );
+            return (
+                answer.response(&parts.method),
+                cache_status.detail("body-too-large"),
+            );
+        }
+        let mut headers = parts.headers.clone();
+        prepare_origin_headers(site, &mut headers, client, host);
+        let body = match parts.method {
+            Method::GET | Method::HEAD => None,
+            _ => Some(reqwest::Body::wrap(http_body_util::Limited::new(
+                incoming,
+                self.max_request_body as usize,
+            ))),
+        };
+        let failed = |err: &OriginError| {
+            self.stats.add(&self.stats.emergency_pages);
+            let failure = self.unavailable(site, err);
+            let status = cache_status.clone().detail(failure.detail);
+            (failure.answer.response(&parts.method), status)
+        };
+        let permit = match site.origin.slot().await {
+            Ok(permit) => permit,
+            Err(err) => return failed(&err),
+        };
+        let response = match site
+            .origin
+            .send(parts.method.clone(), path_and_query(&parts), headers, body)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::warn!(site = %site.config.name, error = %err, "origin request failed");
+                return failed(&err);
+            }
+        };
+        let status = response.status();
+        let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if unsafe_method && (status.is_success() || status.is_redirection()) {
+            self.invalidate_after_unsafe(
+                &site.config.name,
+                path_and_query(&parts),
+                host,
+                response.headers(),
+            );
+        }
+        let mut response_headers = response.headers().clone();
+        headers::strip_hop_by_hop(&mut response_headers);
+        let body = relay(
+            response,
+            None,
+            None,
+            parts.method != Method::HEAD,
+            Some(permit),
+        );
+        (
+            respond::build(status, response_headers, body),
+            cache_status.fwd_status(status.as_u16()),
+        )
+    }
+
+    fn invalidate_after_unsafe(&self, site: &str, target: &str, host: &str, response: &HeaderMap) {
+        self.store.invalidate(&primary_key(site, target));
+        for field in [LOCATION, CONTENT_LOCATION] {
+            let Some(location) = response.get(field).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let Ok(uri) = location.parse::<http::Uri>() else {
+                continue;
+            };
+            // Only URIs of the same origin may be invalidated (RFC 9111 §4.4).
+            let same_origin = match uri.authority() {
+                None => true,
+                Some(a) => a.as_str().eq_ignore_ascii_case(host),
+            };
+            if same_origin && (uri.authority().is_some() || location.starts_with('/')) {
+                let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                self.store.invalidate(&primary_key(site, pq));
+            }
+        }
+    }
+}
+
+fn finish(leader: Option<Leader<Outcome>>, outcome: Outcome) {
+    if let Some(leader) = leader {
+        leader.finish(outcome);
+    }
+}
+
+/// Hop-by-hop fields out; Host, Forwarded / X-Forwarded-* and Via in.
+fn prepare_origin_headers(site: &Site, headers: &mut HeaderMap, client: Client, host: &str) {
+    headers::strip_hop_by_hop(headers);
+    headers::add_forwarded(headers, client.peer, host, client.proto);
+    headers::append_via(headers);
+    let host_value = match &site.config.origin_host {
+        Some(value) => Some(value.clone()),
+        None => HeaderValue::from_str(host).ok(),
+    };
+    if let Some(value) = host_value {
+        headers.insert(HOST, value);
+    }
+}
+
+/// An origin error response, kept whole when small so coalesced waiters get the same answer.
+async fn shared_error(response: reqwest::Response) -> Canned {
+    let status = response.status();
+    let mut headers = response.headers().clone();
+    headers::strip_hop_by_hop(&mut headers);
+    if response
+        .content_length()
+        .is_some_and(|len| len <= SHARED_ERROR_BODY)
+    {
+        if let Ok(body) = response.bytes().await {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            return Canned {
+                status,
+                headers,
+                body,
+            };
+        }
+    }
+    Canned::error(status, "kagami: the origin server reported an error")
+}
