@@ -253,6 +253,11 @@ impl Origin {
                         let Some(origin) = origin.upgrade() else {
                             return;
                         };
+                        // Probes count against the origin's cap like any request; when every
+                        // slot is busy the origin is evidently answering, so skip this round.
+                        let Some(_slot) = origin.try_slot() else {
+                            continue;
+                        };
                         let server = &origin.servers[index];
                         let url = format!("{}{}", server.base, path);
                         let probe = origin
