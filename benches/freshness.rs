@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::header::{HeaderMap, HeaderValue};
 use http::{Request, StatusCode};
 
@@ -162,57 +162,72 @@ fn bench_key(c: &mut Criterion) {
     group.finish();
 }
 
+/// The in-memory hit path: store lookup plus the client response, for a page with the usual
+/// validators (`page`: ETag, Last-Modified, Date, ...) and for the scenario's bare origin
+/// answer (`bare`: Cache-Control, Content-Type, Date only).
 fn bench_hit(c: &mut Criterion) {
     let store = MemoryStore::new(64 << 20);
     let mut group = c.benchmark_group("memory_hit");
+    let request_headers = headers(&[
+        ("host", "www.city.example.jp"),
+        ("user-agent", "Mozilla/5.0 (bench)"),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("accept-encoding", "gzip, br"),
+        ("accept-language", "ja,en;q=0.8"),
+    ]);
     for size in [1024usize, 16 * 1024] {
-        let path = if size == 1024 { "/1k" } else { "/16k" };
-        let request_headers = headers(&[
-            ("host", "www.city.example.jp"),
-            ("user-agent", "Mozilla/5.0 (bench)"),
-            ("accept", "text/html,application/xhtml+xml"),
-            ("accept-encoding", "gzip, br"),
-            ("accept-language", "ja,en;q=0.8"),
-        ]);
-        let now = SystemTime::now();
-        let entry = Entry::new(
-            StatusCode::OK,
-            origin_headers(now),
-            Bytes::from(vec![b'x'; size]),
-            &request_headers,
-            now - Duration::from_millis(5),
-            now,
-            &settings(),
-        );
-        let key = primary_key("bench", path);
-        store.insert(key.clone(), Arc::new(entry));
+        for kind in ["page", "bare"] {
+            let now = SystemTime::now();
+            let response_headers = if kind == "page" {
+                origin_headers(now)
+            } else {
+                headers(&[
+                    ("cache-control", "max-age=3600"),
+                    ("content-type", "application/octet-stream"),
+                    ("date", &httpdate::fmt_http_date(now)),
+                ])
+            };
+            let entry = Entry::new(
+                StatusCode::OK,
+                response_headers,
+                Bytes::from(vec![b'x'; size]),
+                &request_headers,
+                now - Duration::from_millis(5),
+                now,
+                &settings(),
+            );
+            let path = format!("/{kind}/{size}");
+            let key = primary_key("bench", &path);
+            store.insert(key.clone(), Arc::new(entry));
 
-        let mut request = Request::builder()
-            .uri(path)
-            .body(())
-            .expect("valid request");
-        *request.headers_mut() = request_headers.clone();
-        let (parts, ()) = request.into_parts();
+            let mut request = Request::builder()
+                .uri(path.as_str())
+                .body(())
+                .expect("valid request");
+            *request.headers_mut() = request_headers.clone();
+            let (parts, ()) = request.into_parts();
 
-        group.throughput(Throughput::Bytes(size as u64));
-        group.bench_function(BenchmarkId::new("lookup+from_entry", size), |b| {
-            b.iter(|| {
-                let Lookup::Found(entry) = store.lookup(black_box(&key), black_box(&parts.headers))
-                else {
-                    panic!("entry not found");
-                };
-                from_entry(&entry, black_box(&parts), SystemTime::now())
-            })
-        });
-        group.bench_function(BenchmarkId::new("key+lookup+from_entry", size), |b| {
-            b.iter(|| {
-                let key = primary_key("bench", black_box(path));
-                let Lookup::Found(entry) = store.lookup(&key, black_box(&parts.headers)) else {
-                    panic!("entry not found");
-                };
-                from_entry(&entry, black_box(&parts), SystemTime::now())
-            })
-        });
+            let id = format!("{kind}-{size}");
+            group.bench_function(BenchmarkId::new("lookup+from_entry", &id), |b| {
+                b.iter(|| {
+                    let Lookup::Found(entry) =
+                        store.lookup(black_box(&key), black_box(&parts.headers))
+                    else {
+                        panic!("entry not found");
+                    };
+                    from_entry(&entry, black_box(&parts), SystemTime::now())
+                })
+            });
+            group.bench_function(BenchmarkId::new("key+lookup+from_entry", &id), |b| {
+                b.iter(|| {
+                    let key = primary_key("bench", black_box(&path));
+                    let Lookup::Found(entry) = store.lookup(&key, black_box(&parts.headers)) else {
+                        panic!("entry not found");
+                    };
+                    from_entry(&entry, black_box(&parts), SystemTime::now())
+                })
+            });
+        }
     }
     group.finish();
 }
