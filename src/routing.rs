@@ -3,6 +3,7 @@
 //! Kagami only ever talks to the origins in its config, so a Host that no site lists is refused:
 //! it can never be used as an open proxy.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -25,6 +26,7 @@ impl HostPattern {
     pub fn parse(text: &str) -> Result<HostPattern, String> {
         let (host, port) = split_authority(text)
             .ok_or_else(|| format!("{text:?} is not a hostname, optionally with :port"))?;
+        let host = host.into_owned();
         if let Some(rest) = host.strip_prefix("*.") {
             if rest.is_empty() || rest.contains('*') || !valid_hostname(rest) {
                 return Err(format!(
@@ -66,7 +68,8 @@ fn valid_hostname(host: &str) -> bool {
 }
 
 /// Splits `host[:port]` / `[v6]:port` into a lowercase host (no brackets, no trailing dot) and port.
-pub fn split_authority(text: &str) -> Option<(String, Option<u16>)> {
+/// Borrows when the host is already lowercase, as it nearly always is: this runs per request.
+pub fn split_authority(text: &str) -> Option<(Cow<'_, str>, Option<u16>)> {
     let text = text.trim();
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let end = rest.find(']')?;
@@ -89,13 +92,19 @@ pub fn split_authority(text: &str) -> Option<(String, Option<u16>)> {
     if host.is_empty() {
         return None;
     }
-    Some((host.to_ascii_lowercase(), port))
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
+    Some((host, port))
 }
 
 /// Host -> site index table, built once from the config.
 #[derive(Debug, Default)]
 pub struct Router {
-    exact: HashMap<(String, Option<u16>), usize>,
+    /// host -> (port or any port, site); a specific port is preferred over "any port".
+    exact: HashMap<String, Vec<(Option<u16>, usize)>>,
     wildcards: Vec<(String, Option<u16>, usize)>,
 }
 
@@ -106,7 +115,11 @@ impl Router {
             for pattern in patterns {
                 match pattern {
                     HostPattern::Exact { host, port } => {
-                        router.exact.insert((host.clone(), *port), index);
+                        router
+                            .exact
+                            .entry(host.clone())
+                            .or_default()
+                            .push((*port, index));
                     }
                     HostPattern::Wildcard { suffix, port } => {
                         router.wildcards.push((suffix.clone(), *port, index));
@@ -124,13 +137,11 @@ impl Router {
     /// The site for a request authority (`Host` value or URI authority), if any.
     pub fn route(&self, authority: &str) -> Option<usize> {
         let (host, port) = split_authority(authority)?;
-        if port.is_some() {
-            if let Some(&i) = self.exact.get(&(host.clone(), port)) {
-                return Some(i);
+        if let Some(entries) = self.exact.get(host.as_ref()) {
+            let with_port = entries.iter().find(|(p, _)| p.is_some() && *p == port);
+            if let Some((_, i)) = with_port.or_else(|| entries.iter().find(|(p, _)| p.is_none())) {
+                return Some(*i);
             }
-        }
-        if let Some(&i) = self.exact.get(&(host.clone(), None)) {
-            return Some(i);
         }
         self.wildcards
             .iter()
@@ -189,6 +200,10 @@ mod tests {
         assert_eq!(r.route("[::2]:1"), Some(1));
         assert_eq!(split_authority("[::1"), None);
         assert_eq!(split_authority("host:notaport"), None);
+        assert_eq!(
+            split_authority("A.Example:80"),
+            Some((Cow::Borrowed("a.example"), Some(80)))
+        );
     }
 
     #[test]

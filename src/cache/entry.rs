@@ -4,7 +4,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AGE, CONTENT_LENGTH, ETAG, LAST_MODIFIED, SET_COOKIE,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_RANGES, AGE, CONTENT_LENGTH, ETAG, LAST_MODIFIED,
+    SET_COOKIE,
 };
 use http::StatusCode;
 
@@ -100,6 +101,10 @@ impl Entry {
             headers.remove(SET_COOKIE);
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if status == StatusCode::OK {
+            // Stored 200s answer single byte ranges (see proxy::respond).
+            headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        }
         Entry::from_parts(
             status,
             headers,

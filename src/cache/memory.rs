@@ -24,7 +24,9 @@ pub enum Lookup {
 
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: moka::sync::Cache<String, Arc<Variants>>,
+    // foldhash: fast, and seeded per process, so keys chosen by clients cannot be aimed at
+    // one bucket.
+    cache: moka::sync::Cache<String, Arc<Variants>, foldhash::fast::RandomState>,
 }
 
 impl MemoryStore {
@@ -35,7 +37,7 @@ impl MemoryStore {
                 let body: u64 = value.entries.iter().map(|e| u64::from(e.weight())).sum();
                 (body + key.len() as u64).min(u64::from(u32::MAX)) as u32
             })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         MemoryStore { cache }
     }
 

@@ -156,9 +156,11 @@ impl Proxy {
         request: Request<Incoming>,
         client: Client,
     ) -> Response<Body> {
-        let started = Instant::now();
+        // Only the access log needs these; the hit path should not pay for them otherwise.
+        let logged = self
+            .access_log
+            .then(|| (Instant::now(), request.uri().path().to_string()));
         let method = request.method().clone();
-        let path = request.uri().path().to_string();
         let authority = authority_of(&request);
 
         let (mut response, status) = match self.enter() {
@@ -190,7 +192,7 @@ impl Proxy {
             headers.append("cache-status", v);
         }
         headers::append_via(headers);
-        if self.access_log {
+        if let Some((started, path)) = logged {
             tracing::info!(
                 target: "kagami::access",
                 client = %client.peer.ip(),

@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
-    CONTENT_TYPE, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
+    CONTENT_TYPE, DATE, ETAG, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, VARY,
 };
 use http::{request, Method, Response, StatusCode};
 
@@ -63,7 +64,15 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
     let age = HeaderValue::from(entry.age(now).as_secs());
     let head_only = request.method == Method::HEAD;
 
-    if entry.status.is_success() {
+    let conditional = [
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+    ]
+    .iter()
+    .any(|name| request.headers.contains_key(name));
+    if conditional && entry.status.is_success() {
         match conditional::evaluate(&request.headers, &entry.headers) {
             Precondition::NotModified => {
                 let mut headers = HeaderMap::new();
@@ -97,11 +106,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
     let mut headers = entry.headers.clone();
     headers.insert(AGE, age);
     let length = entry.body.len() as u64;
-    if entry.status == StatusCode::OK {
-        headers.insert(
-            http::header::ACCEPT_RANGES,
-            HeaderValue::from_static("bytes"),
-        );
+    if entry.status == StatusCode::OK && request.headers.contains_key(RANGE) {
         match conditional::range(&request.headers, &entry.headers, length) {
             RangeAnswer::Full => {}
             RangeAnswer::Partial { start, end } => {
