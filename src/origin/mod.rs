@@ -2,8 +2,11 @@
 //! their circuit breakers, the cap on concurrent origin requests, and active health checks.
 
 mod health;
+mod upload;
 
 pub use health::{Backoff, Breaker, Transition};
+use upload::ClientSide;
+pub use upload::Upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,17 +32,12 @@ pub enum OriginError {
     Busy,
     #[error("the request body is larger than allowed")]
     TooLarge,
+    #[error("the client's request body failed")]
+    ClientBody,
 }
 
 impl OriginError {
     fn from_reqwest(err: reqwest::Error, response_timeout: Duration) -> OriginError {
-        let mut cause: Option<&dyn std::error::Error> = Some(&err);
-        while let Some(e) = cause {
-            if e.is::<http_body_util::LengthLimitError>() {
-                return OriginError::TooLarge;
-            }
-            cause = e.source();
-        }
         if err.is_timeout() {
             OriginError::Timeout(response_timeout)
         } else if err.is_connect() {
@@ -58,6 +56,7 @@ impl OriginError {
             OriginError::CircuitOpen => "circuit-open",
             OriginError::Busy => "origin-busy",
             OriginError::TooLarge => "body-too-large",
+            OriginError::ClientBody => "client-body-failed",
         }
     }
 }
@@ -156,13 +155,19 @@ impl Origin {
 
     /// Sends a request, trying backups in order when it is idempotent and has no body (so it
     /// can be repeated), and waits at most the response timeout for each response head.
+    /// Failures caused by the client's upload are returned as such and never count against an
+    /// origin's health.
     pub async fn send(
         &self,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
-        mut body: Option<reqwest::Body>,
+        upload: Option<Upload>,
     ) -> Result<reqwest::Response, OriginError> {
+        let (mut body, upload_state) = match upload.map(Upload::into_parts) {
+            Some((body, state)) => (Some(body), Some(state)),
+            None => (None, None),
+        };
         let repeatable = body.is_none() && method.is_idempotent();
         let mut last: Option<Result<reqwest::Response, OriginError>> = None;
         for server in &self.servers {
@@ -183,6 +188,12 @@ impl Origin {
                 )
                 .await
             };
+            // The client's side failed: not the origin's fault, so no verdict on its health.
+            match upload_state.as_ref().map(|s| s.client_side()) {
+                Some(ClientSide::TooLarge) => return Err(OriginError::TooLarge),
+                Some(ClientSide::Failed) => return Err(OriginError::ClientBody),
+                _ => {}
+            }
             let failed = match &result {
                 Ok(response) => is_failure(response.status()),
                 Err(_) => true,

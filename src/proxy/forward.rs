@@ -21,7 +21,7 @@ use crate::cache::control::response_directives;
 use crate::cache::key::primary_key;
 use crate::cache::policy::{storable, NotStorable};
 use crate::cache::{CacheStatus, Entry, Phase};
-use crate::origin::{is_failure, OriginError};
+use crate::origin::{is_failure, OriginError, Upload};
 
 /// Largest origin error body shared with coalesced waiters; larger ones get a generic answer.
 const SHARED_ERROR_BODY: u64 = 64 * 1024;
@@ -199,7 +199,6 @@ impl Proxy {
         let status = match err {
             OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             OriginError::Other(_) => StatusCode::BAD_GATEWAY,
-            OriginError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut headers = HeaderMap::new();
@@ -256,16 +255,28 @@ impl Proxy {
         prepare_origin_headers(site, &mut headers, client, host);
         let body = match parts.method {
             Method::GET | Method::HEAD => None,
-            _ => Some(reqwest::Body::wrap(http_body_util::Limited::new(
-                incoming,
-                self.max_request_body as usize,
-            ))),
+            _ => Some(Upload::new(incoming, self.max_request_body)),
         };
         let failed = |err: &OriginError| {
-            self.stats.add(&self.stats.emergency_pages);
-            let failure = self.unavailable(site, err);
-            let status = cache_status.clone().detail(failure.detail);
-            (failure.answer.response(&parts.method), status)
+            let answer = match err {
+                // The client's own doing: a plain answer, not the emergency page.
+                OriginError::TooLarge => Canned::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "kagami: request body too large",
+                ),
+                OriginError::ClientBody => Canned::error(
+                    StatusCode::BAD_REQUEST,
+                    "kagami: the request body was incomplete",
+                ),
+                _ => {
+                    self.stats.add(&self.stats.emergency_pages);
+                    self.unavailable(site, err).answer
+                }
+            };
+            (
+                answer.response(&parts.method),
+                cache_status.clone().detail(err.detail()),
+            )
         };
         let permit = match site.origin.slot().await {
             Ok(permit) => permit,

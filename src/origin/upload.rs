@@ -1,0 +1,92 @@
+//! Request bodies relayed to an origin (POST, PUT, ...): capped in size, and watched so that a
+//! failure on the client's side (an upload over the limit, a client hanging up mid-upload) is
+//! never mistaken for a failing origin.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+const OK: u8 = 0;
+const TOO_LARGE: u8 = 1;
+const CLIENT_FAILED: u8 = 2;
+
+/// What went wrong on the client's side of an upload, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientSide {
+    Fine,
+    TooLarge,
+    Failed,
+}
+
+pub struct Upload {
+    body: Watched,
+    state: Arc<AtomicU8>,
+}
+
+impl Upload {
+    pub fn new(incoming: Incoming, max: u64) -> Upload {
+        let state = Arc::new(AtomicU8::new(OK));
+        let body = Watched {
+            inner: Limited::new(incoming, usize::try_from(max).unwrap_or(usize::MAX)),
+            state: state.clone(),
+        };
+        Upload { body, state }
+    }
+
+    /// Splits into the body for reqwest and a handle that tells afterwards how the client did.
+    pub(super) fn into_parts(self) -> (reqwest::Body, UploadState) {
+        (reqwest::Body::wrap(self.body), UploadState(self.state))
+    }
+}
+
+pub(super) struct UploadState(Arc<AtomicU8>);
+
+impl UploadState {
+    pub(super) fn client_side(&self) -> ClientSide {
+        match self.0.load(Ordering::Acquire) {
+            TOO_LARGE => ClientSide::TooLarge,
+            CLIENT_FAILED => ClientSide::Failed,
+            _ => ClientSide::Fine,
+        }
+    }
+}
+
+struct Watched {
+    inner: Limited<Incoming>,
+    state: Arc<AtomicU8>,
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(err))) = &polled {
+            let kind = if err.is::<LengthLimitError>() {
+                TOO_LARGE
+            } else {
+                CLIENT_FAILED
+            };
+            self.state.store(kind, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
