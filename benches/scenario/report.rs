@@ -1,0 +1,184 @@
+//! The end-of-run report: one table row per target and object, then the throughput and
+//! CPU-efficiency ratios between targets, all from the same run.
+
+use crate::load::LoadResult;
+use crate::{show_cpu, Settings, Target, OBJECTS};
+
+/// kagami/nginx req/s below this is flagged.
+const KAGAMI_NGINX_TARGET: f64 = 1.5;
+
+/// One measured run: a target serving one object.
+pub struct Row {
+    pub target: Target,
+    pub object: &'static str,
+    pub result: LoadResult,
+    pub cpu: Option<ServerCpu>,
+    /// Share of the load generator's CPU that was busy during the run (0.0 to 1.0).
+    pub load_busy: Option<f64>,
+    /// Share of the server's CPU used by anything but the server during the run.
+    pub other_busy: Option<f64>,
+    pub origin_requests: u64,
+}
+
+/// CPU used by the server under test during a measured run.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerCpu {
+    /// CPU seconds per wall second (1.0 = one core saturated).
+    pub busy: f64,
+    pub us_per_request: f64,
+}
+
+pub fn show_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2}ms", us / 1000.0)
+    } else {
+        format!("{us:.0}us")
+    }
+}
+
+/// A 0.0 to 1.0 share as a percentage, or `n/a`.
+pub fn show_share(share: Option<f64>) -> String {
+    share.map_or_else(|| String::from("n/a"), |s| format!("{:.0}%", s * 100.0))
+}
+
+/// `busy` and `us/req` for a run line, or `n/a`.
+pub fn show_cpu_use(cpu: Option<ServerCpu>) -> (String, String) {
+    match cpu {
+        Some(c) => (
+            format!("{:.0}%", c.busy * 100.0),
+            format!("{:.1}us", c.us_per_request),
+        ),
+        None => (String::from("n/a"), String::from("n/a")),
+    }
+}
+
+pub fn print_summary(rows: &[Row], settings: &Settings) {
+    println!();
+    println!(
+        "== summary: {} s per run, {} connections, load generator on {}, server on {} ==",
+        settings.secs,
+        settings.conns,
+        show_cpu(settings.load_cpu),
+        show_cpu(settings.server_cpu)
+    );
+    println!(
+        "bare = hyper http1 alone ({}); kagami = the proxy, cache hits; nginx-sf-off / \
+         nginx-sf-on = nginx proxy_cache hits with sendfile off / on (on is what the stock \
+         Debian nginx.conf sets; nginx's built-in default is off)",
+        settings.bare_flavor.describe()
+    );
+    println!(
+        "{:<13} {:<6} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
+        "target",
+        "object",
+        "req/s",
+        "p50",
+        "p99",
+        "srv cpu",
+        "cpu/req",
+        "other",
+        "gen cpu",
+        "errors",
+        "origin",
+        "tool"
+    );
+    for row in rows {
+        let (busy, per_request) = show_cpu_use(row.cpu);
+        println!(
+            "{:<13} {:<6} {:>10.0} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
+            row.target.label(),
+            row.object,
+            row.result.rps,
+            show_us(row.result.p50_us),
+            show_us(row.result.p99_us),
+            busy,
+            per_request,
+            show_share(row.other_busy),
+            show_share(row.load_busy),
+            row.result.errors,
+            row.origin_requests,
+            row.result.tool
+        );
+    }
+    print_ratios(rows);
+    println!(
+        "srv cpu: the server's CPU time per wall second; other: the rest of the server's CPU's busy \
+         time (other processes, interrupts); gen cpu: how busy the load generator's CPU was (all \
+         processes on it)"
+    );
+    if rows.iter().any(|r| r.cpu.is_some_and(|c| c.busy < 0.9)) {
+        println!(
+            "note: a server below ~90% CPU was limited by the load generator (or by other work on \
+             the machine), not by itself; compare the per-request CPU figures then"
+        );
+    }
+}
+
+/// Ratios between targets per object: req/s, and in brackets requests per server
+/// CPU-second (the inverse ratio of CPU per request; meaningful even when the load
+/// generator is the bottleneck).
+fn print_ratios(rows: &[Row]) {
+    const PAIRS: [(Target, Target); 5] = [
+        (Target::Bare, Target::Nginx { sendfile: false }),
+        (Target::Bare, Target::Nginx { sendfile: true }),
+        (Target::Kagami, Target::Nginx { sendfile: false }),
+        (Target::Kagami, Target::Nginx { sendfile: true }),
+        (Target::Kagami, Target::Bare),
+    ];
+    let find = |target: Target, object: &str| {
+        rows.iter()
+            .find(|r| r.target == target && r.object == object)
+    };
+    println!();
+    println!("== ratios: req/s (requests per server CPU-second) ==");
+    if !rows
+        .iter()
+        .any(|r| matches!(r.target, Target::Nginx { .. }))
+    {
+        println!("no nginx figures: the ratios to nginx are n/a");
+    }
+    print!("{:<22}", "");
+    for (path, _) in OBJECTS {
+        print!(" {path:>17}");
+    }
+    println!();
+    let mut below_target = false;
+    for (num, den) in PAIRS {
+        let name = format!("{}/{}", num.label(), den.label());
+        let mut cells = Vec::new();
+        for (path, _) in OBJECTS {
+            let (Some(n), Some(d)) = (find(num, path), find(den, path)) else {
+                cells.push(String::from("n/a"));
+                continue;
+            };
+            let ratio = n.result.rps / d.result.rps.max(f64::MIN_POSITIVE);
+            let efficiency = match (n.cpu, d.cpu) {
+                (Some(nc), Some(dc)) if nc.us_per_request > 0.0 => {
+                    format!("{:.2}", dc.us_per_request / nc.us_per_request)
+                }
+                _ => String::from("n/a"),
+            };
+            let flag = if num == Target::Kagami
+                && matches!(den, Target::Nginx { .. })
+                && ratio < KAGAMI_NGINX_TARGET
+            {
+                below_target = true;
+                "*"
+            } else {
+                ""
+            };
+            cells.push(format!("{ratio:.2}{flag} ({efficiency})"));
+        }
+        if cells.iter().all(|c| c == "n/a") {
+            continue;
+        }
+        print!("{name:<22}");
+        for cell in cells {
+            print!(" {cell:>17}");
+        }
+        println!();
+    }
+    if below_target {
+        println!("* kagami/nginx req/s below the {KAGAMI_NGINX_TARGET} target");
+    }
+}
