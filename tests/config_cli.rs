@@ -62,6 +62,15 @@ fn check_config(path: &Path) -> Output {
     )
 }
 
+/// A port on 127.0.0.1 that nothing listens on (the OS picked it, and it was released again).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -233,11 +242,7 @@ fn missing_file_fails_naming_it() {
 fn run_with_a_bad_config_exits_with_the_same_message_and_does_not_listen() {
     let dir = tempfile::tempdir().unwrap();
     // A free port on 127.0.0.1 for the bad config to name.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let text = MINIMAL
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
         .replace("origin = \"http://127.0.0.1:8081\"\n", "");
@@ -271,11 +276,7 @@ fn run_with_a_bad_config_exits_with_the_same_message_and_does_not_listen() {
 fn run_serves_with_a_good_config_until_stopped() {
     // The counterpart of the test above: the same binary does listen with a valid file.
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let text = MINIMAL.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));
     let path = write_config(&dir, "good.toml", &text);
     struct Kill(std::process::Child);

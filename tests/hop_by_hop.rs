@@ -3,66 +3,26 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
+use common::raw::{exchange, RawResponse};
 use common::{Kagami, Origin, Route};
 use http::HeaderValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// A response read off the wire, header names lowercased, values as sent.
-struct RawReply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// Writes `request` as is and parses what the server sent until it closed (the request should
+/// say `Connection: close`).
+async fn raw_exchange(addr: SocketAddr, request: &str) -> RawResponse {
+    RawResponse::parse(&exchange(addr, request).await)
 }
 
-impl RawReply {
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-    fn has(&self, name: &str) -> bool {
-        !self.all(name).is_empty()
-    }
-}
-
-/// Writes `request` as is and reads until the server closes (the request should say
-/// `Connection: close`).
-async fn raw_exchange(addr: SocketAddr, request: &str) -> RawReply {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .expect("connected in time")
-        .expect("connected");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
-        .await
-        .expect("Kagami answered and closed in time")
-        .expect("read the answer");
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&out)));
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    RawReply {
-        status,
-        headers,
-        body: out[split + 4..].to_vec(),
-    }
+/// An origin with a cacheable `/page` and a `/form` that answers "posted".
+async fn page_and_form_origin() -> Origin {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
+    origin.route("/form", Route::ok("posted"));
+    origin
 }
 
 const CLIENT_HOP_BY_HOP: &str = "Connection: X-Private, close\r\n\
@@ -73,6 +33,15 @@ const CLIENT_HOP_BY_HOP: &str = "Connection: X-Private, close\r\n\
     TE: trailers\r\n\
     Upgrade: websocket\r\n\
     X-End-To-End: kept\r\n";
+
+/// The hop-by-hop fields the test origin sends (besides its Connection: X-Secret).
+const ORIGIN_HOP_BY_HOP: [&str; 5] = [
+    "x-secret",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "upgrade",
+];
 
 fn assert_no_client_hop_by_hop(seen: &http::HeaderMap, what: &str) {
     for name in [
@@ -105,12 +74,7 @@ fn assert_no_client_hop_by_hop(seen: &http::HeaderMap, what: &str) {
 
 #[tokio::test]
 async fn client_hop_by_hop_fields_do_not_reach_the_origin() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/page",
-        Route::ok("page").header("cache-control", "max-age=60"),
-    );
-    origin.route("/form", Route::ok("posted"));
+    let origin = page_and_form_origin().await;
     let kagami = Kagami::start(&origin.url()).await;
 
     // A cache fill (GET).
@@ -163,13 +127,7 @@ async fn origin_hop_by_hop_fields_do_not_reach_the_client() {
         "GET /form HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .await;
-    for name in [
-        "x-secret",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-connection",
-        "upgrade",
-    ] {
+    for name in ORIGIN_HOP_BY_HOP {
         assert!(
             direct.has(name),
             "the origin itself should send {name}: {:?}",
@@ -192,13 +150,7 @@ async fn origin_hop_by_hop_fields_do_not_reach_the_client() {
     for (what, request) in requests {
         let reply = raw_exchange(kagami.addr, &request).await;
         assert_eq!(reply.status, 200, "{what}");
-        for name in [
-            "x-secret",
-            "keep-alive",
-            "proxy-authenticate",
-            "proxy-connection",
-            "upgrade",
-        ] {
+        for name in ORIGIN_HOP_BY_HOP {
             assert!(
                 !reply.has(name),
                 "{what}: the client saw {name}: {:?}",
@@ -224,12 +176,7 @@ async fn origin_hop_by_hop_fields_do_not_reach_the_client() {
 
 #[tokio::test]
 async fn origin_sees_forwarding_fields_and_the_client_host() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/page",
-        Route::ok("page").header("cache-control", "max-age=60"),
-    );
-    origin.route("/form", Route::ok("posted"));
+    let origin = page_and_form_origin().await;
     let kagami = Kagami::start(&origin.url()).await;
     let host = format!("127.0.0.1:{}", kagami.addr.port());
 
@@ -294,12 +241,7 @@ async fn prior_forwarding_fields_are_appended_to() {
 
 #[tokio::test]
 async fn origin_host_replaces_host_but_forwarded_keeps_the_client_host() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/page",
-        Route::ok("page").header("cache-control", "max-age=60"),
-    );
-    origin.route("/form", Route::ok("posted"));
+    let origin = page_and_form_origin().await;
     let kagami = Kagami::start_with(&origin.url(), |site| {
         site.origin_host = Some(HeaderValue::from_static("origin.example"));
     })

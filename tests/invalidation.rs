@@ -2,20 +2,12 @@
 //! Content-Location (RFC 9111 §4.4); failed ones do not. Request bodies reach the origin intact.
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Kagami, Origin, Route};
+use common::recording::RecordingOrigin;
+use common::{Kagami, Origin, Reply, Route};
 use futures_util::StreamExt;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 /// GET requests the origin received for `path` (the origin counts every method in `hits`).
 fn gets(origin: &Origin, path: &str) -> usize {
@@ -38,19 +30,34 @@ async fn cached(kagami: &Kagami, origin: &Origin, path: &str) {
     assert_eq!(gets(origin, path), 1, "{path}");
 }
 
+/// An origin serving each `(path, body)` of `pages` for 60 s, and Kagami in front of it with
+/// every page stored (checked by [`cached`]).
+async fn with_cached(pages: &[(&str, &str)]) -> (Origin, Kagami) {
+    let origin = Origin::start().await;
+    for (path, body) in pages {
+        origin.route(
+            path,
+            Route::ok(body.to_string()).header("cache-control", "max-age=60"),
+        );
+    }
+    let kagami = Kagami::start(&origin.url()).await;
+    for (path, _) in pages {
+        cached(&kagami, &origin, path).await;
+    }
+    (origin, kagami)
+}
+
+async fn post_to(kagami: &Kagami, path: &str, body: &'static str) -> Reply {
+    kagami
+        .send(kagami.client.post(kagami.url(path)).body(body))
+        .await
+}
+
 #[tokio::test]
 async fn successful_post_invalidates_the_target() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/page",
-        Route::ok("page").header("cache-control", "max-age=60"),
-    );
-    let kagami = Kagami::start(&origin.url()).await;
-    cached(&kagami, &origin, "/page").await;
+    let (origin, kagami) = with_cached(&[("/page", "page")]).await;
 
-    let post = kagami
-        .send(kagami.client.post(kagami.url("/page")).body("comment=1"))
-        .await;
+    let post = post_to(&kagami, "/page", "comment=1").await;
     assert_eq!(post.status, 200);
     assert!(
         post.cache_status().contains("fwd="),
@@ -74,22 +81,11 @@ async fn successful_post_invalidates_the_target() {
 
 #[tokio::test]
 async fn put_invalidates_the_location_it_answers_with() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/other",
-        Route::ok("other").header("cache-control", "max-age=60"),
-    );
-    origin.route(
-        "/elsewhere",
-        Route::ok("elsewhere").header("cache-control", "max-age=60"),
-    );
+    let (origin, kagami) = with_cached(&[("/other", "other"), ("/elsewhere", "elsewhere")]).await;
     origin.route(
         "/form",
         Route::ok("saved").status(201).header("location", "/other"),
     );
-    let kagami = Kagami::start(&origin.url()).await;
-    cached(&kagami, &origin, "/other").await;
-    cached(&kagami, &origin, "/elsewhere").await;
 
     let put = kagami
         .send(kagami.client.put(kagami.url("/form")).body("x"))
@@ -113,21 +109,13 @@ async fn put_invalidates_the_location_it_answers_with() {
 
 #[tokio::test]
 async fn location_on_another_host_is_not_invalidated() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/other",
-        Route::ok("other").header("cache-control", "max-age=60"),
-    );
+    let (origin, kagami) = with_cached(&[("/other", "other")]).await;
     origin.route(
         "/form",
         Route::ok("saved").header("location", "http://elsewhere.example/other"),
     );
-    let kagami = Kagami::start(&origin.url()).await;
-    cached(&kagami, &origin, "/other").await;
 
-    let post = kagami
-        .send(kagami.client.post(kagami.url("/form")).body("x"))
-        .await;
+    let post = post_to(&kagami, "/form", "x").await;
     assert_eq!(post.status, 200);
     kagami.get("/other").await;
     assert_eq!(
@@ -139,22 +127,14 @@ async fn location_on_another_host_is_not_invalidated() {
 
 #[tokio::test]
 async fn absolute_location_on_the_same_host_is_invalidated() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/other",
-        Route::ok("other").header("cache-control", "max-age=60"),
-    );
-    let kagami = Kagami::start(&origin.url()).await;
+    let (origin, kagami) = with_cached(&[("/other", "other")]).await;
     let location = format!("http://127.0.0.1:{}/other", kagami.addr.port());
     origin.route(
         "/form",
         Route::ok("saved").header("content-location", &location),
     );
-    cached(&kagami, &origin, "/other").await;
 
-    let post = kagami
-        .send(kagami.client.post(kagami.url("/form")).body("x"))
-        .await;
+    let post = post_to(&kagami, "/form", "x").await;
     assert_eq!(post.status, 200);
     kagami.get("/other").await;
     assert_eq!(
@@ -166,18 +146,10 @@ async fn absolute_location_on_the_same_host_is_invalidated() {
 
 #[tokio::test]
 async fn post_answered_500_does_not_invalidate() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/page",
-        Route::ok("page").header("cache-control", "max-age=60"),
-    );
-    let kagami = Kagami::start(&origin.url()).await;
-    cached(&kagami, &origin, "/page").await;
+    let (origin, kagami) = with_cached(&[("/page", "page")]).await;
 
     origin.fail_with(500);
-    let post = kagami
-        .send(kagami.client.post(kagami.url("/page")).body("comment=1"))
-        .await;
+    let post = post_to(&kagami, "/page", "comment=1").await;
     assert_eq!(post.status, 500);
     origin.recover();
 
@@ -198,13 +170,7 @@ async fn post_answered_500_does_not_invalidate() {
 
 #[tokio::test]
 async fn delete_invalidates() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/page",
-        Route::ok("page").header("cache-control", "max-age=60"),
-    );
-    let kagami = Kagami::start(&origin.url()).await;
-    cached(&kagami, &origin, "/page").await;
+    let (origin, kagami) = with_cached(&[("/page", "page")]).await;
 
     let delete = kagami.send(kagami.client.delete(kagami.url("/page"))).await;
     assert_eq!(delete.status, 200);
@@ -214,79 +180,14 @@ async fn delete_invalidates() {
 
 #[tokio::test]
 async fn invalidation_covers_the_query_string_exactly() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/list?page=2",
-        Route::ok("p2").header("cache-control", "max-age=60"),
-    );
-    origin.route(
-        "/list?page=3",
-        Route::ok("p3").header("cache-control", "max-age=60"),
-    );
-    let kagami = Kagami::start(&origin.url()).await;
-    cached(&kagami, &origin, "/list?page=2").await;
-    cached(&kagami, &origin, "/list?page=3").await;
+    let (origin, kagami) = with_cached(&[("/list?page=2", "p2"), ("/list?page=3", "p3")]).await;
 
-    let post = kagami
-        .send(kagami.client.post(kagami.url("/list?page=2")).body("x"))
-        .await;
+    let post = post_to(&kagami, "/list?page=2", "x").await;
     assert_eq!(post.status, 200);
     kagami.get("/list?page=2").await;
     kagami.get("/list?page=3").await;
     assert_eq!(gets(&origin, "/list?page=2"), 2);
     assert_eq!(gets(&origin, "/list?page=3"), 1);
-}
-
-/// What the recording origin received.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    content_length: Option<String>,
-    body: Bytes,
-}
-
-/// A tiny origin that records request bodies (the shared one discards them).
-async fn recording_origin() -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let state = log.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let state = state.clone();
-                    async move {
-                        let method = request.method().to_string();
-                        let path = request.uri().path().to_string();
-                        let content_length = request
-                            .headers()
-                            .get("content-length")
-                            .map(|v| v.to_str().unwrap().to_string());
-                        let body = request.into_body().collect().await.map(|b| b.to_bytes());
-                        let body = body.unwrap_or_default();
-                        let answer = format!("got {} bytes", body.len());
-                        state.lock().unwrap().push(Received {
-                            method,
-                            path,
-                            content_length,
-                            body,
-                        });
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, log)
 }
 
 /// Bytes that are not text and not one repeated pattern.
@@ -304,8 +205,8 @@ fn payload(len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn request_bodies_reach_the_origin_intact() {
-    let (addr, log) = recording_origin().await;
-    let kagami = Kagami::start(&format!("http://{addr}")).await;
+    let origin = RecordingOrigin::start(|got| format!("got {} bytes", got.body.len())).await;
+    let kagami = Kagami::start(&origin.url()).await;
 
     // With Content-Length, larger than any single buffer.
     let sized = payload(300 * 1024 + 7);
@@ -344,7 +245,7 @@ async fn request_bodies_reach_the_origin_intact() {
     let reply = kagami.send(kagami.client.post(kagami.url("/empty"))).await;
     assert_eq!(reply.status, 200);
 
-    let log = log.lock().unwrap().clone();
+    let log = origin.received();
     assert_eq!(log.len(), 3, "{log:?}");
     assert_eq!(
         (log[0].method.as_str(), log[0].path.as_str()),

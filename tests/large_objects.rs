@@ -9,14 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Kagami, Origin, Route};
+use common::{spawn_origin, Kagami, Origin, Reply, Route};
 use futures_util::StreamExt;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::StreamBody;
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::body::Frame;
 
 /// Deterministic, incompressible-looking bytes.
 fn payload(len: usize, seed: u32) -> Bytes {
@@ -85,38 +82,22 @@ async fn object_over_the_limit_streams_through_and_is_not_stored() {
 
 /// An origin that answers every request with `body` in 16 KiB chunks and no Content-Length.
 async fn chunked_origin(body: Bytes) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let body = body.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_request: Request<Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    let chunks: Vec<Bytes> =
-                        body.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
-                    let frames = futures_util::stream::iter(chunks).then(|chunk| async move {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                        Ok::<_, Infallible>(Frame::data(chunk))
-                    });
-                    let mut response = Response::new(StreamBody::new(frames));
-                    response
-                        .headers_mut()
-                        .insert("cache-control", "max-age=60".parse().unwrap());
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = spawn_origin(move |_request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let chunks: Vec<Bytes> = body.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
+        let frames = futures_util::stream::iter(chunks).then(|chunk| async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok::<_, Infallible>(Frame::data(chunk))
+        });
+        let mut response = Response::new(StreamBody::new(frames));
+        response
+            .headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        async move { response }
+    })
+    .await;
     (addr, hits)
 }
 
@@ -206,32 +187,30 @@ async fn one_mib_object_is_stored_and_served_byte_identical() {
     assert_eq!(origin.hits("/mib.bin"), 1);
 }
 
+/// GET `/mib.bin` with a Range header.
+async fn get_range(kagami: &Kagami, range: &str) -> Reply {
+    kagami
+        .send(
+            kagami
+                .client
+                .get(kagami.url("/mib.bin"))
+                .header("range", range),
+        )
+        .await
+}
+
 #[tokio::test]
 async fn range_on_a_cached_object() {
     let origin = Origin::start().await;
     let (kagami, body) = cached_mib(&origin).await;
 
-    let part = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/mib.bin"))
-                .header("range", "bytes=0-99"),
-        )
-        .await;
+    let part = get_range(&kagami, "bytes=0-99").await;
     assert_eq!(part.status, 206);
     assert_eq!(part.header("content-range"), Some("bytes 0-99/1048576"));
     assert_eq!(part.header("content-length"), Some("100"));
     same_bytes(&part.body, &body[..100], "bytes=0-99");
 
-    let tail = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/mib.bin"))
-                .header("range", "bytes=-10"),
-        )
-        .await;
+    let tail = get_range(&kagami, "bytes=-10").await;
     assert_eq!(tail.status, 206);
     assert_eq!(
         tail.header("content-range"),
@@ -239,14 +218,7 @@ async fn range_on_a_cached_object() {
     );
     same_bytes(&tail.body, &body[body.len() - 10..], "bytes=-10");
 
-    let middle = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/mib.bin"))
-                .header("range", "bytes=500000-"),
-        )
-        .await;
+    let middle = get_range(&kagami, "bytes=500000-").await;
     assert_eq!(middle.status, 206);
     assert_eq!(
         middle.header("content-range"),
@@ -254,14 +226,7 @@ async fn range_on_a_cached_object() {
     );
     same_bytes(&middle.body, &body[500_000..], "bytes=500000-");
 
-    let beyond = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/mib.bin"))
-                .header("range", "bytes=5000000-"),
-        )
-        .await;
+    let beyond = get_range(&kagami, "bytes=5000000-").await;
     assert_eq!(beyond.status, 416);
     assert_eq!(beyond.header("content-range"), Some("bytes */1048576"));
     assert!(beyond.body.len() < 1024, "no full body with a 416");

@@ -3,21 +3,17 @@
 //! connections wait in the backlog) and the HTTP/2 stream limit.
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::raw::{connect, exchange, read_one_response};
+use common::recording::RecordingOrigin;
 use common::{Kagami, Origin, Reply, Route};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use kagami::config::{Config, SiteConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 fn config_for(origin: &str, adjust: impl FnOnce(&mut Config)) -> Config {
     let site = SiteConfig::new("test", &["127.0.0.1", "localhost"], origin).unwrap();
@@ -31,65 +27,12 @@ fn cacheable(body: &str) -> Route {
     Route::ok(body.to_string()).header("cache-control", "max-age=60")
 }
 
-async fn connect(addr: SocketAddr) -> TcpStream {
-    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .expect("connected in time")
-        .expect("connected")
-}
-
-/// Reads until the server closes the connection (EOF or reset); returns what was read.
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-            Err(_) => panic!(
-                "the connection was still open; read so far: {:?}",
-                String::from_utf8_lossy(&got)
-            ),
-            Ok(Ok(0)) | Ok(Err(_)) => return got,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Reads one response with a Content-Length body off a keep-alive connection.
-async fn read_one_response(stream: &mut TcpStream, within: Duration) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .expect("a content-length");
-            if got.len() >= end + 4 + length {
-                return String::from_utf8_lossy(&got).into_owned();
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, stream.read(&mut buf))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed before a full response: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// Sends a raw request head and returns everything the server sent until it closed.
-async fn raw_exchange(addr: SocketAddr, head: &[u8]) -> String {
-    let mut stream = connect(addr).await;
-    stream.write_all(head).await.expect("request written");
-    String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned()
+/// An origin with a cacheable `/page`, behind Kagami configured by `adjust`.
+async fn page_behind(adjust: impl FnOnce(&mut Config)) -> (Origin, Kagami) {
+    let origin = Origin::start().await;
+    origin.route("/page", cacheable("page"));
+    let kagami = Kagami::start_config(config_for(&origin.url(), adjust)).await;
+    (origin, kagami)
 }
 
 fn head_with(extra: &str) -> Vec<u8> {
@@ -99,15 +42,10 @@ fn head_with(extra: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_request_head_larger_than_the_limit_gets_431() {
-    let origin = Origin::start().await;
-    origin.route("/page", cacheable("page"));
-    let kagami = Kagami::start_config(config_for(&origin.url(), |c| {
-        c.server.max_header_size = 8 * 1024
-    }))
-    .await;
+    let (origin, kagami) = page_behind(|c| c.server.max_header_size = 8 * 1024).await;
 
     // Under the limit: served.
-    let small = raw_exchange(
+    let small = exchange(
         kagami.addr,
         &head_with(&format!("X-Filler: {}\r\n", "a".repeat(6 * 1024))),
     )
@@ -116,7 +54,7 @@ async fn a_request_head_larger_than_the_limit_gets_431() {
 
     // A 20 KiB header: refused with 431, and the origin never hears of it.
     let before = origin.total();
-    let big = raw_exchange(
+    let big = exchange(
         kagami.addr,
         &head_with(&format!("X-Big: {}\r\n", "a".repeat(20 * 1024))),
     )
@@ -131,18 +69,15 @@ async fn a_request_head_larger_than_the_limit_gets_431() {
 
 #[tokio::test]
 async fn more_header_fields_than_allowed_get_431() {
-    let origin = Origin::start().await;
-    origin.route("/page", cacheable("page"));
-    let kagami =
-        Kagami::start_config(config_for(&origin.url(), |c| c.server.max_headers = 10)).await;
+    let (origin, kagami) = page_behind(|c| c.server.max_headers = 10).await;
 
     let few: String = (0..5).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let ok = raw_exchange(kagami.addr, &head_with(&few)).await;
+    let ok = exchange(kagami.addr, &head_with(&few)).await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 
     let before = origin.total();
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let refused = raw_exchange(kagami.addr, &head_with(&many)).await;
+    let refused = exchange(kagami.addr, &head_with(&many)).await;
     assert!(
         refused.starts_with("HTTP/1.1 431"),
         "expected 431, got {:?}",
@@ -188,47 +123,10 @@ async fn a_declared_body_over_the_limit_gets_413_without_reaching_the_origin() {
     assert_eq!(origin.hits("/upload"), 1, "the origin never saw it");
 }
 
-/// What an origin made of each request body it received: its length, or the error that
-/// ended it.
-type Bodies = Arc<Mutex<Vec<Result<usize, String>>>>;
-
-/// A minimal origin that records whether each request body arrived complete.
-async fn body_recording_origin() -> (SocketAddr, Bodies) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let bodies: Bodies = Arc::default();
-    let recorded = bodies.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let recorded = recorded.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let recorded = recorded.clone();
-                    async move {
-                        let outcome = match request.into_body().collect().await {
-                            Ok(body) => Ok(body.to_bytes().len()),
-                            Err(err) => Err(err.to_string()),
-                        };
-                        recorded.lock().unwrap().push(outcome);
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("stored"))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, bodies)
-}
-
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_never_reaches_the_origin_whole() {
-    let (origin, bodies) = body_recording_origin().await;
-    let kagami = Kagami::start_config(config_for(&format!("http://{origin}"), |c| {
+    let origin = RecordingOrigin::start(|_| "stored".into()).await;
+    let kagami = Kagami::start_config(config_for(&origin.url(), |c| {
         c.server.max_request_body = 1024
     }))
     .await;
@@ -262,7 +160,7 @@ async fn a_chunked_body_over_the_limit_never_reaches_the_origin_whole() {
     }
     // Let the origin finish reading whatever it was sent.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let received = bodies.lock().unwrap().clone();
+    let received = origin.outcomes();
     assert!(
         received.iter().all(|b| b.is_err()),
         "the origin must not receive a complete body: {received:?}"
@@ -281,7 +179,7 @@ async fn a_chunked_body_over_the_limit_never_reaches_the_origin_whole() {
         .await;
     assert_eq!(fits.status, 200);
     assert_eq!(fits.text(), "stored");
-    assert_eq!(bodies.lock().unwrap().last(), Some(&Ok(512)));
+    assert_eq!(origin.outcomes().last(), Some(&Ok(512)));
 }
 
 #[tokio::test]
@@ -389,14 +287,13 @@ async fn http2_streams_per_connection_are_capped() {
     for path in &paths {
         origin.route(path, cacheable(path).delay(Duration::from_millis(200)));
     }
-    let mut site = SiteConfig::new("test", &["127.0.0.1", "localhost"], &origin.url()).unwrap();
-    site.protection.concurrency = 100;
-    site.limit_hits = None;
-    site.limit_misses = None;
-    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
-    config.log.access = false;
-    config.server.h2_max_concurrent_streams = 4;
-    let kagami = Kagami::start_config(config).await;
+    let kagami = Kagami::start_config(config_for(&origin.url(), |c| {
+        c.sites[0].protection.concurrency = 100;
+        c.sites[0].limit_hits = None;
+        c.sites[0].limit_misses = None;
+        c.server.h2_max_concurrent_streams = 4;
+    }))
+    .await;
     let client = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -433,6 +330,38 @@ async fn http2_streams_per_connection_are_capped() {
     assert_eq!(stats.connections_total, 1, "one HTTP/2 connection");
 }
 
+/// A healthy origin (`/upload`, a cacheable `/page`) behind Kagami, with a circuit that opens
+/// after three failures.
+async fn healthy_origin_behind(adjust: impl FnOnce(&mut Config)) -> (Origin, Kagami) {
+    let (origin, kagami) = page_behind(|c| {
+        c.sites[0].protection.circuit_failures = 3;
+        c.sites[0].protection.circuit_open = Duration::from_secs(10);
+        adjust(c);
+    })
+    .await;
+    origin.route("/upload", Route::ok("stored"));
+    (origin, kagami)
+}
+
+/// After three `what` client uploads: the origin's circuit must still be closed and a cold GET
+/// of `/page` served.
+async fn assert_circuit_stays_closed(kagami: &Kagami, what: &str) {
+    let breaker_open = kagami.running.proxy.sites()[0].origin.servers[0]
+        .breaker
+        .is_open();
+    let stats = kagami.running.proxy.stats.snapshot();
+    let page = kagami.get("/page").await;
+    assert!(
+        !breaker_open && page.status == 200,
+        "three {what} client uploads opened the healthy origin's circuit \
+         (circuit_opened={}, origin_failures={}); a cold GET then got {} {}",
+        stats.circuit_opened,
+        stats.origin_failures,
+        page.status,
+        page.cache_status()
+    );
+}
+
 /// Sends a chunked POST of `chunks` × 256 bytes (no Content-Length) and returns the status,
 /// or `None` when the connection was cut while sending.
 async fn chunked_post(kagami: &Kagami, path: &str, chunks: usize) -> Option<u16> {
@@ -455,46 +384,19 @@ async fn chunked_post(kagami: &Kagami, path: &str, chunks: usize) -> Option<u16>
 
 #[tokio::test]
 async fn oversized_uploads_do_not_open_the_circuit_of_a_healthy_origin() {
-    let origin = Origin::start().await;
-    origin.route("/upload", Route::ok("stored"));
-    origin.route("/page", cacheable("page"));
-    let mut site = SiteConfig::new("test", &["127.0.0.1", "localhost"], &origin.url()).unwrap();
-    site.protection.circuit_failures = 3;
-    site.protection.circuit_open = Duration::from_secs(10);
-    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
-    config.log.access = false;
-    config.server.max_request_body = 1024;
-    let kagami = Kagami::start_config(config).await;
+    let (_origin, kagami) = healthy_origin_behind(|c| c.server.max_request_body = 1024).await;
 
     // A client's oversized uploads are the client's fault, not the origin's.
     for _ in 0..3 {
         let status = chunked_post(&kagami, "/upload", 16).await;
         assert!(matches!(status, Some(413) | None), "{status:?}");
     }
-    let breaker_open = kagami.running.proxy.sites()[0].origin.servers[0]
-        .breaker
-        .is_open();
-    let stats = kagami.running.proxy.stats.snapshot();
-    let page = kagami.get("/page").await;
-    assert!(
-        !breaker_open && page.status == 200,
-        "three oversized client uploads opened the healthy origin's circuit \
-         (circuit_opened={}, origin_failures={}); a cold GET then got {} {}",
-        stats.circuit_opened,
-        stats.origin_failures,
-        page.status,
-        page.cache_status()
-    );
+    assert_circuit_stays_closed(&kagami, "oversized").await;
 }
 
 #[tokio::test]
 async fn an_oversized_http2_header_list_is_refused() {
-    let origin = Origin::start().await;
-    origin.route("/page", cacheable("page"));
-    let kagami = Kagami::start_config(config_for(&origin.url(), |c| {
-        c.server.max_header_size = 8 * 1024
-    }))
-    .await;
+    let (origin, kagami) = page_behind(|c| c.server.max_header_size = 8 * 1024).await;
     let client = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -528,15 +430,7 @@ async fn an_oversized_http2_header_list_is_refused() {
 
 #[tokio::test]
 async fn clients_abandoning_uploads_do_not_open_the_circuit_of_a_healthy_origin() {
-    let origin = Origin::start().await;
-    origin.route("/upload", Route::ok("stored"));
-    origin.route("/page", cacheable("page"));
-    let mut site = SiteConfig::new("test", &["127.0.0.1", "localhost"], &origin.url()).unwrap();
-    site.protection.circuit_failures = 3;
-    site.protection.circuit_open = Duration::from_secs(10);
-    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
-    config.log.access = false;
-    let kagami = Kagami::start_config(config).await;
+    let (_origin, kagami) = healthy_origin_behind(|_| {}).await;
 
     // Each client starts a chunked upload and goes away in the middle of it.
     for _ in 0..3 {
@@ -551,18 +445,5 @@ async fn clients_abandoning_uploads_do_not_open_the_circuit_of_a_healthy_origin(
         drop(stream);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let breaker_open = kagami.running.proxy.sites()[0].origin.servers[0]
-        .breaker
-        .is_open();
-    let stats = kagami.running.proxy.stats.snapshot();
-    let page = kagami.get("/page").await;
-    assert!(
-        !breaker_open && page.status == 200,
-        "three abandoned client uploads opened the healthy origin's circuit \
-         (circuit_opened={}, origin_failures={}); a cold GET then got {} {}",
-        stats.circuit_opened,
-        stats.origin_failures,
-        page.status,
-        page.cache_status()
-    );
+    assert_circuit_stays_closed(&kagami, "abandoned").await;
 }

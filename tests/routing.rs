@@ -2,40 +2,15 @@
 //! Host is a bad request, wildcard sites match subdomains, and TRACE / CONNECT are not allowed.
 mod common;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use common::{Kagami, Origin, Route};
+use common::raw::{body_of, exchange, status_of};
+use common::{Kagami, Origin, Reply, Route};
 use kagami::config::{Config, SiteConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// A raw HTTP exchange: writes `request` as is and reads until the server closes the connection.
-async fn raw_exchange(addr: SocketAddr, request: &str) -> String {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+/// GET `path` from Kagami with the given Host.
+async fn get_as(kagami: &Kagami, path: &str, host: &str) -> Reply {
+    kagami
+        .send(kagami.client.get(kagami.url(path)).header("host", host))
         .await
-        .expect("connected in time")
-        .expect("connected");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
-        .await
-        .expect("Kagami answered and closed the connection in time")
-        .expect("read the answer");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status_of(raw: &str) -> u16 {
-    raw.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"))
-}
-
-fn body_of(raw: &str) -> &str {
-    raw.split_once("\r\n\r\n")
-        .map(|(_, body)| body)
-        .unwrap_or("")
 }
 
 #[tokio::test]
@@ -47,14 +22,7 @@ async fn unknown_host_is_refused_with_421_and_the_origin_sees_nothing() {
     );
     let kagami = Kagami::start(&origin.url()).await;
 
-    let reply = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/"))
-                .header("host", "evil.example"),
-        )
-        .await;
+    let reply = get_as(&kagami, "/", "evil.example").await;
     assert_eq!(reply.status, 421);
     let content_type = reply.header("content-type").unwrap_or("");
     assert!(
@@ -71,9 +39,7 @@ async fn unknown_host_is_refused_with_421_and_the_origin_sees_nothing() {
 
     // Also with a port that no site lists, and a name that merely ends like a configured one.
     for host in ["evil.example:8080", "not-127.0.0.1", "xlocalhost"] {
-        let reply = kagami
-            .send(kagami.client.get(kagami.url("/")).header("host", host))
-            .await;
+        let reply = get_as(&kagami, "/", host).await;
         assert_eq!(reply.status, 421, "host {host}");
     }
     assert_eq!(
@@ -89,12 +55,12 @@ async fn http10_request_without_host_gets_400() {
     origin.route("/", Route::ok("home"));
     let kagami = Kagami::start(&origin.url()).await;
 
-    let raw = raw_exchange(kagami.addr, "GET / HTTP/1.0\r\n\r\n").await;
+    let raw = exchange(kagami.addr, "GET / HTTP/1.0\r\n\r\n").await;
     assert_eq!(status_of(&raw), 400, "{raw}");
     assert!(!body_of(&raw).contains("home"));
 
     // An empty Host is no better than none.
-    let raw = raw_exchange(
+    let raw = exchange(
         kagami.addr,
         "GET / HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
     )
@@ -110,10 +76,10 @@ async fn http11_without_host_or_with_two_hosts_gets_400() {
     origin.route("/", Route::ok("home"));
     let kagami = Kagami::start(&origin.url()).await;
 
-    let raw = raw_exchange(kagami.addr, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    let raw = exchange(kagami.addr, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status_of(&raw), 400, "{raw}");
 
-    let raw = raw_exchange(
+    let raw = exchange(
         kagami.addr,
         "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
     )
@@ -128,7 +94,7 @@ async fn absolute_form_for_another_host_is_refused_even_with_a_known_host_header
     origin.route("/", Route::ok("home"));
     let kagami = Kagami::start(&origin.url()).await;
 
-    let raw = raw_exchange(
+    let raw = exchange(
         kagami.addr,
         "GET http://evil.example/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
@@ -142,7 +108,7 @@ async fn absolute_form_for_another_host_is_refused_even_with_a_known_host_header
     );
 
     // Absolute form naming a configured host is served as usual.
-    let raw = raw_exchange(
+    let raw = exchange(
         kagami.addr,
         "GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
@@ -164,14 +130,7 @@ async fn wildcard_site_routes_subdomains_only() {
     config.log.access = false;
     let kagami = Kagami::start_config(config).await;
 
-    let reply = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/"))
-                .header("host", "www.city.example"),
-        )
-        .await;
+    let reply = get_as(&kagami, "/", "www.city.example").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "city home");
     let seen = city
@@ -179,35 +138,14 @@ async fn wildcard_site_routes_subdomains_only() {
         .expect("the city origin got the request");
     assert_eq!(seen.get("host").unwrap(), "www.city.example");
 
-    let reply = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/"))
-                .header("host", "a.b.City.Example:8080"),
-        )
-        .await;
+    let reply = get_as(&kagami, "/", "a.b.City.Example:8080").await;
     assert_eq!(reply.status, 200, "deeper subdomains, any case, any port");
     assert_eq!(reply.text(), "city home");
 
     // The bare domain is not covered by `*.city.example`.
-    let reply = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/"))
-                .header("host", "city.example"),
-        )
-        .await;
+    let reply = get_as(&kagami, "/", "city.example").await;
     assert_eq!(reply.status, 421);
-    let reply = kagami
-        .send(
-            kagami
-                .client
-                .get(kagami.url("/"))
-                .header("host", "evilcity.example"),
-        )
-        .await;
+    let reply = get_as(&kagami, "/", "evilcity.example").await;
     assert_eq!(reply.status, 421);
 
     assert_eq!(city.hits("/"), 2);
@@ -232,7 +170,7 @@ async fn trace_and_connect_get_405() {
         .await;
     assert_eq!(reply.status, 405);
 
-    let raw = raw_exchange(
+    let raw = exchange(
         kagami.addr,
         "TRACE / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
@@ -240,7 +178,7 @@ async fn trace_and_connect_get_405() {
     assert_eq!(status_of(&raw), 405, "{raw}");
 
     let target = format!("127.0.0.1:{}", kagami.addr.port());
-    let raw = raw_exchange(
+    let raw = exchange(
         kagami.addr,
         &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
     )

@@ -2,9 +2,9 @@
 //! cached, and idle keep-alive connections are closed.
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::raw::{connect, read_one_response, wait_for_close, WITHIN};
 use common::{Kagami, Origin, Route};
 use kagami::config::{Config, SiteConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,77 +19,22 @@ async fn kagami_with(origin: &Origin, header_read: Duration, idle: Duration) -> 
     Kagami::start_config(config).await
 }
 
-async fn connect(addr: SocketAddr) -> TcpStream {
-    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .expect("connected in time")
-        .expect("connected")
-}
-
-/// Reads until the server closes the connection (EOF or reset) and returns when that happened
-/// (measured from `since`) and what was read. Panics if the connection is still open at `limit`.
-async fn wait_for_close(
-    stream: &mut TcpStream,
-    since: Instant,
-    limit: Duration,
-) -> (Duration, Vec<u8>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = limit.saturating_sub(since.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Err(_) => panic!(
-                "the connection was still open after {:?}; read so far: {:?}",
-                since.elapsed(),
-                String::from_utf8_lossy(&got)
-            ),
-            Ok(Ok(0)) | Ok(Err(_)) => return (since.elapsed(), got),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Reads one response with a Content-Length body off a keep-alive connection.
-async fn read_one_response(stream: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .expect("a content-length");
-            if got.len() >= end + 4 + length {
-                return String::from_utf8_lossy(&got).into_owned();
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed before a full response: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
+/// Kagami with a 1 s header read timeout, and a client connected to it that has sent `sent`;
+/// also the moment the client connected.
+async fn client_sending(origin: &Origin, sent: &[u8]) -> (Kagami, TcpStream, Instant) {
+    let kagami = kagami_with(origin, Duration::from_secs(1), Duration::from_secs(30)).await;
+    let mut stream = connect(kagami.addr).await;
+    let start = Instant::now();
+    stream.write_all(sent).await.unwrap();
+    (kagami, stream, start)
 }
 
 #[tokio::test]
 async fn stalled_request_head_is_cut_off_after_header_read_timeout() {
     let origin = Origin::start().await;
     origin.route("/", Route::ok("home"));
-    let kagami = kagami_with(&origin, Duration::from_secs(1), Duration::from_secs(30)).await;
-
-    let mut stream = connect(kagami.addr).await;
-    let start = Instant::now();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        .await
-        .unwrap();
+    let (_kagami, mut stream, start) =
+        client_sending(&origin, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await;
     let (after, got) = wait_for_close(&mut stream, start, Duration::from_secs(4)).await;
     assert!(
         after >= Duration::from_millis(800),
@@ -107,15 +52,9 @@ async fn stalled_request_head_is_cut_off_after_header_read_timeout() {
 async fn trickled_request_head_is_cut_off_after_header_read_timeout() {
     let origin = Origin::start().await;
     origin.route("/", Route::ok("home"));
-    let kagami = kagami_with(&origin, Duration::from_secs(1), Duration::from_secs(30)).await;
-
     // A byte every 100 ms keeps the connection busy but never completes the head.
-    let mut stream = connect(kagami.addr).await;
-    let start = Instant::now();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        .await
-        .unwrap();
+    let (_kagami, mut stream, start) =
+        client_sending(&origin, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
     let (mut reader, mut writer) = stream.split();
     let trickle = async {
         loop {
@@ -153,10 +92,7 @@ async fn trickled_request_head_is_cut_off_after_header_read_timeout() {
 async fn silent_connection_is_cut_off_after_header_read_timeout() {
     // A client that connects and sends nothing holds a connection just as well as a slow one.
     let origin = Origin::start().await;
-    let kagami = kagami_with(&origin, Duration::from_secs(1), Duration::from_secs(30)).await;
-
-    let mut stream = connect(kagami.addr).await;
-    let start = Instant::now();
+    let (_kagami, mut stream, start) = client_sending(&origin, b"").await;
     let (after, _) = wait_for_close(&mut stream, start, Duration::from_secs(4)).await;
     assert!(
         after >= Duration::from_millis(800),
@@ -167,11 +103,7 @@ async fn silent_connection_is_cut_off_after_header_read_timeout() {
 #[tokio::test]
 async fn partial_http2_preface_is_cut_off_after_header_read_timeout() {
     let origin = Origin::start().await;
-    let kagami = kagami_with(&origin, Duration::from_secs(1), Duration::from_secs(30)).await;
-
-    let mut stream = connect(kagami.addr).await;
-    let start = Instant::now();
-    stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let (_kagami, mut stream, start) = client_sending(&origin, b"PRI * HTTP/2.0\r\n").await;
     let (after, _) = wait_for_close(&mut stream, start, Duration::from_secs(4)).await;
     assert!(
         after >= Duration::from_millis(800),
@@ -229,7 +161,7 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
             .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
-        let response = read_one_response(&mut stream).await;
+        let response = read_one_response(&mut stream, WITHIN).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.ends_with("home"), "{response}");
         // Activity within the idle timeout keeps the connection open.
@@ -260,7 +192,7 @@ async fn a_request_waiting_for_a_slow_origin_is_not_idle() {
         .write_all(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
-    let response = read_one_response(&mut stream).await;
+    let response = read_one_response(&mut stream, WITHIN).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("late but complete"), "{response}");
 }

@@ -3,12 +3,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::connect;
 use common::{Kagami, Origin, Route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-#[tokio::test]
-async fn truncated_body_is_not_cached_and_the_client_sees_an_error() {
+/// Kagami in front of an origin whose cacheable 64 KiB `/cut` declares its whole length but
+/// stops halfway.
+async fn cut_short() -> (Origin, Kagami) {
     let origin = Origin::start().await;
     origin.route(
         "/cut",
@@ -17,6 +19,12 @@ async fn truncated_body_is_not_cached_and_the_client_sees_an_error() {
             .truncated(),
     );
     let kagami = Kagami::start(&origin.url()).await;
+    (origin, kagami)
+}
+
+#[tokio::test]
+async fn truncated_body_is_not_cached_and_the_client_sees_an_error() {
+    let (origin, kagami) = cut_short().await;
 
     let response = kagami.client.get(kagami.url("/cut")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -41,15 +49,8 @@ async fn truncated_body_is_not_cached_and_the_client_sees_an_error() {
 
 #[tokio::test]
 async fn raw_client_connection_is_closed_before_the_declared_length() {
-    let origin = Origin::start().await;
-    origin.route(
-        "/cut",
-        Route::ok(vec![b'z'; 64 * 1024])
-            .header("cache-control", "max-age=60")
-            .truncated(),
-    );
-    let kagami = Kagami::start(&origin.url()).await;
-    let mut stream = TcpStream::connect(kagami.addr).await.unwrap();
+    let (_origin, kagami) = cut_short().await;
+    let mut stream = connect(kagami.addr).await;
     stream
         .write_all(b"GET /cut HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await

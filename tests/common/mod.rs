@@ -2,8 +2,12 @@
 //! Kagami in front of it, talked to over real TCP.
 #![allow(dead_code)]
 
+pub mod raw;
+pub mod recording;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -287,6 +291,38 @@ async fn build(
         return response;
     }
     plain(route.status, route.headers, route.body)
+}
+
+/// A bare origin on 127.0.0.1 of which every request is answered by `handler`, over HTTP/1;
+/// for answers the scriptable [`Origin`] cannot give.
+pub async fn spawn_origin<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let answer = handler(request);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 fn set_headers(map: &mut HeaderMap, headers: &[(String, String)]) {
