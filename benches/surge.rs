@@ -427,44 +427,37 @@ fn main() {
         stop: AtomicBool::new(false),
     });
     let zipf = Arc::new(Zipf::new(page_count));
-    let origin_at_start = |phase: Phase| (phase, origin.counters.requests.load(Ordering::Relaxed));
+    let origin_requests = || origin.counters.requests.load(Ordering::Relaxed);
 
     crowd_rt.block_on(async {
         let mut visitors = JoinSet::new();
         let started = Instant::now();
-        let mut marks = vec![origin_at_start(Phase::Ramp)];
-        // Ramp: 10 clients at first, linearly up to the peak.
-        while started.elapsed() < Duration::from_secs(ramp) {
-            let share = started.elapsed().as_secs_f64() / ramp as f64;
-            let target = (10.0 + share * (peak_clients - 10) as f64) as usize;
+        let mut marks = vec![origin_requests()];
+        let grow = |visitors: &mut JoinSet<()>, target: usize| {
             while visitors.len() < target {
                 let n = visitors.len();
-                visitors.spawn(visitor(
-                    n,
-                    kagami_addr,
-                    site.clone(),
-                    zipf.clone(),
-                    crowd.clone(),
-                ));
+                let visit = visitor(n, kagami_addr, site.clone(), zipf.clone(), crowd.clone());
+                visitors.spawn(visit);
+            }
+        };
+        // Ramp: 10 clients at first, linearly up to the peak.
+        loop {
+            let share = (started.elapsed().as_secs_f64() / ramp as f64).min(1.0);
+            grow(
+                &mut visitors,
+                10 + (share * (peak_clients - 10) as f64) as usize,
+            );
+            if share >= 1.0 {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        while visitors.len() < peak_clients {
-            let n = visitors.len();
-            visitors.spawn(visitor(
-                n,
-                kagami_addr,
-                site.clone(),
-                zipf.clone(),
-                crowd.clone(),
-            ));
-        }
         *crowd.phase.lock().unwrap() = Phase::Outage;
-        marks.push(origin_at_start(Phase::Outage));
+        marks.push(origin_requests());
         origin.down();
         tokio::time::sleep(Duration::from_secs(outage)).await;
         *crowd.phase.lock().unwrap() = Phase::Recovery;
-        marks.push(origin_at_start(Phase::Recovery));
+        marks.push(origin_requests());
         origin.up().await;
         tokio::time::sleep(Duration::from_secs(secs - ramp - outage)).await;
         crowd.stop.store(true, Ordering::Relaxed);
@@ -476,8 +469,8 @@ fn main() {
         visitors.abort_all();
         let end = origin.counters.requests.load(Ordering::Relaxed);
         let mut stats = crowd.stats.lock().unwrap();
-        for (i, (_, at)) in marks.iter().enumerate() {
-            let next = marks.get(i + 1).map_or(end, |(_, n)| *n);
+        for (i, at) in marks.iter().enumerate() {
+            let next = marks.get(i + 1).copied().unwrap_or(end);
             stats[i].origin_requests = next - at;
         }
     });
