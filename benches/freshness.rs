@@ -156,7 +156,13 @@ fn bench_key(c: &mut Criterion) {
     ];
     for (name, path) in cases {
         group.bench_with_input(BenchmarkId::from_parameter(name), path, |b, path| {
-            b.iter(|| primary_key(black_box("city-example"), black_box(path)))
+            b.iter(|| {
+                primary_key(
+                    black_box("city-example"),
+                    black_box("www.city.example.jp"),
+                    black_box(path),
+                )
+            })
         });
     }
     group.finish();
@@ -197,7 +203,7 @@ fn bench_hit(c: &mut Criterion) {
                 &settings(),
             );
             let path = format!("/{kind}/{size}");
-            let key = primary_key("bench", &path);
+            let key = primary_key("bench", "127.0.0.1", &path);
             store.insert(key.clone(), Arc::new(entry));
 
             let mut request = Request::builder()
@@ -220,7 +226,7 @@ fn bench_hit(c: &mut Criterion) {
             });
             group.bench_function(BenchmarkId::new("key+lookup+from_entry", &id), |b| {
                 b.iter(|| {
-                    let key = primary_key("bench", black_box(&path));
+                    let key = primary_key("bench", "127.0.0.1", black_box(&path));
                     let Lookup::Found(entry) = store.lookup(&key, black_box(&parts.headers)) else {
                         panic!("entry not found");
                     };

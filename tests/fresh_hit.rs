@@ -139,3 +139,19 @@ async fn http2_prior_knowledge_is_served_on_the_same_port() {
     let again = kagami.send(h2.get(kagami.url("/h2"))).await;
     assert!(again.cache_status().contains("hit"));
 }
+
+#[tokio::test]
+async fn an_absurd_age_from_the_origin_does_not_break_the_page() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/old",
+        Route::ok("o")
+            .header("cache-control", "max-age=60")
+            .header("age", "18446744073709551615"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    for _ in 0..3 {
+        let reply = kagami.get("/old").await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "o"));
+    }
+}

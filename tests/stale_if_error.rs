@@ -78,7 +78,8 @@ async fn strict_site_returns_the_error_for_must_revalidate_content() {
     expire().await;
     origin.kill();
     let reply = kagami.get("/mr").await;
-    assert_eq!(reply.status, 503);
+    // RFC 9111 §5.2.2.2: a stored copy that may not be reused stale gives 504.
+    assert_eq!(reply.status, 504);
     assert_ne!(reply.text(), "strict");
     assert!(
         reply
@@ -203,4 +204,33 @@ async fn origin_recovers_after_a_restart() {
     origin.restart().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(kagami.get("/r").await.text(), "v2");
+}
+
+#[tokio::test]
+async fn a_refusal_from_the_origin_keeps_the_good_copy() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("good").header("cache-control", "max-age=1"),
+    );
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.failure_backoff = Duration::from_millis(1)
+    })
+    .await;
+    kagami.get("/page").await;
+    expire().await;
+    origin.route("/page", Route::ok("slow down").status(429));
+    let refused = kagami.get("/page").await;
+    assert_eq!((refused.status, refused.text().as_str()), (200, "good"));
+    assert!(
+        refused.cache_status().contains("fwd-status=429"),
+        "{}",
+        refused.cache_status()
+    );
+    origin.kill();
+    let during_outage = kagami.get("/page").await;
+    assert_eq!(
+        (during_outage.status, during_outage.text().as_str()),
+        (200, "good")
+    );
 }

@@ -69,7 +69,8 @@ pub fn evaluate(request: &HeaderMap, stored: &HeaderMap) -> Precondition {
             return Precondition::Failed;
         }
     } else if let Some(since) = http_date(request, IF_UNMODIFIED_SINCE) {
-        if modified.is_none_or(|m| seconds(m) > seconds(since)) {
+        // Without a Last-Modified the condition cannot be evaluated and is ignored (RFC 9110 §13.1.4).
+        if modified.is_some_and(|m| seconds(m) > seconds(since)) {
             return Precondition::Failed;
         }
     }
@@ -237,6 +238,12 @@ mod tests {
         );
         assert_eq!(
             evaluate(&h(&[("if-unmodified-since", LATER)]), &stored()),
+            Precondition::Proceed
+        );
+        // No Last-Modified: If-Unmodified-Since is ignored (RFC 9110 §13.1.4).
+        let undated = h(&[("etag", "\"v1\"")]);
+        assert_eq!(
+            evaluate(&h(&[("if-unmodified-since", EARLIER)]), &undated),
             Precondition::Proceed
         );
     }

@@ -59,7 +59,7 @@ impl Directives {
     }
 }
 
-fn parse_delta_seconds(text: &str) -> Option<u64> {
+pub(crate) fn parse_delta_seconds(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -182,10 +182,10 @@ impl Entry {
 
     /// Current age (RFC 9111 §4.2.3).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.initial_age
-            + now
-                .duration_since(self.response_time)
-                .unwrap_or(Duration::ZERO)
+        let resident = now
+            .duration_since(self.response_time)
+            .unwrap_or(Duration::ZERO);
+        self.initial_age.saturating_add(resident)
     }
 
     pub fn is_fresh(&self, now: SystemTime) -> bool {

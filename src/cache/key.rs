@@ -2,12 +2,16 @@
 
 use std::borrow::Cow;
 
-/// The primary key of a request for `site`. Equivalent spellings of one URI (percent-encoding
-/// case, encoded unreserved characters; RFC 3986 §6.2.2) share one key.
-pub fn primary_key(site: &str, path_and_query: &str) -> String {
+/// The primary key of a request (RFC 9111 §2: the target URI): the site, the authority the
+/// origin is asked for (`host`, normalised by `routing::split_authority`; empty when the site
+/// sends the origin a fixed Host), and the path and query. Equivalent spellings of one URI
+/// (percent-encoding case, encoded unreserved characters; RFC 3986 §6.2.2) share one key.
+pub fn primary_key(site: &str, host: &str, path_and_query: &str) -> String {
     let normalised = normalise(path_and_query);
-    let mut key = String::with_capacity(site.len() + 1 + normalised.len());
+    let mut key = String::with_capacity(site.len() + host.len() + 3 + normalised.len());
     key.push_str(site);
+    key.push('\u{0}');
+    key.push_str(host);
     key.push('\u{0}');
     if !normalised.starts_with('/') {
         key.push('/');
@@ -49,23 +53,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sites_do_not_share_keys() {
-        assert_ne!(primary_key("a", "/x"), primary_key("b", "/x"));
+    fn sites_and_hosts_do_not_share_keys() {
+        assert_ne!(primary_key("a", "h", "/x"), primary_key("b", "h", "/x"));
+        assert_ne!(
+            primary_key("a", "www.example.jp", "/x"),
+            primary_key("a", "bousai.example.jp", "/x")
+        );
     }
 
     #[test]
     fn percent_encoding_is_normalised() {
         assert_eq!(
-            primary_key("s", "/%7euser/%41?q=%2f"),
-            primary_key("s", "/~user/A?q=%2F")
+            primary_key("s", "", "/%7euser/%41?q=%2f"),
+            primary_key("s", "", "/~user/A?q=%2F")
         );
-        assert_ne!(primary_key("s", "/a%2Fb"), primary_key("s", "/a/b"));
-        assert_eq!(primary_key("s", "/bad%zz%"), "s\u{0}/bad%zz%");
+        assert_ne!(primary_key("s", "", "/a%2Fb"), primary_key("s", "", "/a/b"));
+        assert_eq!(primary_key("s", "", "/bad%zz%"), "s\u{0}\u{0}/bad%zz%");
     }
 
     #[test]
     fn query_is_part_of_the_key() {
-        assert_ne!(primary_key("s", "/p?a=1"), primary_key("s", "/p?a=2"));
-        assert_eq!(primary_key("s", ""), "s\u{0}/");
+        assert_ne!(
+            primary_key("s", "", "/p?a=1"),
+            primary_key("s", "", "/p?a=2")
+        );
+        assert_eq!(primary_key("s", "h", ""), "s\u{0}h\u{0}/");
     }
 }

@@ -169,13 +169,14 @@ pub fn corrected_initial_age(
     let age_value = headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        // delta-seconds saturate at 2^31 (RFC 9111 §1.2.2): an absurd Age must not overflow.
+        .and_then(|v| super::control::parse_delta_seconds(v.trim()))
         .map(Duration::from_secs)
         .unwrap_or(Duration::ZERO);
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    apparent_age.max(age_value + response_delay)
+    apparent_age.max(age_value.saturating_add(response_delay))
 }
 
 /// The stale windows and restrictions that travel with a stored response.
@@ -348,6 +349,15 @@ mod tests {
         assert_eq!(
             lifetime(200, &[("cache-control", "no-cache, max-age=100")]),
             0
+        );
+    }
+
+    #[test]
+    fn absurd_age_saturates_instead_of_overflowing() {
+        let h = headers(&[("age", "18446744073709551615")]);
+        assert_eq!(
+            corrected_initial_age(&h, t(0), t(0)).as_secs(),
+            2_147_483_648
         );
     }
 

@@ -57,6 +57,10 @@ pub struct ServerConfig {
     pub h2_max_concurrent_streams: u32,
 }
 
+/// Upper bound for counts such as connection caps (far above any real need, far below what
+/// would overflow the semaphores behind them).
+pub(crate) const MAX_COUNT: usize = 1_000_000;
+
 /// Per-client rate limits and who counts as a client.
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -351,10 +355,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             &mut config.server.max_requests_in_flight,
         ),
     ] {
-        if value == Some(0) {
-            problems.add(key, "must be at least 1");
+        if value == Some(0) || value.is_some_and(|v| v > MAX_COUNT) {
+            problems.add(key, format!("must be between 1 and {MAX_COUNT}"));
         }
-        *slot = value.filter(|v| *v > 0).unwrap_or(default);
+        *slot = value
+            .filter(|v| (1..=MAX_COUNT).contains(v))
+            .unwrap_or(default);
     }
     if server.h2_max_concurrent_streams == Some(0) {
         problems.add("server.h2_max_concurrent_streams", "must be at least 1");

@@ -293,8 +293,11 @@ pub(super) fn validate_site(
     if site.max_object_size == 0 {
         problems.add(key("max_object_size"), "must be larger than 0");
     }
-    if site.protection.concurrency == 0 {
-        problems.add(key("origin_concurrency"), "must be at least 1");
+    if !(1..=super::MAX_COUNT).contains(&site.protection.concurrency) {
+        problems.add(
+            key("origin_concurrency"),
+            format!("must be between 1 and {}", super::MAX_COUNT),
+        );
     }
     if site.protection.circuit_failures == 0 {
         problems.add(key("circuit_failures"), "must be at least 1");

@@ -44,6 +44,9 @@ impl Rate {
             ));
         }
         let per_second = count / seconds;
+        if per_second < 1.0 / 3600.0 {
+            return Err(format!("{text:?} is below the smallest rate, \"1/h\""));
+        }
         Ok(Rate {
             per_second,
             burst: per_second.ceil().max(1.0) as u32,
@@ -134,6 +137,7 @@ mod tests {
         assert!(Rate::parse("fast").is_err());
         assert!(Rate::parse("0/s").is_err());
         assert!(Rate::parse("5/fortnight").is_err());
+        assert!(Rate::parse("0.00000000000000000001/s").is_err());
     }
 
     #[test]

@@ -73,9 +73,11 @@ pub fn source_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Origin status codes that count as failures (RFC 5861 §4).
+/// Origin answers that count as failures: RFC 5861 §4 names 500, 502, 503 and 504; every 5xx
+/// (RFC 9111 §4.3.3 allows it) and 429 (an overloaded origin) are treated alike, so that a
+/// refusal never replaces a good copy and stale copies can stand in for it.
 pub fn is_failure(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// One origin server of a site.

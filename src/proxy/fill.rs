@@ -44,11 +44,15 @@ pub fn relay(
 ) -> Body {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Truncated>>(16);
     let expected = response.content_length();
-    tokio::spawn(async move {
-        pump(response, job, leader, tx, expected, want_body).await;
-        // The origin slot is held until its body has been read (or abandoned).
-        drop(origin_slot);
-    });
+    tokio::spawn(pump(
+        response,
+        job,
+        leader,
+        tx,
+        expected,
+        want_body,
+        origin_slot,
+    ));
     if want_body {
         Body::Channel(rx)
     } else {
@@ -63,6 +67,9 @@ async fn pump(
     tx: mpsc::Sender<Result<Bytes, Truncated>>,
     expected: Option<u64>,
     want_body: bool,
+    // Held while the origin is being read; released as soon as it is done, not when a slow
+    // client has finished downloading.
+    mut origin_slot: Option<OwnedSemaphorePermit>,
 ) {
     let mut stream = response.bytes_stream();
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -114,6 +121,7 @@ async fn pump(
             None => break,
         }
     }
+    origin_slot.take();
 
     if expected.is_some_and(|len| len != received) {
         tracing::warn!(

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use http::header::{
     HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, HOST,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER, SET_COOKIE,
 };
 use http::{HeaderMap, Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -18,7 +18,6 @@ use super::respond::{self, from_entry, Canned};
 use super::{headers, path_and_query, Client, Failure, Outcome, Proxy, Req, Served, Site};
 use crate::cache::coalesce::Leader;
 use crate::cache::control::response_directives;
-use crate::cache::key::primary_key;
 use crate::cache::policy::{storable, NotStorable};
 use crate::cache::{CacheStatus, Entry, Phase};
 use crate::origin::{is_failure, OriginError, Upload};
@@ -104,12 +103,14 @@ impl Proxy {
 
         if status == StatusCode::NOT_MODIFIED {
             if let Some(entry) = &stale {
-                let refreshed = Arc::new(entry.refreshed(
-                    response.headers(),
-                    request_time,
-                    response_time,
-                    &site.settings,
-                ));
+                let mut update = response.headers().clone();
+                headers::strip_hop_by_hop(&mut update);
+                // A cookie on a 304 is for this visitor only: never merged into the shared copy.
+                let cookies: Vec<HeaderValue> =
+                    update.get_all(SET_COOKIE).iter().cloned().collect();
+                update.remove(SET_COOKIE);
+                let refreshed =
+                    Arc::new(entry.refreshed(&update, request_time, response_time, &site.settings));
                 self.store.insert(key, refreshed.clone());
                 finish(leader, Outcome::Stored(refreshed.clone()));
                 let now = SystemTime::now();
@@ -117,7 +118,11 @@ impl Proxy {
                     .fwd_status(304)
                     .ttl(refreshed.ttl(now))
                     .stored(true);
-                return (from_entry(&refreshed, &req.parts, now), cache_status);
+                let mut answer = from_entry(&refreshed, &req.parts, now);
+                for cookie in cookies {
+                    answer.headers_mut().append(SET_COOKIE, cookie);
+                }
+                return (answer, cache_status);
             }
         }
 
@@ -158,14 +163,20 @@ impl Proxy {
             }
             Err(reason) => {
                 cache_status = cache_status.detail(reason.as_str());
-                if stale.is_some() {
-                    // The origin's current answer may not be stored: the old copy is outdated.
+                // A real new answer that may not be stored makes the old copy outdated; a refusal
+                // (403, 429, ...) says nothing about the page, so the good copy stays for outages.
+                let replaces_page = status.is_success()
+                    || status.is_redirection()
+                    || status == StatusCode::NOT_FOUND
+                    || status == StatusCode::GONE;
+                if stale.is_some() && replaces_page {
                     self.store.invalidate(&key);
                 }
                 finish(leader, Outcome::Uncacheable);
                 (None, None)
             }
         };
+        response_headers.remove(respond::CDN_CACHE_CONTROL);
         let body = relay(
             response,
             job,
@@ -296,12 +307,7 @@ impl Proxy {
         let status = response.status();
         let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         if unsafe_method && (status.is_success() || status.is_redirection()) {
-            self.invalidate_after_unsafe(
-                &site.config.name,
-                path_and_query(&parts),
-                host,
-                response.headers(),
-            );
+            self.invalidate_after_unsafe(site, path_and_query(&parts), host, response.headers());
         }
         let mut response_headers = response.headers().clone();
         headers::strip_hop_by_hop(&mut response_headers);
@@ -318,8 +324,8 @@ impl Proxy {
         )
     }
 
-    fn invalidate_after_unsafe(&self, site: &str, target: &str, host: &str, response: &HeaderMap) {
-        self.store.invalidate(&primary_key(site, target));
+    fn invalidate_after_unsafe(&self, site: &Site, target: &str, host: &str, response: &HeaderMap) {
+        self.store.invalidate(&site.key(host, target));
         for field in [LOCATION, CONTENT_LOCATION] {
             let Some(location) = response.get(field).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -329,12 +335,12 @@ impl Proxy {
             };
             // Only URIs of the same origin may be invalidated (RFC 9111 §4.4).
             let same_origin = match uri.authority() {
-                None => true,
+                None => location.starts_with('/'),
                 Some(a) => a.as_str().eq_ignore_ascii_case(host),
             };
-            if same_origin && (uri.authority().is_some() || location.starts_with('/')) {
+            if same_origin {
                 let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                self.store.invalidate(&primary_key(site, pq));
+                self.store.invalidate(&site.key(host, pq));
             }
         }
     }
@@ -365,6 +371,8 @@ async fn shared_error(response: reqwest::Response) -> Canned {
     let status = response.status();
     let mut headers = response.headers().clone();
     headers::strip_hop_by_hop(&mut headers);
+    // Shared with every waiter: nothing meant for one visitor.
+    headers.remove(SET_COOKIE);
     if response
         .content_length()
         .is_some_and(|len| len <= SHARED_ERROR_BODY)

@@ -33,7 +33,7 @@ use crate::config::{Config, SiteConfig};
 use crate::limit::{client_ip, limit_key, Limiter, TrustedProxies};
 use crate::metrics::Stats;
 use crate::origin::Origin;
-use crate::routing::Router;
+use crate::routing::{split_authority, Router};
 use body::Body;
 use respond::{from_entry, Canned};
 
@@ -266,7 +266,7 @@ impl Proxy {
     /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
     async fn lookup(self: &Arc<Self>, req: Req) -> Served {
         let site = &self.sites[req.site];
-        let key = primary_key(&site.config.name, path_and_query(&req.parts));
+        let key = site.key(&req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
         let (stale, phase) = match self.store.lookup(&key, &req.parts.headers) {
             Lookup::Found(entry) if entry.is_fresh(now) => {
@@ -420,17 +420,23 @@ impl Proxy {
 
     /// The answer when the origin failed and no stale copy may be served.
     fn failed(&self, req: &Req, phase: Phase, failure: &Failure, collapsed: bool) -> Served {
-        if failure.origin_status.is_none() {
-            self.stats.add(&self.stats.emergency_pages);
-        }
         let mut status = CacheStatus::new(Phase::Error)
             .fwd(fwd_of(phase))
             .detail(failure.detail)
             .collapsed(collapsed);
-        if let Some(s) = failure.origin_status {
-            status = status.fwd_status(s.as_u16());
+        let mut response = failure.answer.response(&req.parts.method);
+        match failure.origin_status {
+            Some(s) => status = status.fwd_status(s.as_u16()),
+            None => {
+                self.stats.add(&self.stats.emergency_pages);
+                // A stored copy existed but may not be served stale (must-revalidate and no
+                // grace): RFC 9111 §5.2.2.2 asks for 504.
+                if phase == Phase::Revalidated {
+                    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                }
+            }
         }
-        (failure.answer.response(&req.parts.method), status)
+        (response, status)
     }
 
     /// stale-while-revalidate: one background fetch per key, only when an origin slot is free;
@@ -491,6 +497,24 @@ impl Proxy {
             canned.response(method),
             CacheStatus::new(Phase::Limited).detail("rate-limited"),
         )
+    }
+}
+
+impl Site {
+    /// The cache key for `path_and_query` requested as `authority`. The authority is part of the
+    /// key unless the origin is always sent the same Host: otherwise one site's hostnames (and
+    /// every name a wildcard matches) could be answered with another's pages.
+    pub fn key(&self, authority: &str, path_and_query: &str) -> String {
+        if self.config.origin_host.is_some() {
+            return primary_key(&self.config.name, "", path_and_query);
+        }
+        match split_authority(authority) {
+            Some((host, Some(port))) => {
+                primary_key(&self.config.name, &format!("{host}:{port}"), path_and_query)
+            }
+            Some((host, None)) => primary_key(&self.config.name, &host, path_and_query),
+            None => primary_key(&self.config.name, authority, path_and_query),
+        }
     }
 }
 

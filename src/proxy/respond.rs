@@ -15,6 +15,8 @@ use super::body::Body;
 use crate::cache::conditional::{self, Precondition, RangeAnswer};
 use crate::cache::Entry;
 
+pub(super) const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
+
 /// A small complete response Kagami can hand to several clients (errors, shared origin errors).
 #[derive(Debug, Clone)]
 pub struct Canned {
@@ -105,6 +107,8 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
 
     let mut headers = entry.headers.clone();
     headers.insert(AGE, age);
+    // CDN-Cache-Control is addressed to Kagami (RFC 9213); it is stored, not passed on.
+    headers.remove(CDN_CACHE_CONTROL);
     let length = entry.body.len() as u64;
     if entry.status == StatusCode::OK && request.headers.contains_key(RANGE) {
         match conditional::range(&request.headers, &entry.headers, length) {

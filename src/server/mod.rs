@@ -106,9 +106,9 @@ fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(header_size as u32)
         // Rapid-reset (CVE-2023-44487) and error-reset floods: hyper closes the connection.
         .max_pending_accept_reset_streams(Some(20))
-        .max_local_error_reset_streams(Some(256))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_local_error_reset_streams(Some(256));
+    // No HTTP/2 keep-alive pings: hyper would ping idle connections too, and the ping traffic
+    // would keep them from ever counting as idle. Dead peers are closed by the idle timeout.
     builder
 }
 
