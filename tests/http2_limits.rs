@@ -119,3 +119,33 @@ async fn streams_beyond_the_limit_wait_instead_of_piling_up() {
     );
     driver.abort();
 }
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let origin = Origin::start().await;
+    origin.route("/p", Route::ok("x").header("cache-control", "max-age=60"));
+    let site = kagami::config::SiteConfig::new("test", &["127.0.0.1"], &origin.url()).unwrap();
+    let mut config = kagami::config::Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
+    config.log.access = false;
+    config.server.idle_timeout = Duration::from_millis(500);
+    let kagami = Kagami::start_config(config).await;
+
+    let tcp = TcpStream::connect(kagami.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/p", kagami.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // Idle from here on: closed between one and two idle timeouts later.
+    let closed = tokio::time::timeout(Duration::from_secs(3), driver).await;
+    assert!(closed.is_ok(), "an idle HTTP/2 connection must be closed");
+    drop(client);
+}
