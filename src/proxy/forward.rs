@@ -85,7 +85,7 @@ impl Proxy {
                     .record_failure(site.config.failure_backoff);
                 let failure = match failed {
                     Err(err) => {
-                        tracing::warn!(site = %site.config.name, error = %err, "origin fetch failed");
+                        log_origin_error(site, &err);
                         self.unavailable(site, &err)
                     }
                     Ok(response) => Failure {
@@ -300,7 +300,7 @@ impl Proxy {
         {
             Ok(response) => response,
             Err(err) => {
-                tracing::warn!(site = %site.config.name, error = %err, "origin request failed");
+                log_origin_error(site, &err);
                 return failed(&err);
             }
         };
@@ -343,6 +343,17 @@ impl Proxy {
                 self.store.invalidate(&site.key(host, pq));
             }
         }
+    }
+}
+
+/// Real origin errors are warnings; "circuit open" and "slots busy" are Kagami protecting the
+/// origin, once per request during an outage, so they stay at debug to keep the log readable.
+fn log_origin_error(site: &Site, err: &OriginError) {
+    match err {
+        OriginError::CircuitOpen | OriginError::Busy => {
+            tracing::debug!(site = %site.config.name, error = %err, "origin not asked")
+        }
+        _ => tracing::warn!(site = %site.config.name, error = %err, "origin request failed"),
     }
 }
 
