@@ -202,7 +202,12 @@ async fn origin_sees_forwarding_fields_and_the_client_host() {
             Some(format!("for=127.0.0.1;proto=http;host=\"{host}\"")),
             "{path}"
         );
-        assert_eq!(get("via").as_deref(), Some("1.1 kagami"), "{path}");
+        // Towards the origin the hop names this process, so that loops are recognised.
+        let via = get("via").unwrap_or_default();
+        assert!(
+            via.starts_with("1.1 kagami (") && via.ends_with(')'),
+            "{path}: {via}"
+        );
         assert_eq!(
             get("host"),
             Some(host.clone()),
@@ -236,7 +241,8 @@ async fn prior_forwarding_fields_are_appended_to() {
         .iter()
         .map(|v| v.to_str().unwrap())
         .collect();
-    assert_eq!(via.join(", "), "1.1 edge, 1.1 kagami");
+    let via = via.join(", ");
+    assert!(via.starts_with("1.1 edge, 1.1 kagami ("), "{via}");
 }
 
 #[tokio::test]

@@ -191,3 +191,18 @@ async fn trace_and_connect_get_405() {
         "TRACE and CONNECT never reach the origin"
     );
 }
+
+#[tokio::test]
+async fn an_origin_pointing_back_at_kagami_is_a_detected_loop() {
+    // Bind first, so the site's origin can be Kagami's own address.
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let site =
+        kagami::config::SiteConfig::new("self", &["127.0.0.1"], &format!("http://{addr}")).unwrap();
+    let mut config = kagami::config::Config::new(vec![addr], vec![site]);
+    config.log.access = false;
+    let kagami = Kagami::start_config(config).await;
+    let reply = kagami.get("/anything").await;
+    assert_eq!(reply.status, 508, "{}", reply.text());
+}

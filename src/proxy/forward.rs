@@ -60,7 +60,7 @@ impl Proxy {
 
         let mut headers = req.parts.headers.clone();
         headers::strip_conditionals(&mut headers);
-        prepare_origin_headers(site, &mut headers, req.client, &req.host);
+        prepare_origin_headers(&self.via, site, &mut headers, req.client, &req.host);
         if let Some(entry) = &stale {
             if let Some(etag) = entry.headers.get(http::header::ETAG) {
                 headers.insert(IF_NONE_MATCH, etag.clone());
@@ -263,7 +263,7 @@ impl Proxy {
             );
         }
         let mut headers = parts.headers.clone();
-        prepare_origin_headers(site, &mut headers, client, host);
+        prepare_origin_headers(&self.via, site, &mut headers, client, host);
         let body = match parts.method {
             Method::GET | Method::HEAD => None,
             _ => Some(Upload::new(incoming, self.max_request_body)),
@@ -364,10 +364,16 @@ fn finish(leader: Option<Leader<Outcome>>, outcome: Outcome) {
 }
 
 /// Hop-by-hop fields out; Host, Forwarded / X-Forwarded-* and Via in.
-fn prepare_origin_headers(site: &Site, headers: &mut HeaderMap, client: Client, host: &str) {
+fn prepare_origin_headers(
+    via: &HeaderValue,
+    site: &Site,
+    headers: &mut HeaderMap,
+    client: Client,
+    host: &str,
+) {
     headers::strip_hop_by_hop(headers);
     headers::add_forwarded(headers, client.peer, host, client.proto);
-    headers::append_via(headers);
+    headers.append(http::header::VIA, via.clone());
     let host_value = match &site.config.origin_host {
         Some(value) => Some(value.clone()),
         None => HeaderValue::from_str(host).ok(),

@@ -53,6 +53,28 @@ pub fn strip_conditionals(headers: &mut HeaderMap) {
     }
 }
 
+/// The `Via` hop Kagami adds to requests it sends to an origin: the pseudonym plus a comment
+/// naming this process, so that a request coming back (an origin that points at Kagami, as
+/// happens when DNS is switched to Kagami but the origin is still configured by name) is
+/// recognised at once. Chains of different Kagamis are unaffected.
+pub fn origin_via(instance: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("{VIA_VALUE} ({instance:016x})"))
+        .unwrap_or(HeaderValue::from_static(VIA_VALUE))
+}
+
+/// Did this request already pass through this very process?
+pub fn looped(headers: &HeaderMap, own_hop: &HeaderValue) -> bool {
+    let Ok(own) = own_hop.to_str() else {
+        return false;
+    };
+    headers
+        .get_all(VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|hop| hop.trim() == own)
+}
+
 pub fn append_via(headers: &mut HeaderMap) {
     headers.append(VIA, HeaderValue::from_static(VIA_VALUE));
 }
@@ -101,6 +123,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_our_own_hop_makes_a_loop() {
+        let own = origin_via(0xabc);
+        let mut h = HeaderMap::new();
+        h.insert(
+            VIA,
+            HeaderValue::from_static("1.1 cdn, 1.1 kagami (0000000000000def)"),
+        );
+        assert!(!looped(&h, &own), "another Kagami in a chain is fine");
+        h.append(VIA, own.clone());
+        assert!(looped(&h, &own));
     }
 
     #[test]

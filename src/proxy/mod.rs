@@ -103,6 +103,8 @@ pub struct Proxy {
     max_request_body: u64,
     in_flight: AtomicUsize,
     background: Vec<AbortHandle>,
+    /// The Via hop this process adds towards origins (see `headers::origin_via`).
+    via: HeaderValue,
 }
 
 type Served = (Response<Body>, CacheStatus);
@@ -143,6 +145,7 @@ impl Proxy {
             max_request_body: config.server.max_request_body,
             in_flight: AtomicUsize::new(0),
             background,
+            via: headers::origin_via(instance_id()),
         })
     }
 
@@ -167,6 +170,18 @@ impl Proxy {
             None => {
                 self.stats.add(&self.stats.overloaded);
                 overloaded(&method)
+            }
+            Some(_guard) if headers::looped(request.headers(), &self.via) => {
+                tracing::error!(
+                    host = authority.as_deref().unwrap_or("-"),
+                    "request loop: a site's origin points back at this Kagami; configure the \
+                     origin by IP address or an internal name, not the public one"
+                );
+                refuse(
+                    StatusCode::LOOP_DETECTED,
+                    "kagami: request loop (an origin points back at Kagami)",
+                    &method,
+                )
             }
             Some(_guard) => match authority.as_deref().map(|a| (a, self.router.route(a))) {
                 None => refuse(
@@ -536,6 +551,19 @@ impl Drop for InFlightGuard<'_> {
             .requests_in_flight
             .store(now as u64, Ordering::Relaxed);
     }
+}
+
+/// A random-enough identifier for this process (std's per-process hash seed plus the time).
+fn instance_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 fn check(limiter: &Option<Limiter>, ip: IpAddr) -> Result<(), Duration> {
