@@ -84,6 +84,30 @@ impl Stats {
     }
 }
 
+/// "At most once per period", for log lines that could otherwise repeat per request.
+#[derive(Debug, Default)]
+pub struct Every {
+    last_ms: AtomicU64,
+}
+
+impl Every {
+    /// True at most once per `period` (and the first time).
+    pub fn every(&self, period: std::time::Duration) -> bool {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= period.as_millis() as u64)
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// Decrements a gauge when dropped.
 pub struct InFlight<'a>(&'a AtomicU64);
 

@@ -272,3 +272,46 @@ async fn request_bodies_reach_the_origin_intact() {
     assert_eq!(log[2].method, "POST");
     assert!(log[2].body.is_empty());
 }
+
+#[tokio::test]
+async fn a_location_with_the_default_port_invalidates_too() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/d",
+        Route::ok("document").header("cache-control", "max-age=60"),
+    );
+    origin.route(
+        "/edit",
+        Route::ok("saved")
+            .status(201)
+            .header("location", "http://LOCALHOST:80/d"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    let get_d = || {
+        kagami.send(
+            kagami
+                .client
+                .get(kagami.url("/d"))
+                .header("host", "localhost"),
+        )
+    };
+    get_d().await;
+    let hit = get_d().await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    let put = kagami
+        .send(
+            kagami
+                .client
+                .put(kagami.url("/edit"))
+                .header("host", "localhost")
+                .body("x"),
+        )
+        .await;
+    assert_eq!(put.status, 201);
+    let after = get_d().await;
+    assert!(
+        after.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        after.cache_status()
+    );
+}

@@ -444,3 +444,26 @@ async fn a_cold_miss_during_an_outage_gets_the_emergency_page() {
     assert!(page.contains("temporarily unavailable"), "{page}");
     assert!(page.contains("lang=\"ja\""), "{page}");
 }
+
+#[tokio::test]
+async fn answers_about_one_client_or_method_do_not_open_the_circuit() {
+    let origin = Origin::start().await;
+    origin.route("/form", Route::ok("not here").status(501));
+    origin.route("/login", Route::ok("slow down").status(429));
+    origin.route(
+        "/page",
+        Route::ok("fine").header("cache-control", "max-age=60"),
+    );
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.protection.circuit_failures = 2;
+        site.limit_misses = None;
+    })
+    .await;
+    for _ in 0..5 {
+        kagami.send(kagami.client.post(kagami.url("/form"))).await;
+        kagami.send(kagami.client.post(kagami.url("/login"))).await;
+    }
+    let page = kagami.get("/page").await;
+    assert_eq!((page.status, page.text().as_str()), (200, "fine"));
+    assert_eq!(kagami.running.proxy.stats.snapshot().circuit_opened, 0);
+}

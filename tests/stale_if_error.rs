@@ -234,3 +234,30 @@ async fn a_refusal_from_the_origin_keeps_the_good_copy() {
         (200, "good")
     );
 }
+
+#[tokio::test]
+async fn a_cacheable_refusal_does_not_replace_the_good_copy() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("good").header("cache-control", "max-age=1"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    kagami.get("/page").await;
+    expire().await;
+    // A firewall's 403 that even says it may be cached.
+    origin.route(
+        "/page",
+        Route::ok("denied")
+            .status(403)
+            .header("cache-control", "max-age=600"),
+    );
+    let refused = kagami.get("/page").await;
+    assert_eq!(refused.status, 403, "the refusal itself is relayed");
+    origin.kill();
+    let during_outage = kagami.get("/page").await;
+    assert_eq!(
+        (during_outage.status, during_outage.text().as_str()),
+        (200, "good")
+    );
+}

@@ -73,11 +73,18 @@ pub fn source_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Origin answers that count as failures: RFC 5861 §4 names 500, 502, 503 and 504; every 5xx
-/// (RFC 9111 §4.3.3 allows it) and 429 (an overloaded origin) are treated alike, so that a
-/// refusal never replaces a good copy and stale copies can stand in for it.
+/// Origin answers that a cache treats as failures: never stored, never replacing a good copy,
+/// and answered from a stale copy when one may be served. RFC 5861 §4 names 500, 502, 503 and
+/// 504; every 5xx (RFC 9111 §4.3.3 allows it) and 429 (an overloaded origin) are treated alike.
 pub fn is_failure(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Origin answers that say the origin itself is unwell, for circuit breakers, failover and the
+/// failure back-off. Narrower than `is_failure`: a 429 or 501 may concern one client or one
+/// method, and must not let one client take a whole site's origin out of service.
+pub fn is_unhealthy(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
 /// One origin server of a site.
@@ -197,7 +204,7 @@ impl Origin {
                 _ => {}
             }
             let failed = match &result {
-                Ok(response) => is_failure(response.status()),
+                Ok(response) => is_unhealthy(response.status()),
                 Err(_) => true,
             };
             if !failed {

@@ -20,7 +20,8 @@ use crate::cache::coalesce::Leader;
 use crate::cache::control::response_directives;
 use crate::cache::policy::{storable, NotStorable};
 use crate::cache::{CacheStatus, Entry, Phase};
-use crate::origin::{is_failure, OriginError, Upload};
+use crate::origin::{is_failure, is_unhealthy, OriginError, Upload};
+use crate::routing::split_authority;
 
 /// Largest origin error body shared with coalesced waiters; larger ones get a generic answer.
 const SHARED_ERROR_BODY: u64 = 64 * 1024;
@@ -80,9 +81,11 @@ impl Proxy {
         let response = match result {
             Ok(response) if !is_failure(response.status()) => response,
             failed => {
-                site.origin
-                    .backoff
-                    .record_failure(site.config.failure_backoff);
+                if failed.as_ref().map_or(true, |r| is_unhealthy(r.status())) {
+                    site.origin
+                        .backoff
+                        .record_failure(site.config.failure_backoff);
+                }
                 let failure = match failed {
                     Err(err) => {
                         log_origin_error(site, &err);
@@ -144,6 +147,15 @@ impl Proxy {
         {
             verdict = Err(NotStorable::TooLarge);
         }
+        // A real new answer replaces the page; a refusal (403, 405, ...) says nothing about it, so
+        // it is neither stored over a good copy nor allowed to remove it (kept for outages).
+        let replaces_page = status.is_success()
+            || status.is_redirection()
+            || status == StatusCode::NOT_FOUND
+            || status == StatusCode::GONE;
+        if verdict.is_ok() && stale.is_some() && !replaces_page {
+            verdict = Err(NotStorable::Status);
+        }
         let mut cache_status = CacheStatus::new(phase).fwd_status(status.as_u16());
         let (job, leader) = match verdict {
             Ok(()) => {
@@ -163,12 +175,7 @@ impl Proxy {
             }
             Err(reason) => {
                 cache_status = cache_status.detail(reason.as_str());
-                // A real new answer that may not be stored makes the old copy outdated; a refusal
-                // (403, 429, ...) says nothing about the page, so the good copy stays for outages.
-                let replaces_page = status.is_success()
-                    || status.is_redirection()
-                    || status == StatusCode::NOT_FOUND
-                    || status == StatusCode::GONE;
+                // A real new answer that may not be stored makes the old copy outdated.
                 if stale.is_some() && replaces_page {
                     self.store.invalidate(&key);
                 }
@@ -311,6 +318,7 @@ impl Proxy {
         }
         let mut response_headers = response.headers().clone();
         headers::strip_hop_by_hop(&mut response_headers);
+        response_headers.remove(respond::CDN_CACHE_CONTROL);
         let body = relay(
             response,
             None,
@@ -336,13 +344,23 @@ impl Proxy {
             // Only URIs of the same origin may be invalidated (RFC 9111 §4.4).
             let same_origin = match uri.authority() {
                 None => location.starts_with('/'),
-                Some(a) => a.as_str().eq_ignore_ascii_case(host),
+                Some(a) => same_authority(a.as_str(), host),
             };
             if same_origin {
                 let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
                 self.store.invalidate(&site.key(host, pq));
             }
         }
+    }
+}
+
+/// Do two authorities name the same host and port (case, trailing dot, default port ignored)?
+fn same_authority(a: &str, b: &str) -> bool {
+    match (split_authority(a), split_authority(b)) {
+        (Some((ha, pa)), Some((hb, pb))) => {
+            ha == hb && pa.filter(|p| *p != 80) == pb.filter(|p| *p != 80)
+        }
+        _ => false,
     }
 }
 
@@ -390,6 +408,7 @@ async fn shared_error(response: reqwest::Response) -> Canned {
     headers::strip_hop_by_hop(&mut headers);
     // Shared with every waiter: nothing meant for one visitor.
     headers.remove(SET_COOKIE);
+    headers.remove(respond::CDN_CACHE_CONTROL);
     if response
         .content_length()
         .is_some_and(|len| len <= SHARED_ERROR_BODY)

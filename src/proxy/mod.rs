@@ -105,6 +105,7 @@ pub struct Proxy {
     background: Vec<AbortHandle>,
     /// The Via hop this process adds towards origins (see `headers::origin_via`).
     via: HeaderValue,
+    loop_logged: crate::metrics::Every,
 }
 
 type Served = (Response<Body>, CacheStatus);
@@ -146,6 +147,7 @@ impl Proxy {
             in_flight: AtomicUsize::new(0),
             background,
             via: headers::origin_via(instance_id()),
+            loop_logged: crate::metrics::Every::default(),
         })
     }
 
@@ -172,11 +174,14 @@ impl Proxy {
                 overloaded(&method)
             }
             Some(_guard) if headers::looped(request.headers(), &self.via) => {
-                tracing::error!(
-                    host = authority.as_deref().unwrap_or("-"),
-                    "request loop: a site's origin points back at this Kagami; configure the \
-                     origin by IP address or an internal name, not the public one"
-                );
+                // Once a minute is enough to tell staff; a loop (or a forged header) repeats fast.
+                if self.loop_logged.every(Duration::from_secs(60)) {
+                    tracing::error!(
+                        host = authority.as_deref().unwrap_or("-"),
+                        "request loop: a site's origin points back at this Kagami; configure \
+                         the origin by IP address or an internal name, not the public one"
+                    );
+                }
                 refuse(
                     StatusCode::LOOP_DETECTED,
                     "kagami: request loop (an origin points back at Kagami)",
@@ -524,6 +529,8 @@ impl Site {
             return primary_key(&self.config.name, "", path_and_query);
         }
         match split_authority(authority) {
+            // Port 80 is what a client means when it names none (Kagami serves plain HTTP).
+            Some((host, Some(80))) => primary_key(&self.config.name, &host, path_and_query),
             Some((host, Some(port))) => {
                 primary_key(&self.config.name, &format!("{host}:{port}"), path_and_query)
             }
