@@ -488,13 +488,6 @@ fn report(
     json_path: &str,
 ) {
     let mut stats = crowd.stats.lock().unwrap();
-    let pct = |a: u64, b: u64| {
-        if b == 0 {
-            0.0
-        } else {
-            100.0 * a as f64 / b as f64
-        }
-    };
     println!();
     println!(
         "{:<9} {:>9} {:>7} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>6} {:>7}",
@@ -516,35 +509,29 @@ fn report(
     for phase in PHASES {
         let s = &mut stats[phase as usize];
         s.latencies_us.sort_unstable();
-        let row = serde_row(
-            phase,
-            s,
-            pct(s.ok, s.requests),
-            pct(s.stale, s.requests),
-            pct(s.visited_ok, s.visited_requests),
-        );
+        let row = Row::of(phase, s);
         println!(
             "{:<9} {:>9} {:>7.2} {:>7.2} {:>9} {:>8.2} {:>8.2} {:>9.2} {:>8} {:>6} {:>6} {:>7}",
-            format!("{phase:?}").to_lowercase(),
+            row.phase,
             s.requests,
-            pct(s.ok, s.requests),
-            pct(s.stale, s.requests),
+            row.ok_pct,
+            row.stale_pct,
             if s.visited_requests == 0 {
                 "-".to_string()
             } else {
-                format!("{:.3}", pct(s.visited_ok, s.visited_requests))
+                format!("{:.3}", row.visited_pct)
             },
-            percentile(&s.latencies_us, 0.50),
-            percentile(&s.latencies_us, 0.99),
-            percentile(&s.latencies_us, 0.999),
+            row.p50,
+            row.p99,
+            row.p999,
             s.origin_requests,
             s.limited,
             s.unavailable,
             s.errors,
         );
+        rows.push(row.json(s));
         all_requests += s.requests;
         all_origin += s.origin_requests;
-        rows.push(row);
     }
     let peak = origin.counters.peak.load(Ordering::Relaxed);
     println!();
@@ -572,24 +559,55 @@ fn report(
     }
 }
 
-fn serde_row(
-    phase: Phase,
-    s: &PhaseStats,
+/// The derived figures of one phase, computed once for the table and the JSON.
+struct Row {
+    phase: String,
     ok_pct: f64,
     stale_pct: f64,
     visited_pct: f64,
-) -> String {
-    format!(
-        "{{\"phase\":\"{}\",\"requests\":{},\"ok_pct\":{ok_pct:.4},\"stale_pct\":{stale_pct:.4},\"visited_ok_pct\":{visited_pct:.4},\"visited_requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"origin_requests\":{},\"status_429\":{},\"status_503\":{},\"errors\":{}}}",
-        format!("{phase:?}").to_lowercase(),
-        s.requests,
-        s.visited_requests,
-        percentile(&s.latencies_us, 0.50),
-        percentile(&s.latencies_us, 0.99),
-        percentile(&s.latencies_us, 0.999),
-        s.origin_requests,
-        s.limited,
-        s.unavailable,
-        s.errors
-    )
+    p50: f64,
+    p99: f64,
+    p999: f64,
+}
+
+fn pct(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        100.0 * a as f64 / b as f64
+    }
+}
+
+impl Row {
+    /// `s.latencies_us` must be sorted.
+    fn of(phase: Phase, s: &PhaseStats) -> Row {
+        Row {
+            phase: format!("{phase:?}").to_lowercase(),
+            ok_pct: pct(s.ok, s.requests),
+            stale_pct: pct(s.stale, s.requests),
+            visited_pct: pct(s.visited_ok, s.visited_requests),
+            p50: percentile(&s.latencies_us, 0.50),
+            p99: percentile(&s.latencies_us, 0.99),
+            p999: percentile(&s.latencies_us, 0.999),
+        }
+    }
+
+    fn json(&self, s: &PhaseStats) -> String {
+        format!(
+            "{{\"phase\":\"{}\",\"requests\":{},\"ok_pct\":{:.4},\"stale_pct\":{:.4},\"visited_ok_pct\":{:.4},\"visited_requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"origin_requests\":{},\"status_429\":{},\"status_503\":{},\"errors\":{}}}",
+            self.phase,
+            s.requests,
+            self.ok_pct,
+            self.stale_pct,
+            self.visited_pct,
+            s.visited_requests,
+            self.p50,
+            self.p99,
+            self.p999,
+            s.origin_requests,
+            s.limited,
+            s.unavailable,
+            s.errors
+        )
+    }
 }

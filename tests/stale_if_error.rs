@@ -10,16 +10,28 @@ async fn expire() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
 }
 
+/// A page stored from `route` and then left to expire, behind a Kagami adjusted by `adjust`.
+async fn stored_then_expired(
+    path: &str,
+    route: Route,
+    adjust: impl FnOnce(&mut kagami::config::SiteConfig),
+) -> (Origin, Kagami) {
+    let origin = Origin::start().await;
+    origin.route(path, route);
+    let kagami = Kagami::start_with(&origin.url(), adjust).await;
+    kagami.get(path).await;
+    expire().await;
+    (origin, kagami)
+}
+
 #[tokio::test]
 async fn stale_if_error_serves_the_copy_when_the_origin_is_killed() {
-    let origin = Origin::start().await;
-    origin.route(
+    let (origin, kagami) = stored_then_expired(
         "/p",
         Route::ok("last good").header("cache-control", "max-age=1, stale-if-error=600"),
-    );
-    let kagami = Kagami::start_with(&origin.url(), |site| site.grace = Duration::ZERO).await;
-    kagami.get("/p").await;
-    expire().await;
+        |site| site.grace = Duration::ZERO,
+    )
+    .await;
     origin.kill();
 
     let reply = kagami.get("/p").await;
@@ -39,14 +51,12 @@ async fn stale_if_error_serves_the_copy_when_the_origin_is_killed() {
 
 #[tokio::test]
 async fn grace_serves_stale_even_without_stale_if_error_and_over_must_revalidate() {
-    let origin = Origin::start().await;
-    origin.route(
+    let (origin, kagami) = stored_then_expired(
         "/mr",
         Route::ok("strict").header("cache-control", "max-age=1, must-revalidate"),
-    );
-    let kagami = Kagami::start(&origin.url()).await; // default grace: 7 days
-    kagami.get("/mr").await;
-    expire().await;
+        |_| {},
+    )
+    .await; // default grace: 7 days
     origin.fail_with(503);
 
     let reply = kagami.get("/mr").await;
@@ -68,14 +78,12 @@ async fn grace_serves_stale_even_without_stale_if_error_and_over_must_revalidate
 
 #[tokio::test]
 async fn strict_site_returns_the_error_for_must_revalidate_content() {
-    let origin = Origin::start().await;
-    origin.route(
+    let (origin, kagami) = stored_then_expired(
         "/mr",
         Route::ok("strict").header("cache-control", "max-age=1, must-revalidate"),
-    );
-    let kagami = Kagami::start_with(&origin.url(), |site| site.grace = Duration::ZERO).await;
-    kagami.get("/mr").await;
-    expire().await;
+        |site| site.grace = Duration::ZERO,
+    )
+    .await;
     origin.kill();
     let reply = kagami.get("/mr").await;
     // RFC 9111 §5.2.2.2: a stored copy that may not be reused stale gives 504.
@@ -131,14 +139,12 @@ async fn slow_origin_without_a_copy_gives_504() {
 
 #[tokio::test]
 async fn an_origin_503_never_replaces_a_stored_200() {
-    let origin = Origin::start().await;
-    origin.route(
+    let (origin, kagami) = stored_then_expired(
         "/page",
         Route::ok("good").header("cache-control", "max-age=1"),
-    );
-    let kagami = Kagami::start(&origin.url()).await;
-    kagami.get("/page").await;
-    expire().await;
+        |_| {},
+    )
+    .await;
     origin.route(
         "/page",
         Route::ok("bad")
@@ -159,17 +165,12 @@ async fn an_origin_503_never_replaces_a_stored_200() {
 
 #[tokio::test]
 async fn a_failing_origin_is_not_hit_by_every_request() {
-    let origin = Origin::start().await;
-    origin.route(
+    let (origin, kagami) = stored_then_expired(
         "/hot",
         Route::ok("copy").header("cache-control", "max-age=1"),
-    );
-    let kagami = Kagami::start_with(&origin.url(), |site| {
-        site.failure_backoff = Duration::from_secs(30)
-    })
+        |site| site.failure_backoff = Duration::from_secs(30),
+    )
     .await;
-    kagami.get("/hot").await;
-    expire().await;
     origin.fail_with(500);
     for _ in 0..50 {
         let reply = kagami.get("/hot").await;
@@ -190,14 +191,12 @@ async fn a_failing_origin_is_not_hit_by_every_request() {
 
 #[tokio::test]
 async fn origin_recovers_after_a_restart() {
-    let origin = Origin::start().await;
-    origin.route("/r", Route::ok("v1").header("cache-control", "max-age=1"));
-    let kagami = Kagami::start_with(&origin.url(), |site| {
-        site.failure_backoff = Duration::from_millis(200)
-    })
+    let (origin, kagami) = stored_then_expired(
+        "/r",
+        Route::ok("v1").header("cache-control", "max-age=1"),
+        |site| site.failure_backoff = Duration::from_millis(200),
+    )
     .await;
-    kagami.get("/r").await;
-    expire().await;
     origin.kill();
     assert_eq!(kagami.get("/r").await.text(), "v1");
     origin.route("/r", Route::ok("v2").header("cache-control", "max-age=60"));
@@ -208,17 +207,12 @@ async fn origin_recovers_after_a_restart() {
 
 #[tokio::test]
 async fn a_refusal_from_the_origin_keeps_the_good_copy() {
-    let origin = Origin::start().await;
-    origin.route(
+    let (origin, kagami) = stored_then_expired(
         "/page",
         Route::ok("good").header("cache-control", "max-age=1"),
-    );
-    let kagami = Kagami::start_with(&origin.url(), |site| {
-        site.failure_backoff = Duration::from_millis(1)
-    })
+        |site| site.failure_backoff = Duration::from_millis(1),
+    )
     .await;
-    kagami.get("/page").await;
-    expire().await;
     origin.route("/page", Route::ok("slow down").status(429));
     let refused = kagami.get("/page").await;
     assert_eq!((refused.status, refused.text().as_str()), (200, "good"));
@@ -237,14 +231,12 @@ async fn a_refusal_from_the_origin_keeps_the_good_copy() {
 
 #[tokio::test]
 async fn a_cacheable_refusal_does_not_replace_the_good_copy() {
-    let origin = Origin::start().await;
-    origin.route(
+    let (origin, kagami) = stored_then_expired(
         "/page",
         Route::ok("good").header("cache-control", "max-age=1"),
-    );
-    let kagami = Kagami::start(&origin.url()).await;
-    kagami.get("/page").await;
-    expire().await;
+        |_| {},
+    )
+    .await;
     // A firewall's 403 that even says it may be cached.
     origin.route(
         "/page",
