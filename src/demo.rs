@@ -77,20 +77,56 @@ fn respond(
     response
 }
 
+/// The header the outage switch requires. A web page cannot send it cross-site without a CORS
+/// preflight (which the demo never grants), so no page a visitor opens can flip the switch.
+pub const SWITCH_HEADER: &str = "x-kagami-demo";
+
+/// Why a switch request is refused, if it is: it must come straight to the origin's own port
+/// (not through Kagami, which adds `Via`), carry [`SWITCH_HEADER`], and not come from a page of
+/// another site (`Origin`).
+fn switch_refused(request: &Request<Incoming>) -> Option<&'static str> {
+    let headers = request.headers();
+    if headers.contains_key(header::VIA) {
+        return Some("the demo switch is only on the origin's own port, not through a proxy\n");
+    }
+    if !headers.contains_key(SWITCH_HEADER) {
+        return Some("send the header X-Kagami-Demo: 1 to use the demo switch\n");
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().ok());
+    match (origin, host) {
+        (None, _) => None,
+        (Some(Some(o)), Some(h)) if o.strip_prefix("http://") == Some(h) => None,
+        _ => Some("cross-site requests may not use the demo switch\n"),
+    }
+}
+
 impl DemoOrigin {
     fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path();
         let html = (header::CONTENT_TYPE, "text/html; charset=utf-8".to_string());
-        match (request.method(), path) {
-            (&Method::POST, "/_demo/outage") => {
-                self.down.store(true, Ordering::SeqCst);
-                return respond(StatusCode::OK, &[], Bytes::from("origin is now DOWN\n"));
+        if let Some(down) = match path {
+            "/_demo/outage" => Some(true),
+            "/_demo/recover" => Some(false),
+            _ => None,
+        } {
+            if request.method() != Method::POST {
+                return respond(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &[],
+                    Bytes::from("POST only\n"),
+                );
             }
-            (&Method::POST, "/_demo/recover") => {
-                self.down.store(false, Ordering::SeqCst);
-                return respond(StatusCode::OK, &[], Bytes::from("origin is now UP\n"));
+            if let Some(reason) = switch_refused(request) {
+                return respond(StatusCode::FORBIDDEN, &[], Bytes::from(reason));
             }
-            _ => {}
+            self.down.store(down, Ordering::SeqCst);
+            let text = if down {
+                "origin is now DOWN\n"
+            } else {
+                "origin is now UP\n"
+            };
+            return respond(StatusCode::OK, &[], Bytes::from(text));
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
         if self.down.load(Ordering::SeqCst) {

@@ -128,25 +128,47 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// The names the demo site answers to: the loopback names, on Kagami's own port when it is
+/// fixed (so the demo does not answer for every port of those names).
+fn demo_hosts(listen: SocketAddr) -> Vec<String> {
+    ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .map(|name| match listen.port() {
+            0 => name.to_string(),
+            port => format!("{name}:{port}"),
+        })
+        .collect()
+}
+
+fn demo_site(listen: SocketAddr, origin: &str) -> anyhow::Result<SiteConfig> {
+    let hosts = demo_hosts(listen);
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    Ok(SiteConfig::new("demo", &hosts, origin)?)
+}
+
 fn demo_config(listen: SocketAddr) -> anyhow::Result<Config> {
     // The origin address is only known once bound; the site is rebuilt in `demo`.
-    let site = SiteConfig::new(
-        "demo",
-        &["127.0.0.1", "localhost", "[::1]"],
-        "http://127.0.0.1:1",
-    )?;
+    let site = demo_site(listen, "http://127.0.0.1:1")?;
     Ok(Config::new(vec![listen], vec![site]))
 }
 
 async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
+    for (what, addr) in [
+        ("Kagami", config.server.listen[0]),
+        ("the demo origin", origin),
+    ] {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "{what} listens beyond loopback: the demo is for one machine, and its outage \
+                 switch and pages are then reachable from the network"
+            );
+        }
+    }
     let (origin_addr, state) = kagami::demo::start_origin(origin)
         .await
         .with_context(|| format!("cannot start the demo origin on {origin}"))?;
-    config.sites[0] = SiteConfig::new(
-        "demo",
-        &["127.0.0.1", "localhost", "[::1]"],
-        &format!("http://{origin_addr}"),
-    )?;
+    config.sites[0] = demo_site(config.server.listen[0], &format!("http://{origin_addr}"))?;
     let running = kagami::server::start(&config).await?;
     let kagami = running.addr();
     println!();
@@ -156,8 +178,8 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
     );
     println!("  Demo origin:      http://{origin_addr}/");
     println!();
-    println!("  Take the origin down:  curl -X POST http://{origin_addr}/_demo/outage   (or type o + Enter)");
-    println!("  Bring it back:         curl -X POST http://{origin_addr}/_demo/recover  (or type o + Enter again)");
+    println!("  Take the origin down:  curl -X POST -H 'X-Kagami-Demo: 1' http://{origin_addr}/_demo/outage   (or type o + Enter)");
+    println!("  Bring it back:         curl -X POST -H 'X-Kagami-Demo: 1' http://{origin_addr}/_demo/recover  (or type o + Enter again)");
     println!("  Watch the headers:     curl -sI http://{kagami}/status.html | grep -iE 'cache-status|age'");
     println!("  Stop: Ctrl-C (or q + Enter)");
     println!();

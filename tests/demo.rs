@@ -104,14 +104,35 @@ async fn demo_serves_hits_and_stale_copies_during_an_outage() {
     assert_eq!(status, 200);
     assert!(cache_status.contains("stored"), "{cache_status}");
 
-    let outage = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.post(format!("{origin}/_demo/outage")).send(),
-    )
-    .await
-    .expect("outage switch answered in time")
-    .expect("outage switch");
-    assert_eq!(outage.status().as_u16(), 200);
+    // The switch is refused through Kagami, without its header, and from another site's page.
+    let switch = |request: reqwest::RequestBuilder| async move {
+        tokio::time::timeout(Duration::from_secs(5), request.send())
+            .await
+            .expect("outage switch answered in time")
+            .expect("outage switch")
+            .status()
+            .as_u16()
+    };
+    let header = ("x-kagami-demo", "1");
+    for refused in [
+        client
+            .post(format!("{kagami}/_demo/outage"))
+            .header(header.0, header.1),
+        client.post(format!("{origin}/_demo/outage")),
+        client
+            .post(format!("{origin}/_demo/outage"))
+            .header(header.0, header.1)
+            .header("origin", "http://evil.example"),
+    ] {
+        assert_eq!(switch(refused).await, 403);
+    }
+    let (status, _, _) = get(&client, &format!("{origin}/status.html")).await;
+    assert_eq!(status, 200, "the refused switches changed nothing");
+
+    let outage = client
+        .post(format!("{origin}/_demo/outage"))
+        .header(header.0, header.1);
+    assert_eq!(switch(outage).await, 200);
     let (status, _, _) = get(&client, &format!("{origin}/status.html")).await;
     assert_eq!(status, 503, "the demo origin is down");
 

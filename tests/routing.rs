@@ -38,10 +38,12 @@ async fn unknown_host_is_refused_with_421_and_the_origin_sees_nothing() {
     assert_eq!(reply.header("via"), Some("1.1 kagami"));
 
     // Also with a port that no site lists, and a name that merely ends like a configured one.
-    for host in ["evil.example:8080", "not-127.0.0.1", "xlocalhost"] {
+    for host in ["evil.example:8080", "not-127.0.0.1.example", "xlocalhost"] {
         let reply = get_as(&kagami, "/", host).await;
         assert_eq!(reply.status, 421, "host {host}");
     }
+    // A numeric last label can only be an IPv4 address; this is neither a name nor an address.
+    assert_eq!(get_as(&kagami, "/", "not-127.0.0.1").await.status, 400);
     assert_eq!(
         origin.total(),
         0,

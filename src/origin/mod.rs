@@ -34,6 +34,8 @@ pub enum OriginError {
     TooLarge,
     #[error("the client's request body failed")]
     ClientBody,
+    #[error("the request target is not an absolute path")]
+    BadTarget,
 }
 
 impl OriginError {
@@ -57,6 +59,7 @@ impl OriginError {
             OriginError::Busy => "origin-busy",
             OriginError::TooLarge => "body-too-large",
             OriginError::ClientBody => "client-body-failed",
+            OriginError::BadTarget => "bad-target",
         }
     }
 }
@@ -173,6 +176,11 @@ impl Origin {
         headers: HeaderMap,
         upload: Option<Upload>,
     ) -> Result<reqwest::Response, OriginError> {
+        // A target that cannot form a URL is the request's fault, never the origin's: refused
+        // before any breaker or back-off can count it (`OPTIONS *` once opened circuits).
+        if !path_and_query.starts_with('/') {
+            return Err(OriginError::BadTarget);
+        }
         let (mut body, upload_state) = match upload.map(Upload::into_parts) {
             Some((body, state)) => (Some(body), Some(state)),
             None => (None, None),

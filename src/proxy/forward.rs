@@ -15,13 +15,15 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::fill::{relay, StoreJob};
 use super::respond::{self, from_entry, Canned};
-use super::{headers, path_and_query, Client, Failure, Outcome, Proxy, Req, Served, Site};
+use super::{
+    default_port, headers, path_and_query, Client, Failure, Outcome, Proxy, Req, Served, Site,
+};
 use crate::cache::coalesce::Leader;
 use crate::cache::control::response_directives;
 use crate::cache::policy::{storable, NotStorable};
 use crate::cache::{CacheStatus, Entry, Phase};
 use crate::origin::{is_failure, is_unhealthy, OriginError, Upload};
-use crate::routing::split_authority;
+use crate::routing::{target, Authority};
 
 /// Largest origin error body shared with coalesced waiters; larger ones get a generic answer.
 const SHARED_ERROR_BODY: u64 = 64 * 1024;
@@ -286,6 +288,10 @@ impl Proxy {
                     StatusCode::BAD_REQUEST,
                     "kagami: the request body was incomplete",
                 ),
+                OriginError::BadTarget => Canned::error(
+                    StatusCode::BAD_REQUEST,
+                    "kagami: the request target must be an absolute path",
+                ),
                 _ => {
                     self.stats.add(&self.stats.emergency_pages);
                     self.unavailable(site, err).answer
@@ -332,8 +338,8 @@ impl Proxy {
         )
     }
 
-    fn invalidate_after_unsafe(&self, site: &Site, target: &str, host: &str, response: &HeaderMap) {
-        self.store.invalidate(&site.key(host, target));
+    fn invalidate_after_unsafe(&self, site: &Site, path: &str, host: &str, response: &HeaderMap) {
+        self.store.invalidate(&site.key(host, path));
         for field in [LOCATION, CONTENT_LOCATION] {
             let Some(location) = response.get(field).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -344,23 +350,15 @@ impl Proxy {
             // Only URIs of the same origin may be invalidated (RFC 9111 §4.4).
             let same_origin = match uri.authority() {
                 None => location.starts_with('/'),
-                Some(a) => same_authority(a.as_str(), host),
+                Some(a) => Authority::parse(a.as_str()).is_ok_and(|a| {
+                    a.normalised(default_port(uri.scheme_str().unwrap_or("http"))) == host
+                }),
             };
-            if same_origin {
-                let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                self.store.invalidate(&site.key(host, pq));
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+            if let (true, Ok(target)) = (same_origin, target::canonical(pq)) {
+                self.store.invalidate(&site.key(host, &target));
             }
         }
-    }
-}
-
-/// Do two authorities name the same host and port (case, trailing dot, default port ignored)?
-fn same_authority(a: &str, b: &str) -> bool {
-    match (split_authority(a), split_authority(b)) {
-        (Some((ha, pa)), Some((hb, pb))) => {
-            ha == hb && pa.filter(|p| *p != 80) == pb.filter(|p| *p != 80)
-        }
-        _ => false,
     }
 }
 

@@ -12,6 +12,7 @@ mod forward;
 mod headers;
 pub mod respond;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use crate::config::{Config, SiteConfig};
 use crate::limit::{client_ip, limit_key, Limiter, TrustedProxies};
 use crate::metrics::Stats;
 use crate::origin::Origin;
-use crate::routing::{split_authority, Router};
+use crate::routing::{target, Authority, Router};
 use body::Body;
 use respond::{from_entry, Canned};
 
@@ -188,22 +189,7 @@ impl Proxy {
                     &method,
                 )
             }
-            Some(_guard) => match authority.as_deref().map(|a| (a, self.router.route(a))) {
-                None => refuse(
-                    StatusCode::BAD_REQUEST,
-                    "kagami: the request needs exactly one valid Host",
-                    &method,
-                ),
-                Some((host, None)) => refuse(
-                    StatusCode::MISDIRECTED_REQUEST,
-                    &format!("kagami: no site is configured for host {host:?}"),
-                    &method,
-                ),
-                Some((host, Some(index))) => {
-                    let host = host.to_string();
-                    self.serve(index, request, client, host).await
-                }
-            },
+            Some(_guard) => self.admit(request, client, authority.as_deref()).await,
         };
 
         self.stats.record(status.phase, status.collapsed);
@@ -226,6 +212,58 @@ impl Proxy {
             );
         }
         response
+    }
+
+    /// Validates and normalises the request's authority and target once, routes it, and
+    /// serves it. Everything after this uses only the normalised values, so the cache key, the
+    /// origin's `Host` and the origin's request target always agree.
+    async fn admit(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+        client: Client,
+        authority: Option<&str>,
+    ) -> Served {
+        let method = request.method().clone();
+        let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "kagami: the request needs exactly one valid Host",
+                &method,
+            );
+        };
+        let raw_target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if raw_target == "*" {
+            return asterisk(&method);
+        }
+        let canonical = match target::canonical(raw_target) {
+            // Nearly always: the target is canonical already.
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(t)) => Some(http::Uri::try_from(t).ok()),
+            Err(_) => Some(None),
+        };
+        match canonical {
+            None => {}
+            Some(Some(uri)) => *request.uri_mut() = uri,
+            Some(None) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "kagami: the request target must be an absolute path",
+                    &method,
+                )
+            }
+        }
+        let Some(index) = self.router.route(&authority) else {
+            return refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!(
+                    "kagami: no site is configured for host {:?}",
+                    authority.to_string()
+                ),
+                &method,
+            );
+        };
+        let host = authority.normalised(default_port(client.proto));
+        self.serve(index, request, client, host).await
     }
 
     /// Admits a request under the global in-flight cap.
@@ -521,22 +559,16 @@ impl Proxy {
 }
 
 impl Site {
-    /// The cache key for `path_and_query` requested as `authority`. The authority is part of the
-    /// key unless the origin is always sent the same Host: otherwise one site's hostnames (and
-    /// every name a wildcard matches) could be answered with another's pages.
-    pub fn key(&self, authority: &str, path_and_query: &str) -> String {
-        if self.config.origin_host.is_some() {
-            return primary_key(&self.config.name, "", path_and_query);
-        }
-        match split_authority(authority) {
-            // Port 80 is what a client means when it names none (Kagami serves plain HTTP).
-            Some((host, Some(80))) => primary_key(&self.config.name, &host, path_and_query),
-            Some((host, Some(port))) => {
-                primary_key(&self.config.name, &format!("{host}:{port}"), path_and_query)
-            }
-            Some((host, None)) => primary_key(&self.config.name, &host, path_and_query),
-            None => primary_key(&self.config.name, authority, path_and_query),
-        }
+    /// The cache key for a canonical target (`routing::target`) requested as `host` (the
+    /// normalised authority, `routing::Authority::normalised`). The host is part of the key
+    /// unless the origin is always sent the same Host: otherwise one site's hostnames (and every
+    /// name a wildcard matches) could be answered with another's pages.
+    pub fn key(&self, host: &str, target: &str) -> String {
+        let host = match self.config.origin_host {
+            Some(_) => "",
+            None => host,
+        };
+        primary_key(&self.config.name, host, target)
     }
 }
 
@@ -611,6 +643,34 @@ fn request_sie(parts: &request::Parts) -> Option<Duration> {
 
 fn fwd_of(phase: Phase) -> &'static str {
     CacheStatus::new(phase).fwd.unwrap_or("miss")
+}
+
+/// The port a client means when it names none.
+pub(super) fn default_port(proto: &str) -> u16 {
+    match proto {
+        "https" => 443,
+        _ => 80,
+    }
+}
+
+/// `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7): Kagami answers it. The asterisk
+/// form is meaningless with any other method.
+fn asterisk(method: &Method) -> Served {
+    if method != Method::OPTIONS {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "kagami: the asterisk target is only for OPTIONS",
+            method,
+        );
+    }
+    let mut response = respond::build(StatusCode::OK, HeaderMap::new(), Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    (response, CacheStatus::new(Phase::Error))
 }
 
 fn refuse(status: StatusCode, text: &str, method: &Method) -> Served {

@@ -3,9 +3,13 @@
 //! Kagami only ever talks to the origins in its config, so a Host that no site lists is refused:
 //! it can never be used as an open proxy.
 
-use std::borrow::Cow;
+mod authority;
+pub mod target;
+
 use std::collections::HashMap;
 use std::fmt;
+
+pub use authority::{Authority, AuthorityError};
 
 /// A `hosts` entry of a site: an exact name or a `*.example.jp` wildcard, with or without a port.
 /// An entry with a port only matches requests for that port; one without matches any port.
@@ -24,24 +28,33 @@ pub enum HostPattern {
 
 impl HostPattern {
     pub fn parse(text: &str) -> Result<HostPattern, String> {
-        let (host, port) = split_authority(text)
-            .ok_or_else(|| format!("{text:?} is not a hostname, optionally with :port"))?;
-        let host = host.into_owned();
-        if let Some(rest) = host.strip_prefix("*.") {
-            if rest.is_empty() || rest.contains('*') || !valid_hostname(rest) {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("*.") {
+            let parsed = Authority::parse(rest)
+                .ok()
+                .filter(|a| !a.host().contains(':'));
+            let Some(parsed) = parsed else {
                 return Err(format!(
                     "{text:?} is not a valid wildcard; write e.g. \"*.city.example.jp\""
                 ));
-            }
+            };
             return Ok(HostPattern::Wildcard {
-                suffix: format!(".{rest}"),
-                port,
+                suffix: format!(".{}", parsed.host()),
+                port: parsed.port(),
             });
         }
-        if !valid_hostname(&host) {
-            return Err(format!("{text:?} is not a valid hostname"));
-        }
-        Ok(HostPattern::Exact { host, port })
+        // A bare IPv6 address is accepted in the config for convenience.
+        let parsed = match text.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => Authority::parse(&format!("[{ip}]")),
+            Err(_) => Authority::parse(text),
+        };
+        let parsed = parsed.map_err(|err| {
+            format!("{text:?} is not a hostname or IP address, optionally with :port ({err})")
+        })?;
+        Ok(HostPattern::Exact {
+            host: parsed.host().to_string(),
+            port: parsed.port(),
+        })
     }
 }
 
@@ -57,47 +70,6 @@ impl fmt::Display for HostPattern {
             None => write!(f, "{name}"),
         }
     }
-}
-
-fn valid_hostname(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
-}
-
-/// Splits `host[:port]` / `[v6]:port` into a lowercase host (no brackets, no trailing dot) and port.
-/// Borrows when the host is already lowercase, as it nearly always is: this runs per request.
-pub fn split_authority(text: &str) -> Option<(Cow<'_, str>, Option<u16>)> {
-    let text = text.trim();
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let end = rest.find(']')?;
-        let after = &rest[end + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p.parse().ok()?),
-            None if after.is_empty() => None,
-            None => return None,
-        };
-        (&rest[..end], port)
-    } else {
-        match text.rsplit_once(':') {
-            // More than one colon without brackets: a bare IPv6 address.
-            Some((h, _)) if h.contains(':') => (text, None),
-            Some((h, p)) => (h, Some(p.parse().ok()?)),
-            None => (text, None),
-        }
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return None;
-    }
-    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    };
-    Some((host, port))
 }
 
 /// Host -> site index table, built once from the config.
@@ -135,9 +107,9 @@ impl Router {
     }
 
     /// The site for a request authority (`Host` value or URI authority), if any.
-    pub fn route(&self, authority: &str) -> Option<usize> {
-        let (host, port) = split_authority(authority)?;
-        if let Some(entries) = self.exact.get(host.as_ref()) {
+    pub fn route(&self, authority: &Authority) -> Option<usize> {
+        let (host, port) = (authority.host(), authority.port());
+        if let Some(entries) = self.exact.get(host) {
             let with_port = entries.iter().find(|(p, _)| p.is_some() && *p == port);
             if let Some((_, i)) = with_port.or_else(|| entries.iter().find(|(p, _)| p.is_none())) {
                 return Some(*i);
@@ -171,38 +143,42 @@ mod tests {
         Router::new(parsed.iter().map(|v| v.as_slice()))
     }
 
+    fn route(router: &Router, authority: &str) -> Option<usize> {
+        router.route(&Authority::parse(authority).ok()?)
+    }
+
     #[test]
     fn exact_names_match_any_port_unless_a_port_is_given() {
         let r = router(&[&["www.pref.iwate.example", "127.0.0.1:8080"]]);
-        assert_eq!(r.route("www.pref.iwate.example"), Some(0));
-        assert_eq!(r.route("WWW.Pref.Iwate.Example:8443"), Some(0));
-        assert_eq!(r.route("www.pref.iwate.example."), Some(0));
-        assert_eq!(r.route("127.0.0.1:8080"), Some(0));
-        assert_eq!(r.route("127.0.0.1:9090"), None);
-        assert_eq!(r.route("127.0.0.1"), None);
-        assert_eq!(r.route("evil.example"), None);
+        assert_eq!(route(&r, "www.pref.iwate.example"), Some(0));
+        assert_eq!(route(&r, "WWW.Pref.Iwate.Example:8443"), Some(0));
+        assert_eq!(route(&r, "www.pref.iwate.example."), Some(0));
+        assert_eq!(route(&r, "127.0.0.1:8080"), Some(0));
+        assert_eq!(route(&r, "127.0.0.1:9090"), None);
+        assert_eq!(route(&r, "127.0.0.1"), None);
+        assert_eq!(route(&r, "evil.example"), None);
     }
 
     #[test]
     fn wildcards_match_subdomains_only_and_longest_wins() {
         let r = router(&[&["*.example.jp"], &["*.city.example.jp"]]);
-        assert_eq!(r.route("www.example.jp"), Some(0));
-        assert_eq!(r.route("a.b.example.jp"), Some(0));
-        assert_eq!(r.route("www.city.example.jp"), Some(1));
-        assert_eq!(r.route("example.jp"), None);
-        assert_eq!(r.route("badexample.jp"), None);
+        assert_eq!(route(&r, "www.example.jp"), Some(0));
+        assert_eq!(route(&r, "a.b.example.jp"), Some(0));
+        assert_eq!(route(&r, "www.city.example.jp"), Some(1));
+        assert_eq!(route(&r, "example.jp"), None);
+        assert_eq!(route(&r, "badexample.jp"), None);
     }
 
     #[test]
     fn ipv6_authorities() {
         let r = router(&[&["[::1]:8080"], &["::2"]]);
-        assert_eq!(r.route("[::1]:8080"), Some(0));
-        assert_eq!(r.route("[::2]:1"), Some(1));
-        assert_eq!(split_authority("[::1"), None);
-        assert_eq!(split_authority("host:notaport"), None);
+        assert_eq!(route(&r, "[::1]:8080"), Some(0));
+        assert_eq!(route(&r, "[::2]:1"), Some(1));
+        assert_eq!(route(&r, "[::1"), None);
         assert_eq!(
-            split_authority("A.Example:80"),
-            Some((Cow::Borrowed("a.example"), Some(80)))
+            route(&r, "::2"),
+            None,
+            "a Host must bracket an IPv6 address"
         );
     }
 
@@ -211,6 +187,7 @@ mod tests {
         assert!(HostPattern::parse("*.").is_err());
         assert!(HostPattern::parse("a b").is_err());
         assert!(HostPattern::parse("*.*.jp").is_err());
+        assert!(HostPattern::parse("a/b.jp").is_err());
         assert_eq!(
             HostPattern::parse("*.x.jp:81").unwrap().to_string(),
             "*.x.jp:81"

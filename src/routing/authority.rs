@@ -1,0 +1,194 @@
+//! Request authorities (`Host`, HTTP/2 `:authority`, absolute-form URIs): validated as a DNS name
+//! or an IP literal with an optional port, and normalised once. The one normalised value is what
+//! routing, the cache key, the origin's `Host` and `X-Forwarded-Host` all use, so that no
+//! spelling of a name (case, trailing dot, `0080`, brackets around a name) can reach the origin
+//! raw while sharing a cache key with the canonical name.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// A valid authority: lowercase host without a trailing dot (IPv6 without brackets), and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    host: String,
+    port: Option<u16>,
+}
+
+/// Why an authority was refused (the request gets 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("the host is empty")]
+    Empty,
+    #[error("the host is not a DNS name or an IP address")]
+    BadHost,
+    #[error("the port is not a number from 1 to 65535")]
+    BadPort,
+}
+
+impl Authority {
+    /// Parses `host[:port]` or `[ipv6][:port]`. User info, paths, brackets around anything but
+    /// an IPv6 address, empty labels, leading-zero IPv4 forms and port 0 are all refused.
+    pub fn parse(text: &str) -> Result<Authority, AuthorityError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(AuthorityError::Empty);
+        }
+        if let Some(rest) = text.strip_prefix('[') {
+            let (inside, after) = rest.split_once(']').ok_or(AuthorityError::BadHost)?;
+            let ip: Ipv6Addr = inside.parse().map_err(|_| AuthorityError::BadHost)?;
+            let port = match after {
+                "" => None,
+                _ => parse_port(after.strip_prefix(':').ok_or(AuthorityError::BadHost)?)?,
+            };
+            return Ok(Authority {
+                host: ip.to_string(),
+                port,
+            });
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) => (host, parse_port(port)?),
+            None => (text, None),
+        };
+        Ok(Authority {
+            host: parse_name(host)?,
+            port,
+        })
+    }
+
+    /// The host: lowercase, no trailing dot, IPv6 without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// The normalised text, leaving out the port when it is the scheme's `default_port` (so that
+    /// `www.example.jp` and `www.example.jp:80` are one name).
+    pub fn normalised(&self, default_port: u16) -> String {
+        let port = self.port.filter(|p| *p != default_port);
+        let bracketed = self.host.contains(':');
+        match (bracketed, port) {
+            (false, None) => self.host.clone(),
+            (false, Some(p)) => format!("{}:{p}", self.host),
+            (true, None) => format!("[{}]", self.host),
+            (true, Some(p)) => format!("[{}]:{p}", self.host),
+        }
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.normalised(0))
+    }
+}
+
+/// An empty port (`host:`) is allowed by RFC 3986 and means the default; leading zeros are
+/// harmless once the number is normalised.
+fn parse_port(text: &str) -> Result<Option<u16>, AuthorityError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuthorityError::BadPort);
+    }
+    match text.parse::<u16>() {
+        Ok(0) | Err(_) => Err(AuthorityError::BadPort),
+        Ok(port) => Ok(Some(port)),
+    }
+}
+
+/// A DNS name (letters, digits, `-`, `_`; labels of 1 to 63 characters; at most 253 in all) or
+/// a dotted IPv4 address, lowercased and without its trailing dot.
+fn parse_name(text: &str) -> Result<String, AuthorityError> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() {
+        return Err(AuthorityError::Empty);
+    }
+    if name.len() > 253 {
+        return Err(AuthorityError::BadHost);
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(AuthorityError::BadHost);
+    }
+    // A name whose last label is all digits can only be an IPv4 address (no top-level domain
+    // is numeric); it must then be one in its plain dotted form (no `127.1`, no `0177.0.0.1`).
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        let ip: Ipv4Addr = name.parse().map_err(|_| AuthorityError::BadHost)?;
+        return Ok(ip.to_string());
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(text: &str) -> Result<String, AuthorityError> {
+        Authority::parse(text).map(|a| a.normalised(80))
+    }
+
+    #[test]
+    fn spellings_of_one_name_normalise_to_one_value() {
+        for spelling in [
+            "www.pref.test",
+            "WWW.PREF.TEST.",
+            "www.pref.test:80",
+            "www.pref.test:0080",
+            "www.pref.test:",
+            " www.pref.test ",
+        ] {
+            assert_eq!(norm(spelling).as_deref(), Ok("www.pref.test"), "{spelling}");
+        }
+        assert_eq!(
+            norm("www.pref.test:8080").as_deref(),
+            Ok("www.pref.test:8080")
+        );
+        assert_eq!(norm("127.0.0.1:80").as_deref(), Ok("127.0.0.1"));
+        assert_eq!(norm("[::1]:8080").as_deref(), Ok("[::1]:8080"));
+        assert_eq!(norm("[0:0::1]").as_deref(), Ok("[::1]"));
+        assert_eq!(
+            Authority::parse("a.example:443").unwrap().normalised(443),
+            "a.example"
+        );
+    }
+
+    #[test]
+    fn anything_but_a_name_or_an_ip_literal_is_refused() {
+        for bad in [
+            "",
+            "evil.example/x.city.test",
+            "[www.pref.test]",
+            "user@www.pref.test",
+            "www.pref.test:0",
+            "www.pref.test:65536",
+            "www.pref.test:8o",
+            "www..pref.test",
+            ".www.pref.test",
+            "www.pref.test..",
+            "a b.test",
+            "a\"b.test",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[fe80::1%25eth0]",
+            "127.1",
+            "0177.0.0.1",
+            "256.0.0.1",
+            "*.pref.test",
+        ] {
+            assert!(Authority::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        let long = format!("{}.test", "a".repeat(64));
+        assert!(Authority::parse(&long).is_err());
+    }
+}
