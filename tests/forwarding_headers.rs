@@ -73,12 +73,17 @@ fn assert_clean(seen: &http::HeaderMap, what: &str) {
 #[tokio::test]
 async fn forged_forwarding_headers_never_reach_the_origin() {
     let origin = Origin::start().await;
-    origin.route("/page", Route::ok("page").header("cache-control", "max-age=60"));
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
     origin.route("/form", Route::ok("posted"));
     origin.route("/page?auth", Route::ok("private"));
     let kagami = Kagami::start(&origin.url()).await;
 
-    let reply = kagami.send(forged(kagami.client.get(kagami.url("/page")))).await;
+    let reply = kagami
+        .send(forged(kagami.client.get(kagami.url("/page"))))
+        .await;
     assert_eq!(reply.status, 200);
     assert_clean(&origin.last_request_headers("/page").unwrap(), "fill");
     let reply = kagami
@@ -87,10 +92,16 @@ async fn forged_forwarding_headers_never_reach_the_origin() {
     assert_eq!(reply.status, 200);
     assert_clean(&origin.last_request_headers("/form").unwrap(), "pass");
     let reply = kagami
-        .send(forged(kagami.client.get(kagami.url("/page?auth"))).header("authorization", "Basic dTpw"))
+        .send(
+            forged(kagami.client.get(kagami.url("/page?auth")))
+                .header("authorization", "Basic dTpw"),
+        )
         .await;
     assert_eq!(reply.status, 200);
-    assert_clean(&origin.last_request_headers("/page?auth").unwrap(), "bypass");
+    assert_clean(
+        &origin.last_request_headers("/page?auth").unwrap(),
+        "bypass",
+    );
 }
 
 /// A Flask-like origin: script URLs start with `X-Forwarded-Prefix`, and pages are cacheable.
@@ -127,7 +138,11 @@ async fn a_forged_prefix_cannot_plant_a_script_for_later_visitors() {
         .await;
     assert!(!attacker.text().contains("evil"), "{}", attacker.text());
     let visitor = kagami.get("/").await;
-    assert!(visitor.cache_status().contains("hit"), "{}", visitor.cache_status());
+    assert!(
+        visitor.cache_status().contains("hit"),
+        "{}",
+        visitor.cache_status()
+    );
     assert_eq!(visitor.text(), "<script src=\"/static/app.js\"></script>");
 }
 
@@ -147,7 +162,10 @@ async fn a_named_forwarding_header_passes_but_bypasses_the_cache() {
                 .header("x-forwarded-prefix", "/app"),
         )
         .await;
-    assert_eq!(with_prefix.text(), "<script src=\"/app/static/app.js\"></script>");
+    assert_eq!(
+        with_prefix.text(),
+        "<script src=\"/app/static/app.js\"></script>"
+    );
     assert!(
         with_prefix.cache_status().contains("fwd=bypass"),
         "{}",
@@ -165,7 +183,10 @@ async fn a_named_forwarding_header_passes_but_bypasses_the_cache() {
 #[tokio::test]
 async fn a_trusted_proxy_forwards_its_headers_and_kagami_appends_its_own() {
     let origin = Origin::start().await;
-    origin.route("/page", Route::ok("page").header("cache-control", "max-age=60"));
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
     let site = SiteConfig::new("test", &["127.0.0.1", "localhost"], &origin.url()).unwrap();
     let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
     config.log.access = false;
@@ -205,7 +226,10 @@ async fn a_trusted_proxy_forwards_its_headers_and_kagami_appends_its_own() {
 #[tokio::test]
 async fn with_origin_host_the_origin_is_told_that_name_not_the_visitors_alias() {
     let origin = Origin::start().await;
-    origin.route("/page", Route::ok("page").header("cache-control", "max-age=60"));
+    origin.route(
+        "/page",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
     let kagami = Kagami::start_with(&origin.url(), |site| {
         site.origin_host = Some("www.origin.test".parse().unwrap());
     })

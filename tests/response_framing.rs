@@ -70,7 +70,10 @@ async fn switching_protocols_from_the_origin_is_a_bad_gateway() {
     let kagami = Kagami::start(&origin.url()).await;
     let raw = get(&kagami, "/switch").await;
     assert_eq!(status_of(&raw), 502, "{raw}");
-    assert!(!raw.to_ascii_lowercase().contains("upgrade: websocket"), "{raw}");
+    assert!(
+        !raw.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{raw}"
+    );
 
     let h2 = reqwest::Client::builder()
         .no_proxy()

@@ -38,7 +38,11 @@ async fn a_header_listed_in_connection_does_not_choose_the_variant() {
     let kagami = Kagami::start(&format!("http://{origin}")).await;
 
     // The origin never sees this Accept-Language, and answers in Japanese.
-    let trick = get(&kagami, "Accept-Language: en\r\nConnection: Accept-Language\r\n").await;
+    let trick = get(
+        &kagami,
+        "Accept-Language: en\r\nConnection: Accept-Language\r\n",
+    )
+    .await;
     assert_eq!(trick.body, b"notice in ja");
 
     let english = get(&kagami, "Accept-Language: en\r\n").await;
@@ -51,5 +55,9 @@ async fn a_header_listed_in_connection_does_not_choose_the_variant() {
     // The copy fetched without the header is the one for visitors who send none.
     let plain = get(&kagami, "").await;
     assert_eq!(plain.body, b"notice in ja");
-    assert!(plain.all("cache-status")[0].contains("hit"), "{:?}", plain.headers);
+    assert!(
+        plain.all("cache-status")[0].contains("hit"),
+        "{:?}",
+        plain.headers
+    );
 }

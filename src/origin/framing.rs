@@ -88,7 +88,10 @@ mod tests {
         frame_request(&mut h, Outgoing::Exact(7));
         assert_eq!(h.get_all(CONTENT_LENGTH).iter().count(), 1);
         assert_eq!(h[CONTENT_LENGTH], "7");
-        let mut h = with(&[("content-length", "7"), ("transfer-encoding", "gzip, chunked")]);
+        let mut h = with(&[
+            ("content-length", "7"),
+            ("transfer-encoding", "gzip, chunked"),
+        ]);
         frame_request(&mut h, Outgoing::Streamed);
         assert!(h.is_empty());
     }

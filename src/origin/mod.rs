@@ -179,7 +179,9 @@ impl Origin {
         // the framing of the body that is really sent.
         let outgoing = match &upload {
             None => Outgoing::None,
-            Some(upload) => upload.exact_len().map_or(Outgoing::Streamed, Outgoing::Exact),
+            Some(upload) => upload
+                .exact_len()
+                .map_or(Outgoing::Streamed, Outgoing::Exact),
         };
         framing::frame_request(&mut headers, outgoing);
         let (mut body, upload_state) = match upload.map(Upload::into_parts) {

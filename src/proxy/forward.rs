@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{
-    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, EXPECT, HOST,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER, SET_COOKIE,
+    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, EXPECT,
+    HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER, SET_COOKIE,
 };
 use http::{HeaderMap, Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -397,10 +397,7 @@ impl Proxy {
         let mut headers = client_headers.clone();
         headers::strip_hop_by_hop(&mut headers);
         if !self.trusted.contains(client.peer.ip()) {
-            forwarding::strip_client_forwarding(
-                &mut headers,
-                &site.config.pass_forwarding_headers,
-            );
+            forwarding::strip_client_forwarding(&mut headers, &site.config.pass_forwarding_headers);
         }
         if fill {
             headers::strip_conditionals(&mut headers);

@@ -8,7 +8,7 @@
 //! `X-Forwarded-For/-Proto/-Host`. An operator may let named ones through from visitors
 //! (`site.pass_forwarding_headers`); requests carrying one then bypass the cache.
 
-use http::header::{HeaderMap, HeaderName, FORWARDED};
+use http::header::{HeaderMap, HeaderName};
 
 /// Forwarding fields known by exact name (lowercase), beyond the prefixes below.
 const NAMES: [&str; 19] = [
@@ -52,18 +52,19 @@ pub fn is_forwarding(name: &HeaderName) -> bool {
 }
 
 /// Removes every forwarding field except the `passed` ones (from visitors that are not trusted
-/// proxies). Kagami's own fields are added afterwards.
+/// proxies). Kagami's own fields go whatever `passed` says (a visitor's `Forwarded` element
+/// would precede Kagami's, and origins read the first); Kagami adds them afterwards.
 pub fn strip_client_forwarding(headers: &mut HeaderMap, passed: &[HeaderName]) {
     let drop: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_forwarding(name) && !passed.contains(name))
+        .filter(|name| {
+            is_forwarding(name) && (!passed.contains(name) || OWN.contains(&name.as_str()))
+        })
         .cloned()
         .collect();
     for name in drop {
         headers.remove(name);
     }
-    // Kagami writes these itself: a passed value would precede Kagami's own element.
-    headers.remove(FORWARDED);
 }
 
 /// Does the request carry one of the `passed` fields (which then reaches the origin unkeyed)?
@@ -131,7 +132,11 @@ mod tests {
         ] {
             h.insert(name, HeaderValue::from_static("v"));
         }
-        strip_client_forwarding(&mut h, &[HeaderName::from_static("x-real-ip")]);
+        let passed = [
+            HeaderName::from_static("x-real-ip"),
+            HeaderName::from_static("forwarded"),
+        ];
+        strip_client_forwarding(&mut h, &passed);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["x-kept", "x-real-ip"]);

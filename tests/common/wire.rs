@@ -188,8 +188,8 @@ pub fn parse(mut raw: &[u8]) -> Vec<WireRequest> {
                     break;
                 };
                 let size = String::from_utf8_lossy(&raw[..line_end]);
-                let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
-                    .unwrap_or(0);
+                let size =
+                    usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap_or(0);
                 raw = &raw[line_end + 2..];
                 if size == 0 {
                     // No trailers are sent by Kagami: just the final CRLF.
