@@ -548,6 +548,28 @@ grace = "forever"
     }
 
     #[test]
+    fn only_forwarding_headers_kagami_does_not_set_may_be_passed() {
+        let ok = format!("{MINIMAL}pass_forwarding_headers = [\"X-Forwarded-Prefix\"]\n");
+        let config = Config::parse(&ok, Path::new("k.toml")).unwrap();
+        assert_eq!(
+            config.sites[0].pass_forwarding_headers,
+            [http::HeaderName::from_static("x-forwarded-prefix")]
+        );
+        let bad = format!(
+            "{MINIMAL}pass_forwarding_headers = [\"X-Forwarded-Host\", \"Accept\", \"a b\"]\n"
+        );
+        let keys: Vec<String> = problems_of(&bad).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "site[0].pass_forwarding_headers[0]",
+                "site[0].pass_forwarding_headers[1]",
+                "site[0].pass_forwarding_headers[2]"
+            ]
+        );
+    }
+
+    #[test]
     fn duplicate_hosts_and_names_are_rejected() {
         let text = format!("{MINIMAL}\n[[site]]\nname = \"iwate\"\nhosts = [\"www.pref.iwate.example\"]\norigin = \"http://127.0.0.1:9\"\n");
         let problems = problems_of(&text);

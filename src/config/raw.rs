@@ -61,6 +61,7 @@ pub struct RawSite {
     pub origin: Option<String>,
     pub origins: Option<Vec<String>>,
     pub origin_host: Option<String>,
+    pub pass_forwarding_headers: Option<Vec<String>>,
     pub grace: Option<String>,
     pub stale_while_revalidate: Option<String>,
     pub stale_if_error: Option<String>,

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use super::raw::RawSite;
 use super::{read_page, ConfigError, LimitsConfig, Problems};
@@ -56,6 +56,10 @@ pub struct SiteConfig {
     pub origins: Vec<reqwest::Url>,
     /// `Host` sent to the origin; `None` forwards the client's `Host`.
     pub origin_host: Option<HeaderValue>,
+    /// Forwarding headers (`X-Forwarded-Prefix`, `X-Real-IP`, ...) that visitors who are not
+    /// trusted proxies may send to the origin; requests carrying one bypass the cache. Every
+    /// other client forwarding header is dropped.
+    pub pass_forwarding_headers: Vec<HeaderName>,
     /// Operator override: how long past expiry a stored copy may be served while the origin is
     /// failing, even when the response said `must-revalidate`. Zero restores strict RFC behaviour.
     pub grace: Duration,
@@ -184,6 +188,13 @@ pub(super) fn validate_site(
             }
         },
     };
+    let mut pass_forwarding_headers = Vec::new();
+    for (j, text) in raw.pass_forwarding_headers.iter().flatten().enumerate() {
+        match crate::proxy::forwarding::passable(text) {
+            Ok(name) => pass_forwarding_headers.push(name),
+            Err(reason) => problems.add(format!("{prefix}.pass_forwarding_headers[{j}]"), reason),
+        }
+    }
     let cache_cookies = match raw.cache_cookies.as_deref() {
         None | Some("never") => CookiePolicy::Never,
         Some("strip") => CookiePolicy::Strip,
@@ -232,6 +243,7 @@ pub(super) fn validate_site(
         hosts,
         origins: origins.clone().unwrap_or_default(),
         origin_host,
+        pass_forwarding_headers,
         grace: d(problems, "grace", &raw.grace, 7 * 86_400),
         stale_while_revalidate: d(
             problems,

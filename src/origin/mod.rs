@@ -1,9 +1,11 @@
 //! The origin side of a site: the HTTP client, the origin servers (primary and backups) with
 //! their circuit breakers, the cap on concurrent origin requests, and active health checks.
 
+mod framing;
 mod health;
 mod upload;
 
+use framing::Outgoing;
 pub use health::{Backoff, Breaker, Transition};
 use upload::ClientSide;
 pub use upload::Upload;
@@ -173,7 +175,7 @@ impl Origin {
         &self,
         method: Method,
         path_and_query: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         upload: Option<Upload>,
     ) -> Result<reqwest::Response, OriginError> {
         // A target that cannot form a URL is the request's fault, never the origin's: refused
@@ -181,6 +183,15 @@ impl Origin {
         if !path_and_query.starts_with('/') {
             return Err(OriginError::BadTarget);
         }
+        // Every origin request passes here: whatever framing the client wrote, the origin gets
+        // the framing of the body that is really sent.
+        let outgoing = match &upload {
+            None => Outgoing::None,
+            Some(upload) => upload
+                .exact_len()
+                .map_or(Outgoing::Streamed, Outgoing::Exact),
+        };
+        framing::frame_request(&mut headers, outgoing);
         let (mut body, upload_state) = match upload.map(Upload::into_parts) {
             Some((body, state)) => (Some(body), Some(state)),
             None => (None, None),
@@ -245,7 +256,15 @@ impl Origin {
         match tokio::time::timeout(self.response_timeout, request.send()).await {
             Err(_) => Err(OriginError::Timeout(self.response_timeout)),
             Ok(Err(err)) => Err(OriginError::from_reqwest(err, self.response_timeout)),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(mut response)) => {
+                let status = response.status();
+                match framing::frame_response(status, response.headers_mut()) {
+                    Ok(()) => Ok(response),
+                    // Never relayed: a 101 would switch the client's connection to a protocol
+                    // nobody asked for (h2 clients see a protocol error).
+                    Err(reason) => Err(OriginError::Other(reason)),
+                }
+            }
         }
     }
 

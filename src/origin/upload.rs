@@ -39,6 +39,12 @@ impl Upload {
         Upload { body, state }
     }
 
+    /// The body's exact length when it is known in advance (the client's own Content-Length,
+    /// which the server side already holds the client to).
+    pub(super) fn exact_len(&self) -> Option<u64> {
+        self.body.size_hint().exact()
+    }
+
     /// Splits into the body for reqwest and a handle that tells afterwards how the client did.
     pub(super) fn into_parts(self) -> (reqwest::Body, UploadState) {
         (reqwest::Body::wrap(self.body), UploadState(self.state))

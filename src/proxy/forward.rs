@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, HOST,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER, SET_COOKIE,
+    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, EXPECT,
+    HOST, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER, SET_COOKIE,
 };
 use http::{HeaderMap, Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -16,7 +16,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::fill::{relay, StoreJob};
 use super::respond::{self, from_entry, Canned};
 use super::{
-    default_port, headers, path_and_query, Client, Failure, Outcome, Proxy, Req, Served, Site,
+    default_port, forwarding, headers, path_and_query, Client, Failure, Outcome, Proxy, Req, Served,
+    Site,
 };
 use crate::cache::coalesce::Leader;
 use crate::cache::control::response_directives;
@@ -61,9 +62,7 @@ impl Proxy {
             }
         };
 
-        let mut headers = req.parts.headers.clone();
-        headers::strip_conditionals(&mut headers);
-        prepare_origin_headers(&self.via, site, &mut headers, req.client, &req.host);
+        let mut headers = req.sent.clone();
         if let Some(entry) = &stale {
             if let Some(etag) = entry.headers.get(http::header::ETAG) {
                 headers.insert(IF_NONE_MATCH, etag.clone());
@@ -167,7 +166,7 @@ impl Proxy {
                     key,
                     status,
                     headers: response_headers.clone(),
-                    request_headers: req.parts.headers.clone(),
+                    request_headers: req.sent.clone(),
                     request_time,
                     response_time,
                     settings: site.settings,
@@ -271,8 +270,7 @@ impl Proxy {
                 cache_status.detail("body-too-large"),
             );
         }
-        let mut headers = parts.headers.clone();
-        prepare_origin_headers(&self.via, site, &mut headers, client, host);
+        let headers = self.origin_headers(site, &parts.headers, client, host, false);
         let body = match parts.method {
             Method::GET | Method::HEAD => None,
             _ => Some(Upload::new(incoming, self.max_request_body)),
@@ -379,23 +377,55 @@ fn finish(leader: Option<Leader<Outcome>>, outcome: Outcome) {
     }
 }
 
-/// Hop-by-hop fields out; Host, Forwarded / X-Forwarded-* and Via in.
-fn prepare_origin_headers(
-    via: &HeaderValue,
-    site: &Site,
-    headers: &mut HeaderMap,
-    client: Client,
-    host: &str,
-) {
-    headers::strip_hop_by_hop(headers);
-    headers::add_forwarded(headers, client.peer, host, client.proto);
-    headers.append(http::header::VIA, via.clone());
-    let host_value = match &site.config.origin_host {
-        Some(value) => Some(value.clone()),
-        None => HeaderValue::from_str(host).ok(),
-    };
-    if let Some(value) = host_value {
-        headers.insert(HOST, value);
+impl Proxy {
+    /// The header fields an origin request carries: the client's end-to-end fields without
+    /// hop-by-hop ones (and those its `Connection` lists), without client forwarding headers
+    /// unless the peer is a trusted proxy; then Host, Forwarded / X-Forwarded-* and Via. For a
+    /// cache `fill` the client's preconditions, ranges and framing go too (Kagami answers those
+    /// from the full stored response, and a fill has no body).
+    pub(super) fn origin_headers(
+        &self,
+        site: &Site,
+        client_headers: &HeaderMap,
+        client: Client,
+        host: &str,
+        fill: bool,
+    ) -> HeaderMap {
+        let mut headers = client_headers.clone();
+        headers::strip_hop_by_hop(&mut headers);
+        if !self.trusted.contains(client.peer.ip()) {
+            forwarding::strip_client_forwarding(&mut headers, &site.config.pass_forwarding_headers);
+        }
+        if fill {
+            headers::strip_conditionals(&mut headers);
+            // As `Origin::send` will for a request without a body; removed here already so
+            // that the Vary key sees what is sent.
+            headers.remove(CONTENT_LENGTH);
+            headers.remove(EXPECT);
+        }
+        // With `origin_host`, the origin is always told that name (the one in the key), never
+        // the alias a visitor used.
+        let forwarded_host = site
+            .config
+            .origin_host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(host);
+        headers::add_forwarded(&mut headers, client.peer, forwarded_host, client.proto);
+        headers.append(http::header::VIA, self.via.clone());
+        let host_value = match &site.config.origin_host {
+            Some(value) => Some(value.clone()),
+            None => HeaderValue::from_str(host).ok(),
+        };
+        if let Some(value) = host_value {
+            headers.insert(HOST, value);
+        }
+        // The origin client adds this to requests without one; written here so that a
+        // `Vary: Accept` variant is keyed on the value the origin really saw.
+        headers
+            .entry(ACCEPT)
+            .or_insert(HeaderValue::from_static("*/*"));
+        headers
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod body;
 mod fill;
 mod forward;
+pub mod forwarding;
 mod headers;
 pub mod respond;
 
@@ -78,6 +79,10 @@ pub struct Client {
 struct Req {
     site: usize,
     parts: request::Parts,
+    /// The header fields a fill sends the origin (see `Proxy::origin_headers`), computed once:
+    /// the Vary match on lookup, the stored variant and the origin request all use this map, so
+    /// a variant is keyed on exactly what the origin was sent.
+    sent: HeaderMap,
     client: Client,
     host: String,
     /// The rate-limit key of the client.
@@ -289,12 +294,24 @@ impl Proxy {
             request.headers(),
             &self.trusted,
         ));
+        // A forwarding header the operator lets visitors send reaches the origin unkeyed, so
+        // such a request is neither answered from nor stored in the shared cache.
+        let unkeyed = !self.trusted.contains(client.peer.ip())
+            && forwarding::carries_passed(
+                request.headers(),
+                &self.sites[index].config.pass_forwarding_headers,
+            );
         match method {
-            Method::GET | Method::HEAD if !request.headers().contains_key(AUTHORIZATION) => {
+            Method::GET | Method::HEAD
+                if !request.headers().contains_key(AUTHORIZATION) && !unkeyed =>
+            {
                 let (parts, _) = request.into_parts();
+                let sent =
+                    self.origin_headers(&self.sites[index], &parts.headers, client, &host, true);
                 let req = Req {
                     site: index,
                     parts,
+                    sent,
                     client,
                     host,
                     ip,
@@ -326,7 +343,7 @@ impl Proxy {
         let site = &self.sites[req.site];
         let key = site.key(&req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
-        let (stale, phase) = match self.store.lookup(&key, &req.parts.headers) {
+        let (stale, phase) = match self.store.lookup(&key, &req.sent) {
             Lookup::Found(entry) if entry.is_fresh(now) => {
                 if let Err(wait) = check(&site.hits, req.ip) {
                     return self.too_many(wait, &req.parts.method);
@@ -391,7 +408,7 @@ impl Proxy {
             match self.coalescer.join(&key) {
                 Role::Leader(leader) => {
                     // Another leader may have stored the page between our lookup and now.
-                    if let Lookup::Found(entry) = self.store.lookup(&key, &req.parts.headers) {
+                    if let Lookup::Found(entry) = self.store.lookup(&key, &req.sent) {
                         let now = SystemTime::now();
                         if entry.is_fresh(now)
                             && stale.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &entry))
@@ -416,7 +433,7 @@ impl Proxy {
                         return self.too_many(wait, &req.parts.method);
                     }
                     match waiter.wait(site.config.coalesce_timeout).await {
-                        Wait::Done(Outcome::Stored(entry)) if entry.matches(&req.parts.headers) => {
+                        Wait::Done(Outcome::Stored(entry)) if entry.matches(&req.sent) => {
                             let now = SystemTime::now();
                             let status = CacheStatus::new(phase)
                                 .fwd_status(entry.status.as_u16())
@@ -513,6 +530,7 @@ impl Proxy {
         let req = Req {
             site: req.site,
             parts,
+            sent: req.sent.clone(),
             client: req.client,
             host: req.host.clone(),
             ip: req.ip,

@@ -4,6 +4,7 @@
 
 pub mod raw;
 pub mod recording;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
