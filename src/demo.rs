@@ -93,6 +93,13 @@ fn switch_refused(request: &Request<Incoming>) -> Option<&'static str> {
         return Some("send the header X-Kagami-Demo: 1 to use the demo switch\n");
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    // A loopback name only: a page on a rebinding DNS name would otherwise pass the Origin check.
+    let loopback = host
+        .and_then(|h| crate::routing::Authority::parse(h).ok())
+        .is_some_and(|a| matches!(a.host(), "127.0.0.1" | "localhost" | "::1"));
+    if !loopback {
+        return Some("the demo switch answers only to 127.0.0.1, localhost or [::1]\n");
+    }
     let origin = headers.get(header::ORIGIN).map(|v| v.to_str().ok());
     match (origin, host) {
         (None, _) => None,

@@ -123,6 +123,12 @@ async fn demo_serves_hits_and_stale_copies_during_an_outage() {
             .post(format!("{origin}/_demo/outage"))
             .header(header.0, header.1)
             .header("origin", "http://evil.example"),
+        // DNS rebinding: a page whose name now points at 127.0.0.1, same-origin to itself.
+        client
+            .post(format!("{origin}/_demo/outage"))
+            .header(header.0, header.1)
+            .header("host", "rebind.example")
+            .header("origin", "http://rebind.example"),
     ] {
         assert_eq!(switch(refused).await, 403);
     }

@@ -188,3 +188,21 @@ async fn h2_asterisk_path_never_reaches_the_origin() {
     driver.abort();
     assert_eq!(origin.total(), 0);
 }
+
+#[tokio::test]
+async fn a_stray_percent_is_refused_so_no_escape_can_be_formed_after_keying() {
+    let origin = Origin::start().await;
+    origin.route("/secret", cacheable("secret"));
+    let kagami = Kagami::start(&origin.url()).await;
+    let host = kagami.addr.to_string();
+    for target in [
+        "/a/%%32%65%%32%65/secret",
+        "/a/%2%65%2%65/secret",
+        "/100%",
+        "/x?q=%zz",
+    ] {
+        let (status, body) = raw_get(&kagami, target.as_bytes(), host.as_bytes()).await;
+        assert_eq!(status, 400, "{target}: {body}");
+    }
+    assert_eq!(origin.total(), 0);
+}

@@ -16,8 +16,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::fill::{relay, StoreJob};
 use super::respond::{self, from_entry, Canned};
 use super::{
-    default_port, forwarding, headers, path_and_query, Client, Failure, Outcome, Proxy, Req, Served,
-    Site,
+    default_port, forwarding, headers, path_and_query, Client, Failure, Outcome, Proxy, Req,
+    Served, Site,
 };
 use crate::cache::coalesce::Leader;
 use crate::cache::control::response_directives;

@@ -236,6 +236,17 @@ impl Proxy {
                 &method,
             );
         };
+        let default_port = default_port(client.proto);
+        let Some(index) = self.router.route(&authority, default_port) else {
+            return refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!(
+                    "kagami: no site is configured for host {:?}",
+                    authority.to_string()
+                ),
+                &method,
+            );
+        };
         let raw_target = request.uri().path_and_query().map_or("/", |p| p.as_str());
         if raw_target == "*" {
             return asterisk(&method);
@@ -252,22 +263,12 @@ impl Proxy {
             Some(None) => {
                 return refuse(
                     StatusCode::BAD_REQUEST,
-                    "kagami: the request target must be an absolute path",
+                    "kagami: the request target must be an absolute path, with % followed by two hex digits",
                     &method,
                 )
             }
         }
-        let Some(index) = self.router.route(&authority) else {
-            return refuse(
-                StatusCode::MISDIRECTED_REQUEST,
-                &format!(
-                    "kagami: no site is configured for host {:?}",
-                    authority.to_string()
-                ),
-                &method,
-            );
-        };
-        let host = authority.normalised(default_port(client.proto));
+        let host = authority.normalised(default_port);
         self.serve(index, request, client, host).await
     }
 

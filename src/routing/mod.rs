@@ -106,9 +106,10 @@ impl Router {
         router
     }
 
-    /// The site for a request authority (`Host` value or URI authority), if any.
-    pub fn route(&self, authority: &Authority) -> Option<usize> {
-        let (host, port) = (authority.host(), authority.port());
+    /// The site for a request authority (`Host` value or URI authority), if any. A request that
+    /// names no port means `default_port` (so `example.jp:80` in `hosts` matches `example.jp`).
+    pub fn route(&self, authority: &Authority, default_port: u16) -> Option<usize> {
+        let (host, port) = (authority.host(), authority.port().or(Some(default_port)));
         if let Some(entries) = self.exact.get(host) {
             let with_port = entries.iter().find(|(p, _)| p.is_some() && *p == port);
             if let Some((_, i)) = with_port.or_else(|| entries.iter().find(|(p, _)| p.is_none())) {
@@ -144,7 +145,7 @@ mod tests {
     }
 
     fn route(router: &Router, authority: &str) -> Option<usize> {
-        router.route(&Authority::parse(authority).ok()?)
+        router.route(&Authority::parse(authority).ok()?, 80)
     }
 
     #[test]
@@ -156,6 +157,14 @@ mod tests {
         assert_eq!(route(&r, "127.0.0.1:8080"), Some(0));
         assert_eq!(route(&r, "127.0.0.1:9090"), None);
         assert_eq!(route(&r, "127.0.0.1"), None);
+        let r = router(&[&["www.example.jp:80"]]);
+        assert_eq!(
+            route(&r, "www.example.jp"),
+            Some(0),
+            "no port means the default"
+        );
+        assert_eq!(route(&r, "www.example.jp:80"), Some(0));
+        assert_eq!(route(&r, "www.example.jp:8080"), None);
         assert_eq!(route(&r, "evil.example"), None);
     }
 

@@ -15,6 +15,8 @@ use std::borrow::Cow;
 pub enum TargetError {
     #[error("the request target is not an absolute path")]
     NotAPath,
+    #[error("a % in the request target is not followed by two hex digits")]
+    StrayPercent,
 }
 
 /// The canonical form of an origin-form target (`/path?query`; a bare `?query` means `/`).
@@ -42,10 +44,10 @@ pub fn canonical(raw: &str) -> Result<Cow<'_, str>, TargetError> {
     {
         return Ok(Cow::Borrowed(raw));
     }
-    let mut out = remove_dot_segments(&percent_normalised(path.as_bytes(), Part::Path));
+    let mut out = remove_dot_segments(&percent_normalised(path.as_bytes(), Part::Path)?);
     if let Some(query) = query {
         out.push('?');
-        out.push_str(&percent_normalised(query.as_bytes(), Part::Query));
+        out.push_str(&percent_normalised(query.as_bytes(), Part::Query)?);
     }
     Ok(Cow::Owned(out))
 }
@@ -108,9 +110,11 @@ fn push_encoded(out: &mut String, b: u8) {
 
 /// Byte by byte, so that multi-byte UTF-8 and percent-encoded bytes can never meet as the same
 /// characters: `%XX` of an unreserved character becomes the character, other `%XX` keep their
-/// encoding with uppercase hex, a `%` not followed by two hex digits stays as sent, and every
-/// other byte that may not stand literally (non-ASCII included) is percent-encoded.
-fn percent_normalised(bytes: &[u8], part: Part) -> String {
+/// encoding with uppercase hex, and every other byte that may not stand literally (non-ASCII
+/// included) is percent-encoded. A `%` not followed by two hex digits is refused: kept, it could
+/// form a new escape with what follows once that is decoded (`%%32%65` -> `%2e`), so the key
+/// would no longer be what the origin's parser reads.
+fn percent_normalised(bytes: &[u8], part: Part) -> Result<String, TargetError> {
     let mut out = String::with_capacity(bytes.len() + 8);
     let mut i = 0;
     while i < bytes.len() {
@@ -128,8 +132,7 @@ fn percent_normalised(bytes: &[u8], part: Part) -> String {
                 i += 3;
                 continue;
             }
-            // A stray `%` is sent as it came: encoding it would give it the meaning of `%25`.
-            out.push('%');
+            return Err(TargetError::StrayPercent);
         } else if literal(b, part) {
             out.push(b as char);
         } else {
@@ -137,7 +140,7 @@ fn percent_normalised(bytes: &[u8], part: Part) -> String {
         }
         i += 1;
     }
-    out
+    Ok(out)
 }
 
 /// RFC 3986 §5.2.4 on an absolute path whose unreserved characters are already decoded (so
@@ -202,8 +205,15 @@ mod tests {
         assert_eq!(c("/%7euser/%41?q=%2f"), "/~user/A?q=%2F");
         assert_eq!(c("/a%2Fb"), "/a%2Fb");
         assert_ne!(c("/a%2Fb"), c("/a/b"));
-        assert_eq!(c("/bad%zz%"), "/bad%zz%");
-        assert_eq!(c("/bad%2"), "/bad%2");
+        for stray in [
+            "/bad%zz",
+            "/bad%",
+            "/bad%2",
+            "/a/%%32%65%%32%65/b",
+            "/x?q=%%341",
+        ] {
+            assert_eq!(canonical(stray), Err(TargetError::StrayPercent), "{stray}");
+        }
         // Raw UTF-8 and its percent-encoding are the same bytes to the origin.
         assert_eq!(c("/cc/x/Aあ"), "/cc/x/A%E3%81%82");
         assert_eq!(c("/cc/x/%41%e3%81%82"), "/cc/x/A%E3%81%82");
@@ -239,7 +249,7 @@ mod tests {
             "/%2e%2E/x",
             "/a\\..\\b",
             "/x?q='a b'&r=<s>\"t\"`u`{v}|w^",
-            "/ü/%FF/%zz/%",
+            "/ü/%FF/%25zz/%25",
             "/p;params=1/q:r@s",
             "/x?y?z#",
             "/[a]",
