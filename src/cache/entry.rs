@@ -1,5 +1,6 @@
 //! A stored response: status, headers, body, its secondary (Vary) key and its freshness facts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -11,8 +12,8 @@ use http::StatusCode;
 
 use super::control::response_directives;
 use super::policy::{
-    corrected_initial_age, freshness_lifetime, http_date, stale_rules, vary_names, Heuristic,
-    StaleRules,
+    corrected_initial_age, explicitly_shareable, freshness_lifetime, has_credentials, http_date,
+    shareable, stale_rules, vary_names, Heuristic, StaleRules,
 };
 use crate::config::{CookiePolicy, SiteConfig};
 
@@ -54,6 +55,7 @@ impl StoreSettings {
             heuristic: Heuristic {
                 max: site.heuristic_max,
                 default_ttl: site.default_ttl,
+                negative_ttl: site.negative_ttl,
             },
             default_swr: site.stale_while_revalidate,
             default_sie: site.stale_if_error,
@@ -73,6 +75,45 @@ pub struct Entry {
     pub initial_age: Duration,
     pub lifetime: Duration,
     pub stale: StaleRules,
+    /// Fetched for a request with `Cookie` or `Authorization`.
+    pub credentials: bool,
+    /// May be given to visitors other than the one it was fetched for without the origin
+    /// confirming it for them (`policy::shareable`). Otherwise it only serves as the base of a
+    /// conditional request.
+    pub shared: bool,
+    /// Marked stale by an unsafe request or an answer that could not replace it: it must be
+    /// revalidated (no stale-while-revalidate), but stays for grace when the origin fails.
+    pub invalidated: bool,
+    /// When this variant was last looked up, for the per-URI variant cap.
+    pub last_used: LastUse,
+}
+
+/// A logical clock of variant use: a process-wide counter, so order is exact even for uses in
+/// the same millisecond.
+#[derive(Debug)]
+pub struct LastUse(AtomicU64);
+
+static USE_CLOCK: AtomicU64 = AtomicU64::new(0);
+
+impl LastUse {
+    fn now() -> LastUse {
+        LastUse(AtomicU64::new(USE_CLOCK.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    pub fn touch(&self) {
+        self.0
+            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for LastUse {
+    fn clone(&self) -> LastUse {
+        LastUse(AtomicU64::new(self.get()))
+    }
 }
 
 /// Fields a 304 must not overwrite in the stored response (RFC 9111 §3.2): they describe the
@@ -97,6 +138,7 @@ impl Entry {
         settings: &StoreSettings,
     ) -> Entry {
         let variant = variant_of(&vary_names(&headers), request_headers);
+        let credentials = has_credentials(request_headers);
         if settings.cookies == CookiePolicy::Strip {
             headers.remove(SET_COOKIE);
         }
@@ -110,8 +152,8 @@ impl Entry {
             headers,
             body,
             variant,
-            request_time,
-            response_time,
+            credentials,
+            (request_time, response_time),
             settings,
         )
     }
@@ -121,8 +163,8 @@ impl Entry {
         mut headers: HeaderMap,
         body: Bytes,
         variant: Variant,
-        request_time: SystemTime,
-        response_time: SystemTime,
+        credentials: bool,
+        (request_time, response_time): (SystemTime, SystemTime),
         settings: &StoreSettings,
     ) -> Entry {
         let directives = response_directives(&headers);
@@ -135,6 +177,11 @@ impl Entry {
         );
         let initial_age = corrected_initial_age(&headers, request_time, response_time);
         headers.remove(AGE);
+        let shared = shareable(
+            credentials,
+            explicitly_shareable(&directives, &headers),
+            lifetime,
+        );
         Entry {
             status,
             headers,
@@ -144,6 +191,10 @@ impl Entry {
             initial_age,
             lifetime,
             stale: stale_rules(&directives, settings.default_swr, settings.default_sie),
+            credentials,
+            shared,
+            invalidated: false,
+            last_used: LastUse::now(),
         }
     }
 
@@ -174,10 +225,35 @@ impl Entry {
             headers,
             self.body.clone(),
             self.variant.clone(),
-            request_time,
-            response_time,
+            self.credentials,
+            (request_time, response_time),
             settings,
         )
+    }
+
+    /// This entry marked stale now (RFC 9111 §4.4 invalidation without deleting the outage
+    /// copy): freshness ends at its current age, so grace counts from now.
+    pub fn marked_stale(&self, now: SystemTime) -> Entry {
+        let mut entry = self.clone();
+        entry.lifetime = self.lifetime.min(self.age(now));
+        entry.invalidated = true;
+        entry
+    }
+
+    /// May this copy be served to anyone without revalidation (a fresh hit or a waiter)?
+    pub fn serves_fresh(&self, now: SystemTime) -> bool {
+        self.shared && self.is_fresh(now)
+    }
+
+    /// May this copy be served stale (grace, stale-if-error, over a budget)? Only a shareable
+    /// 2xx: errors and redirects are never served stale.
+    pub fn may_serve_stale(&self) -> bool {
+        self.shared && self.status.is_success()
+    }
+
+    /// May this copy be served stale while it is revalidated in the background?
+    pub fn may_serve_while_revalidating(&self) -> bool {
+        self.may_serve_stale() && !self.invalidated
     }
 
     /// Current age (RFC 9111 §4.2.3).
@@ -242,6 +318,7 @@ mod tests {
             heuristic: Heuristic {
                 max: Duration::from_secs(3600),
                 default_ttl: Duration::ZERO,
+                negative_ttl: Duration::from_secs(10),
             },
             default_swr: Duration::ZERO,
             default_sie: Duration::ZERO,
