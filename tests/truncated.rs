@@ -28,6 +28,11 @@ async fn truncated_body_is_not_cached_and_the_client_sees_an_error() {
 
     let response = kagami.client.get(kagami.url("/cut")).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    let cache_status = response.headers()["cache-status"].to_str().unwrap();
+    assert!(
+        !cache_status.contains("stored"),
+        "a body cut short is not claimed as stored: {cache_status}"
+    );
     assert!(
         response.bytes().await.is_err(),
         "the body must not complete"
