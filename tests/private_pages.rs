@@ -59,7 +59,10 @@ async fn a_client_over_its_miss_budget_never_gets_another_visitors_page() {
     // Another visitor on the same address, over the budget the first one spent.
     let raw = exchange(
         kagami.addr,
-        "GET /profile HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        format!(
+            "GET /profile HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            kagami.addr
+        ),
     )
     .await;
     assert!(!body_of(&raw).contains("alice"), "{raw}");
