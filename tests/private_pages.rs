@@ -16,7 +16,12 @@ use kagami::limit::Rate;
 
 /// What the origin answers: a personal page naming the cookie it was sent, like a PHP profile
 /// page without Cache-Control, after `delay`.
-async fn profile(request: Request<Incoming>, status: u16, cache_control: Option<&str>, delay: Duration) -> Response<Full<Bytes>> {
+async fn profile(
+    request: Request<Incoming>,
+    status: u16,
+    cache_control: Option<&str>,
+    delay: Duration,
+) -> Response<Full<Bytes>> {
     tokio::time::sleep(delay).await;
     let who = request
         .headers()
@@ -83,7 +88,12 @@ async fn a_never_fresh_no_cache_page_is_not_served_while_the_origin_fails() {
     // The failure itself, then the back-off that follows it.
     for attempt in ["failure", "back-off"] {
         let reply = kagami.get("/account").await;
-        assert_ne!(reply.text(), "account page", "{attempt}: {}", reply.cache_status());
+        assert_ne!(
+            reply.text(),
+            "account page",
+            "{attempt}: {}",
+            reply.cache_status()
+        );
         assert_eq!(reply.status, 503, "{attempt}: {}", reply.cache_status());
     }
 }
@@ -98,13 +108,23 @@ async fn a_collapsed_waiter_never_gets_the_leaders_personal_page() {
         get_as(&kagami, "/profile", None).await
     });
     assert_eq!(alice.text(), "profile of session=alice");
-    assert_eq!(other.text(), "profile of nobody", "{}", other.cache_status());
+    assert_eq!(
+        other.text(),
+        "profile of nobody",
+        "{}",
+        other.cache_status()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_no_store_error_is_not_shared_with_waiters() {
     let origin = spawn_origin(|r| {
-        profile(r, 503, Some("private, no-store"), Duration::from_millis(300))
+        profile(
+            r,
+            503,
+            Some("private, no-store"),
+            Duration::from_millis(300),
+        )
     })
     .await;
     let kagami = Kagami::start(&format!("http://{origin}")).await;

@@ -89,7 +89,11 @@ async fn junk_variants_evict_the_least_recently_used_not_the_popular_one() {
     // 16 junk User-Agents, the popular one asked for all along (the cap is 16 variants).
     for i in 0..16 {
         let hit = popular().await;
-        assert!(hit.cache_status().contains("hit"), "{i}: {}", hit.cache_status());
+        assert!(
+            hit.cache_status().contains("hit"),
+            "{i}: {}",
+            hit.cache_status()
+        );
         get(format!("junk-{i}")).await;
     }
     let last = popular().await;

@@ -199,10 +199,12 @@ impl Entry {
     }
 
     /// The entry after a 304 Not Modified (RFC 9111 §4.3.4): the 304's fields replace the
-    /// stored ones, the body stays, and freshness starts again from the 304.
+    /// stored ones, the body stays, and freshness starts again from the 304. The origin has
+    /// confirmed the body for `request`, so whether it carried credentials is what counts now.
     pub fn refreshed(
         &self,
         not_modified: &HeaderMap,
+        request: &HeaderMap,
         request_time: SystemTime,
         response_time: SystemTime,
         settings: &StoreSettings,
@@ -225,7 +227,7 @@ impl Entry {
             headers,
             self.body.clone(),
             self.variant.clone(),
-            self.credentials,
+            has_credentials(request),
             (request_time, response_time),
             settings,
         )
@@ -401,11 +403,44 @@ mod tests {
         not_modified.insert("x-a", HeaderValue::from_static("new"));
         not_modified.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         let now = SystemTime::now();
-        let r = e.refreshed(&not_modified, now, now, &settings());
+        let r = e.refreshed(&not_modified, &HeaderMap::new(), now, now, &settings());
         assert_eq!(r.body, e.body);
         assert_eq!(r.headers["x-a"], "new");
         assert_eq!(r.headers[CONTENT_LENGTH], "4");
         assert_eq!(r.etag(), Some("\"v1\""));
         assert!(r.is_fresh(now));
+    }
+
+    #[test]
+    fn a_copy_fetched_with_a_cookie_is_shared_only_when_explicit_or_confirmed_for_others() {
+        let mut cookie = HeaderMap::new();
+        cookie.insert("cookie", HeaderValue::from_static("session=a"));
+        let lm = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(36_000));
+        let personal = entry(&[("last-modified", &lm), ("etag", "\"p\"")], &cookie);
+        let now = SystemTime::now();
+        assert!(personal.is_fresh(now), "heuristically fresh");
+        assert!(!personal.serves_fresh(now) && !personal.may_serve_stale());
+        // A 304 to the same visitor changes nothing; one to a visitor without credentials
+        // confirms the body is what anyone gets.
+        let again = personal.refreshed(&HeaderMap::new(), &cookie, now, now, &settings());
+        assert!(!again.shared);
+        let anonymous =
+            personal.refreshed(&HeaderMap::new(), &HeaderMap::new(), now, now, &settings());
+        assert!(anonymous.shared);
+        let public = entry(&[("cache-control", "max-age=60")], &cookie);
+        assert!(public.serves_fresh(now));
+    }
+
+    #[test]
+    fn never_fresh_copies_and_errors_are_never_served_stale() {
+        let never_fresh = entry(&[], &HeaderMap::new());
+        assert!(!never_fresh.shared && !never_fresh.may_serve_stale());
+        let mut not_found = entry(&[("cache-control", "max-age=60")], &HeaderMap::new());
+        not_found.status = StatusCode::NOT_FOUND;
+        assert!(not_found.shared && !not_found.may_serve_stale());
+        let good = entry(&[("cache-control", "max-age=60")], &HeaderMap::new());
+        let marked = good.marked_stale(SystemTime::now());
+        assert!(!marked.is_fresh(SystemTime::now()));
+        assert!(marked.may_serve_stale() && !marked.may_serve_while_revalidating());
     }
 }

@@ -161,8 +161,7 @@ pub fn error_shareable(
     !directives.no_store
         && !directives.private
         && !response_headers.contains_key(SET_COOKIE)
-        && (!has_credentials(request_headers)
-            || explicitly_shareable(directives, response_headers))
+        && (!has_credentials(request_headers) || explicitly_shareable(directives, response_headers))
 }
 
 /// RFC 9111 §4.2.1: s-maxage > max-age > Expires − Date > heuristic.
@@ -420,13 +419,20 @@ mod tests {
     #[test]
     fn credentials_need_explicit_shareability() {
         let cookie = [("cookie", "session=a")];
-        assert!(!share(&cookie, &[], 300), "heuristic freshness is not enough");
+        assert!(
+            !share(&cookie, &[], 300),
+            "heuristic freshness is not enough"
+        );
         assert!(!share(&[("authorization", "Basic eA==")], &[], 300));
         assert!(share(&cookie, &[("cache-control", "public")], 0));
         assert!(share(&cookie, &[("cache-control", "s-maxage=60")], 60));
         assert!(share(&cookie, &[("cache-control", "max-age=60")], 60));
         assert!(share(&cookie, &[("expires", "0")], 0));
-        assert!(!share(&cookie, &[("cache-control", "no-cache, max-age=60")], 0));
+        assert!(!share(
+            &cookie,
+            &[("cache-control", "no-cache, max-age=60")],
+            0
+        ));
     }
 
     #[test]

@@ -133,8 +133,13 @@ impl Proxy {
                 let cookies: Vec<HeaderValue> =
                     update.get_all(SET_COOKIE).iter().cloned().collect();
                 update.remove(SET_COOKIE);
-                let refreshed =
-                    Arc::new(entry.refreshed(&update, request_time, response_time, &site.settings));
+                let refreshed = Arc::new(entry.refreshed(
+                    &update,
+                    &req.parts.headers,
+                    request_time,
+                    response_time,
+                    &site.settings,
+                ));
                 let now = SystemTime::now();
                 let mut cache_status = CacheStatus::new(Phase::Revalidated)
                     .fwd_status(304)
