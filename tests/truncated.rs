@@ -92,3 +92,36 @@ async fn garbage_from_the_origin_gives_502() {
     assert_eq!(reply.status, 502);
     garbage.abort();
 }
+
+#[tokio::test]
+async fn a_streamed_body_cut_short_is_not_claimed_as_stored() {
+    // Over the size read whole before answering: the head goes out while the body streams.
+    let origin = Origin::start().await;
+    origin.route(
+        "/big",
+        Route::ok(vec![b'z'; 1 << 20])
+            .header("cache-control", "max-age=60")
+            .truncated(),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    let response = kagami.client.get(kagami.url("/big")).send().await.unwrap();
+    let cache_status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        response.bytes().await.is_err(),
+        "the body must not complete"
+    );
+    assert!(!cache_status.contains("stored"), "{cache_status}");
+    origin.route(
+        "/big",
+        Route::ok(vec![b'z'; 1 << 20]).header("cache-control", "max-age=60"),
+    );
+    let again = kagami.get("/big").await;
+    assert!(
+        again.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        again.cache_status()
+    );
+}

@@ -226,7 +226,7 @@ impl Proxy {
                     response_headers.remove(respond::CDN_CACHE_CONTROL);
                     let want_body = req.parts.method != Method::HEAD;
                     let (body, stored) =
-                        whole::read_and_store(response, job, leader, want_body, permit).await;
+                        whole::fill(response, job, leader, want_body, permit).await;
                     let answer = respond::build(status, response_headers, body);
                     return (answer, cache_status.stored(stored));
                 }

@@ -18,11 +18,36 @@ use crate::cache::Entry;
 /// bodies without a length, are streamed (and their `Cache-Status` does not say `stored`).
 pub const HOLD_BEFORE_ANSWER: u64 = 256 * 1024;
 
+/// `read_and_store` in its own task: a client that goes away while the body is read does not
+/// cancel the fill its waiters are counting on.
+pub async fn fill(
+    response: reqwest::Response,
+    job: StoreJob,
+    leader: Option<Leader<Outcome>>,
+    want_body: bool,
+    origin_slot: OwnedSemaphorePermit,
+) -> (Body, bool) {
+    let task = tokio::spawn(read_and_store(
+        response,
+        job,
+        leader,
+        want_body,
+        origin_slot,
+    ));
+    match task.await {
+        Ok(done) => done,
+        Err(err) => (
+            cut_short(Vec::new(), format!("fill task failed: {err}"), want_body),
+            false,
+        ),
+    }
+}
+
 /// Reads the whole body, stores it, and returns the client's body and whether it was stored.
 /// A body cut short is not stored: the client gets what came and then an error, so that its
 /// connection is aborted rather than given a short answer (as when relaying), and the waiters
 /// wake as abandoned and try again.
-pub async fn read_and_store(
+async fn read_and_store(
     response: reqwest::Response,
     job: StoreJob,
     leader: Option<Leader<Outcome>>,
