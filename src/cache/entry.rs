@@ -12,9 +12,10 @@ use http::StatusCode;
 
 use super::control::response_directives;
 use super::policy::{
-    corrected_initial_age, explicitly_shareable, freshness_lifetime, has_credentials, http_date,
-    shareable, stale_rules, vary_names, Heuristic, StaleRules,
+    corrected_initial_age, freshness_lifetime, http_date, stale_rules, vary_names, Heuristic,
+    StaleRules,
 };
+use super::share::{explicitly_shareable, has_credentials, shareable};
 use crate::config::{CookiePolicy, SiteConfig};
 
 /// The request's values of the fields a response varies on, normalised: repeated lines are

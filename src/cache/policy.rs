@@ -3,9 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{
-    HeaderMap, AUTHORIZATION, COOKIE, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY,
-};
+use http::header::{HeaderMap, AUTHORIZATION, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::{Method, StatusCode};
 
 use super::control::Directives;
@@ -124,44 +122,6 @@ pub struct Heuristic {
     pub default_ttl: Duration,
     /// Lifetime of a cacheable non-2xx answer without explicit freshness (`negative_ttl`).
     pub negative_ttl: Duration,
-}
-
-/// Did the request carry credentials, so that its answer may be personal?
-pub fn has_credentials(request_headers: &HeaderMap) -> bool {
-    request_headers.contains_key(COOKIE) || request_headers.contains_key(AUTHORIZATION)
-}
-
-/// Did the origin explicitly mark the response as shareable: `public`, `s-maxage`, or
-/// `max-age` / `Expires` without `private` or `no-cache`?
-pub fn explicitly_shareable(directives: &Directives, response_headers: &HeaderMap) -> bool {
-    directives.public
-        || directives.s_maxage.is_some()
-        || ((directives.max_age.is_some() || response_headers.contains_key(EXPIRES))
-            && !directives.private
-            && !directives.no_cache)
-}
-
-/// May a copy be given to a visitor other than the one it was fetched for without the origin
-/// confirming it for that visitor first (fresh hit, collapsed waiter, grace, SWR)? Only when
-/// the origin marked it shareable, or when it was fetched without credentials and was fresh
-/// when stored. A page fetched with `Cookie` / `Authorization`, or one that was never fresh
-/// (typical of PHP or Express pages without Cache-Control), may be somebody's own page.
-pub fn shareable(credentials: bool, explicit: bool, lifetime: Duration) -> bool {
-    explicit || (!credentials && !lifetime.is_zero())
-}
-
-/// May an origin error be handed to the requests that waited on the one that got it? Not when
-/// it is `private` / `no-store`, carries a cookie, or answers a request with credentials
-/// without being explicitly shareable: it may echo that visitor's own data.
-pub fn error_shareable(
-    request_headers: &HeaderMap,
-    response_headers: &HeaderMap,
-    directives: &Directives,
-) -> bool {
-    !directives.no_store
-        && !directives.private
-        && !response_headers.contains_key(SET_COOKIE)
-        && (!has_credentials(request_headers) || explicitly_shareable(directives, response_headers))
 }
 
 /// RFC 9111 §4.2.1: s-maxage > max-age > Expires − Date > heuristic.
@@ -404,57 +364,6 @@ mod tests {
         }
         // Explicit freshness is the origin's choice.
         assert_eq!(lifetime(404, &[("cache-control", "max-age=60")]), 60);
-    }
-
-    fn share(req: &[(&'static str, &str)], resp: &[(&'static str, &str)], lifetime: u64) -> bool {
-        let (rq, rs) = (headers(req), headers(resp));
-        let d = parse_cache_control(&rs);
-        shareable(
-            has_credentials(&rq),
-            explicitly_shareable(&d, &rs),
-            Duration::from_secs(lifetime),
-        )
-    }
-
-    #[test]
-    fn credentials_need_explicit_shareability() {
-        let cookie = [("cookie", "session=a")];
-        assert!(
-            !share(&cookie, &[], 300),
-            "heuristic freshness is not enough"
-        );
-        assert!(!share(&[("authorization", "Basic eA==")], &[], 300));
-        assert!(share(&cookie, &[("cache-control", "public")], 0));
-        assert!(share(&cookie, &[("cache-control", "s-maxage=60")], 60));
-        assert!(share(&cookie, &[("cache-control", "max-age=60")], 60));
-        assert!(share(&cookie, &[("expires", "0")], 0));
-        assert!(!share(
-            &cookie,
-            &[("cache-control", "no-cache, max-age=60")],
-            0
-        ));
-    }
-
-    #[test]
-    fn a_never_fresh_copy_is_not_shared_unless_explicit() {
-        assert!(!share(&[], &[], 0), "PHP-style page without Cache-Control");
-        assert!(!share(&[], &[("cache-control", "no-cache")], 0));
-        assert!(share(&[], &[("cache-control", "max-age=0")], 0));
-        assert!(share(&[], &[], 300), "fresh by heuristic, no credentials");
-    }
-
-    #[test]
-    fn errors_are_shared_only_when_nothing_personal() {
-        let ok = |req: &[(&'static str, &str)], resp: &[(&'static str, &str)]| {
-            let (rq, rs) = (headers(req), headers(resp));
-            error_shareable(&rq, &rs, &parse_cache_control(&rs))
-        };
-        assert!(ok(&[], &[]));
-        assert!(!ok(&[], &[("cache-control", "private, no-store")]));
-        assert!(!ok(&[], &[("cache-control", "no-store")]));
-        assert!(!ok(&[], &[("set-cookie", "a=b")]));
-        assert!(!ok(&[("cookie", "s=1")], &[]));
-        assert!(ok(&[("cookie", "s=1")], &[("cache-control", "public")]));
     }
 
     #[test]
