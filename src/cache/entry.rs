@@ -76,10 +76,8 @@ pub struct Entry {
     pub initial_age: Duration,
     pub lifetime: Duration,
     pub stale: StaleRules,
-    /// Fetched for a request with `Cookie` or `Authorization`.
-    pub credentials: bool,
     /// May be given to visitors other than the one it was fetched for without the origin
-    /// confirming it for them (`policy::shareable`). Otherwise it only serves as the base of a
+    /// confirming it for them (`share::shareable`). Otherwise it only serves as the base of a
     /// conditional request.
     pub shared: bool,
     /// Marked stale by an unsafe request or an answer that could not replace it: it must be
@@ -192,7 +190,6 @@ impl Entry {
             initial_age,
             lifetime,
             stale: stale_rules(&directives, settings.default_swr, settings.default_sie),
-            credentials,
             shared,
             invalidated: false,
             last_used: LastUse::now(),
