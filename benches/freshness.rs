@@ -37,6 +37,7 @@ fn settings() -> StoreSettings {
         heuristic: Heuristic {
             max: Duration::from_secs(24 * 3600),
             default_ttl: Duration::ZERO,
+            negative_ttl: Duration::from_secs(10),
         },
         default_swr: Duration::ZERO,
         default_sie: Duration::ZERO,

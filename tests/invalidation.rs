@@ -309,9 +309,27 @@ async fn a_location_with_the_default_port_invalidates_too() {
         .await;
     assert_eq!(put.status, 201);
     let after = get_d().await;
+    // Marked stale, not deleted: revalidated with the origin, not served from memory.
     assert!(
-        after.cache_status().contains("fwd=uri-miss"),
+        after.cache_status().contains("fwd=stale"),
         "{}",
         after.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn a_post_marks_the_copy_stale_but_grace_still_has_it_in_an_outage() {
+    let (origin, kagami) = with_cached(&[("/page", "last good")]).await;
+    let post = post_to(&kagami, "/page", "comment=spam").await;
+    assert_eq!(post.status, 200);
+
+    origin.kill();
+    let outage = kagami.get("/page").await;
+    assert_eq!(outage.status, 200, "{}", outage.cache_status());
+    assert_eq!(outage.text(), "last good");
+    assert!(
+        outage.cache_status().contains("grace"),
+        "{}",
+        outage.cache_status()
     );
 }

@@ -153,3 +153,41 @@ async fn head_is_answered_from_a_stored_get_and_fills_the_cache() {
     assert_eq!(head_hit.header("content-length"), Some("10"));
     assert_eq!(origin.log(), vec![("GET".to_string(), "/h".to_string())]);
 }
+
+#[tokio::test]
+async fn a_304_that_makes_the_copy_private_removes_it() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/p",
+        Route::ok("shared")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\""),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    kagami.get("/p").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Same validator, but the page is now private: the origin answers 304 with that.
+    origin.route(
+        "/p",
+        Route::ok("shared")
+            .header("cache-control", "private, max-age=60")
+            .header("etag", "\"v1\""),
+    );
+    let revalidated = kagami.get("/p").await;
+    assert_eq!(revalidated.text(), "shared");
+    assert_eq!(origin.not_modified_count(), 1);
+    assert!(
+        !revalidated.cache_status().contains("stored"),
+        "{}",
+        revalidated.cache_status()
+    );
+
+    let next = kagami.get("/p").await;
+    assert!(
+        !next.cache_status().contains("hit"),
+        "a private copy is not served from memory: {}",
+        next.cache_status()
+    );
+    assert_eq!(origin.hits("/p"), 3);
+}

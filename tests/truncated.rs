@@ -28,6 +28,11 @@ async fn truncated_body_is_not_cached_and_the_client_sees_an_error() {
 
     let response = kagami.client.get(kagami.url("/cut")).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    let cache_status = response.headers()["cache-status"].to_str().unwrap();
+    assert!(
+        !cache_status.contains("stored"),
+        "a body cut short is not claimed as stored: {cache_status}"
+    );
     assert!(
         response.bytes().await.is_err(),
         "the body must not complete"
@@ -86,4 +91,37 @@ async fn garbage_from_the_origin_gives_502() {
     let reply = kagami.get("/x").await;
     assert_eq!(reply.status, 502);
     garbage.abort();
+}
+
+#[tokio::test]
+async fn a_streamed_body_cut_short_is_not_claimed_as_stored() {
+    // Over the size read whole before answering: the head goes out while the body streams.
+    let origin = Origin::start().await;
+    origin.route(
+        "/big",
+        Route::ok(vec![b'z'; 1 << 20])
+            .header("cache-control", "max-age=60")
+            .truncated(),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    let response = kagami.client.get(kagami.url("/big")).send().await.unwrap();
+    let cache_status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        response.bytes().await.is_err(),
+        "the body must not complete"
+    );
+    assert!(!cache_status.contains("stored"), "{cache_status}");
+    origin.route(
+        "/big",
+        Route::ok(vec![b'z'; 1 << 20]).header("cache-control", "max-age=60"),
+    );
+    let again = kagami.get("/big").await;
+    assert!(
+        again.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        again.cache_status()
+    );
 }

@@ -65,3 +65,42 @@ async fn vary_star_never_matches() {
     assert_eq!(origin.hits("/star"), 2);
     assert!(!second.cache_status().contains("hit"));
 }
+
+#[tokio::test]
+async fn junk_variants_evict_the_least_recently_used_not_the_popular_one() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/ua",
+        Route::ok("page")
+            .header("cache-control", "max-age=60")
+            .header("vary", "User-Agent"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    let get = |ua: String| {
+        kagami.send(
+            kagami
+                .client
+                .get(kagami.url("/ua"))
+                .header("user-agent", ua),
+        )
+    };
+    let popular = || get("Mozilla/5.0 popular".to_string());
+    popular().await;
+    // 16 junk User-Agents, the popular one asked for all along (the cap is 16 variants).
+    for i in 0..16 {
+        let hit = popular().await;
+        assert!(
+            hit.cache_status().contains("hit"),
+            "{i}: {}",
+            hit.cache_status()
+        );
+        get(format!("junk-{i}")).await;
+    }
+    let last = popular().await;
+    assert!(
+        last.cache_status().contains("hit"),
+        "the popular variant survives: {}",
+        last.cache_status()
+    );
+    assert_eq!(origin.hits("/ua"), 17);
+}

@@ -1,5 +1,6 @@
 //! A stored response: status, headers, body, its secondary (Vary) key and its freshness facts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use super::policy::{
     corrected_initial_age, freshness_lifetime, http_date, stale_rules, vary_names, Heuristic,
     StaleRules,
 };
+use super::share::{explicitly_shareable, has_credentials, shareable};
 use crate::config::{CookiePolicy, SiteConfig};
 
 /// The request's values of the fields a response varies on, normalised: repeated lines are
@@ -54,6 +56,7 @@ impl StoreSettings {
             heuristic: Heuristic {
                 max: site.heuristic_max,
                 default_ttl: site.default_ttl,
+                negative_ttl: site.negative_ttl,
             },
             default_swr: site.stale_while_revalidate,
             default_sie: site.stale_if_error,
@@ -73,6 +76,43 @@ pub struct Entry {
     pub initial_age: Duration,
     pub lifetime: Duration,
     pub stale: StaleRules,
+    /// May be given to visitors other than the one it was fetched for without the origin
+    /// confirming it for them (`share::shareable`). Otherwise it only serves as the base of a
+    /// conditional request.
+    pub shared: bool,
+    /// Marked stale by an unsafe request or an answer that could not replace it: it must be
+    /// revalidated (no stale-while-revalidate), but stays for grace when the origin fails.
+    pub invalidated: bool,
+    /// When this variant was last looked up, for the per-URI variant cap.
+    pub last_used: LastUse,
+}
+
+/// A logical clock of variant use: a process-wide counter, so order is exact even for uses in
+/// the same millisecond.
+#[derive(Debug)]
+pub struct LastUse(AtomicU64);
+
+static USE_CLOCK: AtomicU64 = AtomicU64::new(0);
+
+impl LastUse {
+    fn now() -> LastUse {
+        LastUse(AtomicU64::new(USE_CLOCK.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    pub fn touch(&self) {
+        self.0
+            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for LastUse {
+    fn clone(&self) -> LastUse {
+        LastUse(AtomicU64::new(self.get()))
+    }
 }
 
 /// Fields a 304 must not overwrite in the stored response (RFC 9111 §3.2): they describe the
@@ -97,6 +137,7 @@ impl Entry {
         settings: &StoreSettings,
     ) -> Entry {
         let variant = variant_of(&vary_names(&headers), request_headers);
+        let credentials = has_credentials(request_headers);
         if settings.cookies == CookiePolicy::Strip {
             headers.remove(SET_COOKIE);
         }
@@ -110,8 +151,8 @@ impl Entry {
             headers,
             body,
             variant,
-            request_time,
-            response_time,
+            credentials,
+            (request_time, response_time),
             settings,
         )
     }
@@ -121,8 +162,8 @@ impl Entry {
         mut headers: HeaderMap,
         body: Bytes,
         variant: Variant,
-        request_time: SystemTime,
-        response_time: SystemTime,
+        credentials: bool,
+        (request_time, response_time): (SystemTime, SystemTime),
         settings: &StoreSettings,
     ) -> Entry {
         let directives = response_directives(&headers);
@@ -135,6 +176,11 @@ impl Entry {
         );
         let initial_age = corrected_initial_age(&headers, request_time, response_time);
         headers.remove(AGE);
+        let shared = shareable(
+            credentials,
+            explicitly_shareable(&directives, &headers),
+            lifetime,
+        );
         Entry {
             status,
             headers,
@@ -144,14 +190,19 @@ impl Entry {
             initial_age,
             lifetime,
             stale: stale_rules(&directives, settings.default_swr, settings.default_sie),
+            shared,
+            invalidated: false,
+            last_used: LastUse::now(),
         }
     }
 
     /// The entry after a 304 Not Modified (RFC 9111 §4.3.4): the 304's fields replace the
-    /// stored ones, the body stays, and freshness starts again from the 304.
+    /// stored ones, the body stays, and freshness starts again from the 304. The origin has
+    /// confirmed the body for `request`, so whether it carried credentials is what counts now.
     pub fn refreshed(
         &self,
         not_modified: &HeaderMap,
+        request: &HeaderMap,
         request_time: SystemTime,
         response_time: SystemTime,
         settings: &StoreSettings,
@@ -174,10 +225,35 @@ impl Entry {
             headers,
             self.body.clone(),
             self.variant.clone(),
-            request_time,
-            response_time,
+            has_credentials(request),
+            (request_time, response_time),
             settings,
         )
+    }
+
+    /// This entry marked stale now (RFC 9111 §4.4 invalidation without deleting the outage
+    /// copy): freshness ends at its current age, so grace counts from now.
+    pub fn marked_stale(&self, now: SystemTime) -> Entry {
+        let mut entry = self.clone();
+        entry.lifetime = self.lifetime.min(self.age(now));
+        entry.invalidated = true;
+        entry
+    }
+
+    /// May this copy be served to anyone without revalidation (a fresh hit or a waiter)?
+    pub fn serves_fresh(&self, now: SystemTime) -> bool {
+        self.shared && self.is_fresh(now)
+    }
+
+    /// May this copy be served stale (grace, stale-if-error, over a budget)? Only a shareable
+    /// 2xx: errors and redirects are never served stale.
+    pub fn may_serve_stale(&self) -> bool {
+        self.shared && self.status.is_success()
+    }
+
+    /// May this copy be served stale while it is revalidated in the background?
+    pub fn may_serve_while_revalidating(&self) -> bool {
+        self.may_serve_stale() && !self.invalidated
     }
 
     /// Current age (RFC 9111 §4.2.3).
@@ -242,6 +318,7 @@ mod tests {
             heuristic: Heuristic {
                 max: Duration::from_secs(3600),
                 default_ttl: Duration::ZERO,
+                negative_ttl: Duration::from_secs(10),
             },
             default_swr: Duration::ZERO,
             default_sie: Duration::ZERO,
@@ -324,11 +401,44 @@ mod tests {
         not_modified.insert("x-a", HeaderValue::from_static("new"));
         not_modified.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         let now = SystemTime::now();
-        let r = e.refreshed(&not_modified, now, now, &settings());
+        let r = e.refreshed(&not_modified, &HeaderMap::new(), now, now, &settings());
         assert_eq!(r.body, e.body);
         assert_eq!(r.headers["x-a"], "new");
         assert_eq!(r.headers[CONTENT_LENGTH], "4");
         assert_eq!(r.etag(), Some("\"v1\""));
         assert!(r.is_fresh(now));
+    }
+
+    #[test]
+    fn a_copy_fetched_with_a_cookie_is_shared_only_when_explicit_or_confirmed_for_others() {
+        let mut cookie = HeaderMap::new();
+        cookie.insert("cookie", HeaderValue::from_static("session=a"));
+        let lm = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(36_000));
+        let personal = entry(&[("last-modified", &lm), ("etag", "\"p\"")], &cookie);
+        let now = SystemTime::now();
+        assert!(personal.is_fresh(now), "heuristically fresh");
+        assert!(!personal.serves_fresh(now) && !personal.may_serve_stale());
+        // A 304 to the same visitor changes nothing; one to a visitor without credentials
+        // confirms the body is what anyone gets.
+        let again = personal.refreshed(&HeaderMap::new(), &cookie, now, now, &settings());
+        assert!(!again.shared);
+        let anonymous =
+            personal.refreshed(&HeaderMap::new(), &HeaderMap::new(), now, now, &settings());
+        assert!(anonymous.shared);
+        let public = entry(&[("cache-control", "max-age=60")], &cookie);
+        assert!(public.serves_fresh(now));
+    }
+
+    #[test]
+    fn never_fresh_copies_and_errors_are_never_served_stale() {
+        let never_fresh = entry(&[], &HeaderMap::new());
+        assert!(!never_fresh.shared && !never_fresh.may_serve_stale());
+        let mut not_found = entry(&[("cache-control", "max-age=60")], &HeaderMap::new());
+        not_found.status = StatusCode::NOT_FOUND;
+        assert!(not_found.shared && !not_found.may_serve_stale());
+        let good = entry(&[("cache-control", "max-age=60")], &HeaderMap::new());
+        let marked = good.marked_stale(SystemTime::now());
+        assert!(!marked.is_fresh(SystemTime::now()));
+        assert!(marked.may_serve_stale() && !marked.may_serve_while_revalidating());
     }
 }

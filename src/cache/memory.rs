@@ -1,6 +1,7 @@
 //! The in-memory store (moka): primary key -> the stored variants of that URI.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::HeaderMap;
 
@@ -48,14 +49,24 @@ impl MemoryStore {
                 .entries
                 .iter()
                 .find(|e| e.matches(request))
-                .map(|e| Lookup::Found(e.clone()))
+                .map(|e| {
+                    e.last_used.touch();
+                    Lookup::Found(e.clone())
+                })
                 .unwrap_or(Lookup::VaryMiss),
         }
     }
 
     /// Stores `entry`, replacing the variant with the same secondary key. Variants that vary on
     /// other fields are dropped: the origin changed its `Vary`, so they can no longer be chosen.
-    pub fn insert(&self, key: String, entry: Arc<Entry>) {
+    /// Past `MAX_VARIANTS` the least recently used variant goes, so junk values of a varied
+    /// header cannot push out the popular one. An answer other than 2xx is never stored over a
+    /// stored 2xx of the URI (those stay for outages): then nothing is stored and `false` is
+    /// returned.
+    pub fn insert(&self, key: String, entry: Arc<Entry>) -> bool {
+        if !entry.status.is_success() && self.has_success(&key) {
+            return false;
+        }
         let names = |e: &Entry| e.variant.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
         let new_names = names(&entry);
         let mut entries: Vec<Arc<Entry>> = self
@@ -70,8 +81,63 @@ impl MemoryStore {
             })
             .unwrap_or_default();
         entries.insert(0, entry);
-        entries.truncate(MAX_VARIANTS);
+        while entries.len() > MAX_VARIANTS {
+            // The new entry (index 0) is never the one evicted.
+            let Some((lru, _)) = entries
+                .iter()
+                .enumerate()
+                .skip(1)
+                .min_by_key(|(_, e)| e.last_used.get())
+            else {
+                break;
+            };
+            entries.remove(lru);
+        }
         self.cache.insert(key, Arc::new(Variants { entries }));
+        true
+    }
+
+    /// Is a 2xx stored for any variant of `key`?
+    pub fn has_success(&self, key: &str) -> bool {
+        self.cache
+            .get(key)
+            .is_some_and(|v| v.entries.iter().any(|e| e.status.is_success()))
+    }
+
+    /// Marks every variant of a URI stale: it must be revalidated before it is served again,
+    /// but stays for grace while the origin fails (RFC 9111 §4.4 invalidation that an
+    /// anonymous POST cannot use to delete the outage copy).
+    pub fn mark_stale(&self, key: &str) {
+        let Some(variants) = self.cache.get(key) else {
+            return;
+        };
+        let now = SystemTime::now();
+        let entries = variants
+            .entries
+            .iter()
+            .map(|e| Arc::new(e.marked_stale(now)))
+            .collect();
+        self.cache
+            .insert(key.to_string(), Arc::new(Variants { entries }));
+    }
+
+    /// Removes one stored variant (the one `entry` was looked up as), keeping the others.
+    pub fn remove_variant(&self, key: &str, entry: &Entry) {
+        let Some(variants) = self.cache.get(key) else {
+            return;
+        };
+        let entries: Vec<Arc<Entry>> = variants
+            .entries
+            .iter()
+            .filter(|e| e.variant != entry.variant)
+            .cloned()
+            .collect();
+        if entries.is_empty() {
+            self.cache.invalidate(key);
+        } else {
+            self.cache
+                .insert(key.to_string(), Arc::new(Variants { entries }));
+        }
     }
 
     /// Removes every variant of a URI (RFC 9111 §4.4 invalidation, purge).
@@ -104,6 +170,7 @@ mod tests {
             heuristic: Heuristic {
                 max: Duration::ZERO,
                 default_ttl: Duration::ZERO,
+                negative_ttl: Duration::ZERO,
             },
             default_swr: Duration::ZERO,
             default_sie: Duration::ZERO,
@@ -142,5 +209,39 @@ mod tests {
         assert!(matches!(store.lookup("k", &req("fr")), Lookup::VaryMiss));
         store.invalidate("k");
         assert!(matches!(store.lookup("k", &req("ja")), Lookup::Miss));
+    }
+
+    #[test]
+    fn the_variant_cap_evicts_the_least_recently_used() {
+        let store = MemoryStore::new(1 << 20);
+        store.insert("k".into(), entry("ja", "popular"));
+        for i in 0..MAX_VARIANTS + 4 {
+            // The popular variant is asked for between the junk ones.
+            assert!(matches!(store.lookup("k", &req("ja")), Lookup::Found(_)));
+            store.insert("k".into(), entry(&format!("junk{i}"), "junk"));
+        }
+        assert!(
+            matches!(store.lookup("k", &req("ja")), Lookup::Found(_)),
+            "the popular variant survives"
+        );
+        assert!(matches!(store.lookup("k", &req("junk0")), Lookup::VaryMiss));
+    }
+
+    #[test]
+    fn marking_stale_keeps_the_copy_and_an_error_never_replaces_a_2xx() {
+        let store = MemoryStore::new(1 << 20);
+        store.insert("k".into(), entry("ja", "good"));
+        store.mark_stale("k");
+        let Lookup::Found(e) = store.lookup("k", &req("ja")) else {
+            panic!("marked stale, not removed")
+        };
+        assert!(!e.is_fresh(SystemTime::now()) && e.invalidated);
+        let mut not_found = (*entry("ja", "404")).clone();
+        not_found.status = StatusCode::NOT_FOUND;
+        assert!(!store.insert("k".into(), Arc::new(not_found)));
+        let Lookup::Found(e) = store.lookup("k", &req("ja")) else {
+            panic!()
+        };
+        assert_eq!(e.body, "good");
     }
 }

@@ -10,6 +10,7 @@ pub mod entry;
 pub mod key;
 pub mod memory;
 pub mod policy;
+pub mod share;
 pub mod status;
 
 pub use entry::{Entry, StoreSettings};

@@ -29,6 +29,8 @@ pub enum NotStorable {
     VaryStar,
     NoFreshnessInfo,
     TooLarge,
+    /// An error or redirect never replaces a stored 2xx (it stays for outages).
+    GoodCopyKept,
 }
 
 impl NotStorable {
@@ -43,6 +45,7 @@ impl NotStorable {
             NotStorable::VaryStar => "vary-star",
             NotStorable::NoFreshnessInfo => "not-cacheable",
             NotStorable::TooLarge => "too-large",
+            NotStorable::GoodCopyKept => "good-copy-kept",
         }
     }
 }
@@ -117,10 +120,14 @@ pub fn http_date(headers: &HeaderMap, name: http::header::HeaderName) -> Option<
 pub struct Heuristic {
     pub max: Duration,
     pub default_ttl: Duration,
+    /// Lifetime of a cacheable non-2xx answer without explicit freshness (`negative_ttl`).
+    pub negative_ttl: Duration,
 }
 
 /// RFC 9111 §4.2.1: s-maxage > max-age > Expires − Date > heuristic.
-/// `response_time` stands in for a missing `Date`.
+/// `response_time` stands in for a missing `Date`. The heuristic and `default_ttl` apply to
+/// 2xx only: a 404 for a page not yet published must not outlive its publication, so other
+/// answers without explicit freshness get `negative_ttl`.
 pub fn freshness_lifetime(
     status: StatusCode,
     headers: &HeaderMap,
@@ -147,6 +154,9 @@ pub fn freshness_lifetime(
     }
     if !heuristically_cacheable(status) {
         return Duration::ZERO;
+    }
+    if !status.is_success() {
+        return heuristic.negative_ttl;
     }
     match http_date(headers, LAST_MODIFIED) {
         Some(modified) => date
@@ -264,7 +274,8 @@ mod tests {
 
     const H: Heuristic = Heuristic {
         max: Duration::from_secs(86_400),
-        default_ttl: Duration::ZERO,
+        default_ttl: Duration::from_secs(300),
+        negative_ttl: Duration::from_secs(10),
     };
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -341,7 +352,18 @@ mod tests {
     fn heuristic_only_for_heuristically_cacheable_codes() {
         let lm = httpdate::fmt_http_date(t(0) - Duration::from_secs(1000));
         assert_eq!(lifetime(302, &[("last-modified", &lm)]), 0);
-        assert_eq!(lifetime(404, &[("last-modified", &lm)]), 100);
+        assert_eq!(lifetime(200, &[]), 300, "default_ttl");
+    }
+
+    #[test]
+    fn errors_and_redirects_without_explicit_freshness_get_negative_ttl_only() {
+        let lm = httpdate::fmt_http_date(t(0) - Duration::from_secs(100_000));
+        for status in [404, 410, 301, 308] {
+            assert_eq!(lifetime(status, &[("last-modified", &lm)]), 10, "{status}");
+            assert_eq!(lifetime(status, &[]), 10, "{status}: not default_ttl");
+        }
+        // Explicit freshness is the origin's choice.
+        assert_eq!(lifetime(404, &[("cache-control", "max-age=60")]), 60);
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub struct RawSite {
     pub stale_if_error: Option<String>,
     pub heuristic_max: Option<String>,
     pub default_ttl: Option<String>,
+    pub negative_ttl: Option<String>,
     pub max_object_size: Option<String>,
     pub cache_cookies: Option<String>,
     pub connect_timeout: Option<String>,

@@ -72,6 +72,9 @@ pub struct SiteConfig {
     /// Freshness given to heuristically cacheable responses that carry neither explicit
     /// freshness nor Last-Modified.
     pub default_ttl: Duration,
+    /// Lifetime of cacheable answers other than 2xx (404, 410, redirects) that carry no
+    /// explicit freshness: short, so a page published after a 404 is seen at once.
+    pub negative_ttl: Duration,
     pub max_object_size: u64,
     pub cache_cookies: CookiePolicy,
     pub timeouts: OriginTimeouts,
@@ -254,6 +257,7 @@ pub(super) fn validate_site(
         stale_if_error: d(problems, "stale_if_error", &raw.stale_if_error, 0),
         heuristic_max: d(problems, "heuristic_max", &raw.heuristic_max, 86_400),
         default_ttl: d(problems, "default_ttl", &raw.default_ttl, 0),
+        negative_ttl: d(problems, "negative_ttl", &raw.negative_ttl, 10),
         max_object_size: problems.size(key("max_object_size"), &raw.max_object_size, 32 << 20),
         cache_cookies,
         timeouts: OriginTimeouts {

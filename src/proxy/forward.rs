@@ -15,6 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::fill::{relay, StoreJob};
 use super::respond::{self, from_entry, Canned};
+use super::whole;
 use super::{
     default_port, forwarding, headers, path_and_query, Client, Failure, Outcome, Proxy, Req,
     Served, Site,
@@ -22,6 +23,7 @@ use super::{
 use crate::cache::coalesce::Leader;
 use crate::cache::control::response_directives;
 use crate::cache::policy::{storable, NotStorable};
+use crate::cache::share::error_shareable;
 use crate::cache::{CacheStatus, Entry, Phase};
 use crate::origin::{is_failure, is_unhealthy, OriginError, Upload};
 use crate::routing::{target, Authority};
@@ -92,11 +94,31 @@ impl Proxy {
                         log_origin_error(site, &err);
                         self.unavailable(site, &err)
                     }
-                    Ok(response) => Failure {
-                        origin_status: Some(response.status()),
-                        answer: shared_error(response).await,
-                        detail: "origin-error",
-                    },
+                    Ok(response) => {
+                        let status = response.status();
+                        let shareable = error_shareable(
+                            &req.parts.headers,
+                            response.headers(),
+                            &response_directives(response.headers()),
+                        );
+                        let own = shared_error(response).await;
+                        let (answer, own) = if shareable {
+                            (own, None)
+                        } else {
+                            // The waiters get Kagami's own page, never this visitor's.
+                            let generic = Canned::error(
+                                status,
+                                "kagami: the origin server reported an error",
+                            );
+                            (generic, Some(own))
+                        };
+                        Failure {
+                            origin_status: Some(status),
+                            answer,
+                            own,
+                            detail: "origin-error",
+                        }
+                    }
                 };
                 drop(permit);
                 return self.origin_failed(req, stale, phase, leader, failure);
@@ -113,15 +135,38 @@ impl Proxy {
                 let cookies: Vec<HeaderValue> =
                     update.get_all(SET_COOKIE).iter().cloned().collect();
                 update.remove(SET_COOKIE);
-                let refreshed =
-                    Arc::new(entry.refreshed(&update, request_time, response_time, &site.settings));
-                self.store.insert(key, refreshed.clone());
-                finish(leader, Outcome::Stored(refreshed.clone()));
+                let refreshed = Arc::new(entry.refreshed(
+                    &update,
+                    &req.parts.headers,
+                    request_time,
+                    response_time,
+                    &site.settings,
+                ));
                 let now = SystemTime::now();
-                let cache_status = CacheStatus::new(Phase::Revalidated)
+                let mut cache_status = CacheStatus::new(Phase::Revalidated)
                     .fwd_status(304)
-                    .ttl(refreshed.ttl(now))
-                    .stored(true);
+                    .ttl(refreshed.ttl(now));
+                // The merged headers decide: a 304 that makes the copy private, no-store,
+                // Vary: * ... removes it, and this visitor's answer is theirs alone.
+                match storable(
+                    &Method::GET,
+                    &req.parts.headers,
+                    refreshed.status,
+                    &refreshed.headers,
+                    &response_directives(&refreshed.headers),
+                    site.settings.cookies,
+                ) {
+                    Ok(()) => {
+                        self.store.insert(key, refreshed.clone());
+                        finish(leader, Outcome::Stored(refreshed.clone()));
+                        cache_status = cache_status.stored(true);
+                    }
+                    Err(reason) => {
+                        self.store.remove_variant(&key, entry);
+                        finish(leader, Outcome::Uncacheable);
+                        cache_status = cache_status.detail(reason.as_str());
+                    }
+                }
                 let mut answer = from_entry(&refreshed, &req.parts, now);
                 for cookie in cookies {
                     answer.headers_mut().append(SET_COOKIE, cookie);
@@ -157,10 +202,14 @@ impl Proxy {
         if verdict.is_ok() && stale.is_some() && !replaces_page {
             verdict = Err(NotStorable::Status);
         }
+        // A 404 or redirect (perhaps provoked by a header outside the key) never replaces a
+        // stored 2xx: that copy is marked stale below and stays for outages.
+        if verdict.is_ok() && !status.is_success() && self.store.has_success(&key) {
+            verdict = Err(NotStorable::GoodCopyKept);
+        }
         let mut cache_status = CacheStatus::new(phase).fwd_status(status.as_u16());
         let (job, leader) = match verdict {
             Ok(()) => {
-                cache_status = cache_status.stored(true);
                 let job = StoreJob {
                     store: self.store.clone(),
                     key,
@@ -172,13 +221,27 @@ impl Proxy {
                     settings: site.settings,
                     max_size: site.config.max_object_size,
                 };
+                if response
+                    .content_length()
+                    .is_some_and(|len| len <= whole::HOLD_BEFORE_ANSWER)
+                {
+                    response_headers.remove(respond::CDN_CACHE_CONTROL);
+                    let want_body = req.parts.method != Method::HEAD;
+                    let (body, stored) =
+                        whole::fill(response, job, leader, want_body, permit).await;
+                    let answer = respond::build(status, response_headers, body);
+                    return (answer, cache_status.stored(stored));
+                }
+                // Streamed: the head goes out before the body is known to be complete, so it
+                // cannot say `stored`.
                 (Some(job), leader)
             }
             Err(reason) => {
                 cache_status = cache_status.detail(reason.as_str());
-                // A real new answer that may not be stored makes the old copy outdated.
+                // A real new answer that may not be stored makes the old copy outdated: it
+                // must be revalidated, but a visitor must not be able to delete the outage copy.
                 if stale.is_some() && replaces_page {
-                    self.store.invalidate(&key);
+                    self.store.mark_stale(&key);
                 }
                 finish(leader, Outcome::Uncacheable);
                 (None, None)
@@ -237,13 +300,15 @@ impl Proxy {
                 headers,
                 body: site.config.emergency_page.clone(),
             },
+            own: None,
             origin_status: None,
             detail: err.detail(),
         }
     }
 
     /// Non-cacheable requests: relayed to the origin as they are. A successful unsafe method
-    /// invalidates the stored target URI and same-site Location / Content-Location (RFC 9111 §4.4).
+    /// invalidates the stored target URI and same-site Location / Content-Location (RFC 9111 §4.4):
+    /// marked stale, not deleted, so that grace still has them when the origin fails.
     pub(super) async fn pass(
         &self,
         index: usize,
@@ -337,7 +402,7 @@ impl Proxy {
     }
 
     fn invalidate_after_unsafe(&self, site: &Site, path: &str, host: &str, response: &HeaderMap) {
-        self.store.invalidate(&site.key(host, path));
+        self.store.mark_stale(&site.key(host, path));
         for field in [LOCATION, CONTENT_LOCATION] {
             let Some(location) = response.get(field).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -354,7 +419,7 @@ impl Proxy {
             };
             let pq = uri.path_and_query().map_or("/", |p| p.as_str());
             if let (true, Ok(target)) = (same_origin, target::canonical(pq)) {
-                self.store.invalidate(&site.key(host, &target));
+                self.store.mark_stale(&site.key(host, &target));
             }
         }
     }

@@ -12,6 +12,7 @@ mod forward;
 pub mod forwarding;
 mod headers;
 pub mod respond;
+mod whole;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -51,8 +52,12 @@ pub enum Outcome {
 
 /// An origin failure shared with coalesced waiters.
 pub struct Failure {
-    /// What to send a client that has no stale copy to fall back on.
+    /// What to send a client that has no stale copy to fall back on; for waiters, it is
+    /// Kagami's own error page when the origin's answer may not be shared.
     pub answer: Canned,
+    /// The origin's own answer, for the visitor whose request got it only (when it is not
+    /// shareable: `private`, `no-store`, a cookie, or an answer to a request with credentials).
+    pub own: Option<Canned>,
     /// The origin's status, when it answered at all (for `fwd-status`).
     pub origin_status: Option<StatusCode>,
     /// Why, for Cache-Status.
@@ -345,7 +350,7 @@ impl Proxy {
         let key = site.key(&req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
         let (stale, phase) = match self.store.lookup(&key, &req.sent) {
-            Lookup::Found(entry) if entry.is_fresh(now) => {
+            Lookup::Found(entry) if entry.serves_fresh(now) => {
                 if let Err(wait) = check(&site.hits, req.ip) {
                     return self.too_many(wait, &req.parts.method);
                 }
@@ -354,10 +359,12 @@ impl Proxy {
             }
             Lookup::Found(entry) => {
                 let staleness = entry.staleness(now);
-                let detail = if serve_while_revalidating(&entry.stale, staleness) {
+                let detail = if entry.may_serve_while_revalidating()
+                    && serve_while_revalidating(&entry.stale, staleness)
+                {
                     self.revalidate_in_background(&req, key.clone(), entry.clone());
                     Some("stale-while-revalidate")
-                } else if site.origin.avoid() {
+                } else if site.origin.avoid() && entry.may_serve_stale() {
                     stale_on_error(
                         &entry.stale,
                         staleness,
@@ -411,7 +418,7 @@ impl Proxy {
                     // Another leader may have stored the page between our lookup and now.
                     if let Lookup::Found(entry) = self.store.lookup(&key, &req.sent) {
                         let now = SystemTime::now();
-                        if entry.is_fresh(now)
+                        if entry.serves_fresh(now)
                             && stale.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &entry))
                         {
                             drop(leader);
@@ -434,7 +441,11 @@ impl Proxy {
                         return self.too_many(wait, &req.parts.method);
                     }
                     match waiter.wait(site.config.coalesce_timeout).await {
-                        Wait::Done(Outcome::Stored(entry)) if entry.matches(&req.sent) => {
+                        // Only a shareable copy goes to the waiters; another one may be the
+                        // leader's visitor's own page, so each waiter fetches for itself.
+                        Wait::Done(Outcome::Stored(entry))
+                            if entry.shared && entry.matches(&req.sent) =>
+                        {
                             let now = SystemTime::now();
                             let status = CacheStatus::new(phase)
                                 .fwd_status(entry.status.as_u16())
@@ -476,7 +487,8 @@ impl Proxy {
         stale: &Option<Arc<Entry>>,
         origin_status: Option<StatusCode>,
     ) -> Option<Served> {
-        let entry = stale.as_ref()?;
+        // Never a copy that may be somebody else's page, nor a stored error.
+        let entry = stale.as_ref().filter(|e| e.may_serve_stale())?;
         let now = SystemTime::now();
         let grace = self.sites[req.site].config.grace;
         let reason = stale_on_error(
@@ -500,7 +512,11 @@ impl Proxy {
             .fwd(fwd_of(phase))
             .detail(failure.detail)
             .collapsed(collapsed);
-        let mut response = failure.answer.response(&req.parts.method);
+        let answer = match &failure.own {
+            Some(own) if !collapsed => own,
+            _ => &failure.answer,
+        };
+        let mut response = answer.response(&req.parts.method);
         match failure.origin_status {
             Some(s) => status = status.fwd_status(s.as_u16()),
             None => {
