@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub max_request_body: u64,
     /// Client connections open at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: one /64); trusted proxies are
+    /// exempt. Further connections from that address are closed at once.
+    pub max_connections_per_client: usize,
     /// Requests handled at once; further ones get 503 at once.
     pub max_requests_in_flight: usize,
     /// HTTP/2 streams one connection may have open at once.
@@ -125,6 +128,8 @@ impl Config {
                 max_headers: 100,
                 max_request_body: 10 << 20,
                 max_connections: 10_000,
+                // Generous: whole neighbourhoods share one address behind carrier-grade NAT.
+                max_connections_per_client: 1_000,
                 max_requests_in_flight: 10_000,
                 h2_max_concurrent_streams: 100,
             },
@@ -347,6 +352,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             server.max_connections,
             defaults.max_connections,
             &mut config.server.max_connections,
+        ),
+        (
+            "server.max_connections_per_client",
+            server.max_connections_per_client,
+            defaults.max_connections_per_client,
+            &mut config.server.max_connections_per_client,
         ),
         (
             "server.max_requests_in_flight",

@@ -36,6 +36,8 @@ pub struct OriginTimeouts {
 pub struct OriginProtection {
     /// Origin requests under way at once for this site, all origins together.
     pub concurrency: usize,
+    /// Of those, how many one client address may hold at once (its rate-limit key).
+    pub concurrency_per_client: usize,
     /// How long a request without a stale copy waits for a free origin slot.
     pub queue_timeout: Duration,
     /// Consecutive failures of one origin that open its circuit.
@@ -253,6 +255,11 @@ pub(super) fn validate_site(
         coalesce_timeout: d(problems, "coalesce_timeout", &raw.coalesce_timeout, 10),
         protection: OriginProtection {
             concurrency: raw.origin_concurrency.unwrap_or(32),
+            // A quarter of the site's slots: a browser's parallel misses fit, and one client can
+            // never hold them all.
+            concurrency_per_client: raw
+                .origin_concurrency_per_client
+                .unwrap_or_else(|| raw.origin_concurrency.unwrap_or(32).div_ceil(4)),
             queue_timeout: ms(
                 problems,
                 "origin_queue_timeout",
@@ -297,6 +304,13 @@ pub(super) fn validate_site(
         problems.add(
             key("origin_concurrency"),
             format!("must be between 1 and {}", super::MAX_COUNT),
+        );
+    }
+    let per_client = site.protection.concurrency_per_client;
+    if per_client == 0 || per_client > site.protection.concurrency {
+        problems.add(
+            key("origin_concurrency_per_client"),
+            "must be between 1 and origin_concurrency",
         );
     }
     if site.protection.circuit_failures == 0 {
