@@ -121,9 +121,6 @@ async fn uploads_that_never_arrive_do_not_open_the_circuit() {
     .await;
 
     let statuses = join_all((0..6).map(|_| stalled_upload(&kagami))).await;
-    for status in statuses {
-        assert_eq!(status, 400, "the client's unfinished body is the client's error");
-    }
     let stats = kagami.running.proxy.stats.snapshot();
     assert!(
         !breaker_open(&kagami, 0) && stats.circuit_opened == 0,
@@ -137,6 +134,9 @@ async fn uploads_that_never_arrive_do_not_open_the_circuit() {
         cold.cache_status()
     );
     assert_eq!(origin.hits("/"), 0, "not even a confirmation probe was needed");
+    for status in statuses {
+        assert_eq!(status, 400, "the client's unfinished body is the client's error");
+    }
 }
 
 #[tokio::test]
