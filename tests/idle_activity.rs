@@ -69,7 +69,10 @@ fn keep_pinging(mut ping_pong: h2::PingPong) -> Arc<AtomicUsize> {
 async fn http2_pings_do_not_keep_an_idle_connection_open() {
     let origin = Origin::start().await;
     origin.route("/p", Route::ok("x").header("cache-control", "max-age=60"));
-    let kagami = kagami_with(&origin, |c| c.server.idle_timeout = Duration::from_millis(400)).await;
+    let kagami = kagami_with(&origin, |c| {
+        c.server.idle_timeout = Duration::from_millis(400)
+    })
+    .await;
 
     let (client, ping_pong, driver) = h2_after_one_request(&kagami, "/p").await;
     let answered = keep_pinging(ping_pong);
@@ -93,7 +96,10 @@ async fn http2_pings_do_not_keep_a_stalled_download_open() {
         "/big",
         Route::ok(vec![b'x'; 4 << 20]).header("cache-control", "max-age=60"),
     );
-    let kagami = kagami_with(&origin, |c| c.server.idle_timeout = Duration::from_millis(400)).await;
+    let kagami = kagami_with(&origin, |c| {
+        c.server.idle_timeout = Duration::from_millis(400)
+    })
+    .await;
 
     // The response body is never read, so the stream's flow-control window closes after 64 KiB.
     let (client, ping_pong, driver) = h2_after_one_request(&kagami, "/big").await;
@@ -118,7 +124,10 @@ async fn a_client_reading_a_long_download_slowly_is_not_idle() {
     );
     // The kernel wakes a writer only once much of its send buffer (up to megabytes) has drained,
     // so the idle timeout must exceed that drain time at the client's pace, as 60 s does.
-    let kagami = kagami_with(&origin, |c| c.server.idle_timeout = Duration::from_millis(500)).await;
+    let kagami = kagami_with(&origin, |c| {
+        c.server.idle_timeout = Duration::from_millis(500)
+    })
+    .await;
     // Stored first, so the download is one stored body handed out piece by piece.
     assert_eq!(kagami.get("/long").await.body.len(), size);
 
@@ -155,9 +164,7 @@ async fn a_client_reading_a_long_download_slowly_is_not_idle() {
 
 async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{ip}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
         .await
         .expect("connected in time")
@@ -167,7 +174,10 @@ async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn one_address_cannot_take_every_connection() {
     let origin = Origin::start().await;
-    origin.route("/p", Route::ok("page").header("cache-control", "max-age=60"));
+    origin.route(
+        "/p",
+        Route::ok("page").header("cache-control", "max-age=60"),
+    );
     let kagami = kagami_with(&origin, |c| {
         c.server.max_connections = 6;
         c.server.max_connections_per_client = 2;

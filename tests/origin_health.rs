@@ -26,7 +26,10 @@ async fn one_url_answering_500_neither_opens_the_circuit_nor_starts_the_back_off
     let origin = Origin::start().await;
     origin.route("/", Route::ok("home"));
     origin.route("/broken", Route::ok("bug").status(500));
-    origin.route("/page", Route::ok("v1").header("cache-control", "max-age=1"));
+    origin.route(
+        "/page",
+        Route::ok("v1").header("cache-control", "max-age=1"),
+    );
     origin.route("/cold", cacheable("cold"));
     let kagami = Kagami::start_with(&origin.url(), |site| {
         site.protection.circuit_failures = 3;
@@ -133,9 +136,16 @@ async fn uploads_that_never_arrive_do_not_open_the_circuit() {
         "{}",
         cold.cache_status()
     );
-    assert_eq!(origin.hits("/"), 0, "not even a confirmation probe was needed");
+    assert_eq!(
+        origin.hits("/"),
+        0,
+        "not even a confirmation probe was needed"
+    );
     for status in statuses {
-        assert_eq!(status, 400, "the client's unfinished body is the client's error");
+        assert_eq!(
+            status, 400,
+            "the client's unfinished body is the client's error"
+        );
     }
 }
 

@@ -29,7 +29,10 @@ async fn slow_readers_from_one_address_leave_other_clients_origin_slots() {
     origin.route("/big", Route::ok(vec![b'x'; 24 << 20]));
     for i in 0..4 {
         let path = format!("/cold/{i}");
-        origin.route(&path, Route::ok(path.clone()).header("cache-control", "max-age=60"));
+        origin.route(
+            &path,
+            Route::ok(path.clone()).header("cache-control", "max-age=60"),
+        );
     }
     let kagami = Kagami::start_with(&origin.url(), |site| {
         site.limit_hits = None;
@@ -44,16 +47,17 @@ async fn slow_readers_from_one_address_leave_other_clients_origin_slots() {
     for _ in 0..32 {
         let mut stream = slow_reader_from_second_address(kagami.addr).await;
         stream
-            .write_all(
-                b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer x\r\n\r\n",
-            )
+            .write_all(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer x\r\n\r\n")
             .await
             .unwrap();
         attackers.push(stream);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while origin.hits("/big") < 2 {
-        assert!(Instant::now() < deadline, "the slow readers reached the origin");
+        assert!(
+            Instant::now() < deadline,
+            "the slow readers reached the origin"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

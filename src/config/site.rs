@@ -382,3 +382,56 @@ pub(super) fn parse_origin(text: &str) -> Result<reqwest::Url, String> {
     }
     Ok(url)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    fn site(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n{extra}\n[[site]]\nname = \"a\"\n\
+             hosts = [\"a.example\"]\norigin = \"http://127.0.0.1:8081\"\n"
+        );
+        Config::parse(&text, Path::new("k.toml"))
+    }
+
+    fn site_with(keys: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n[[site]]\nname = \"a\"\n\
+             hosts = [\"a.example\"]\norigin = \"http://127.0.0.1:8081\"\n{keys}\n"
+        );
+        Config::parse(&text, Path::new("k.toml"))
+    }
+
+    fn problem_keys(result: Result<Config, ConfigError>) -> Vec<String> {
+        match result {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| p.key).collect()
+            }
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn per_client_caps_have_generous_defaults() {
+        let config = site("").unwrap();
+        assert_eq!(config.server.max_connections_per_client, 1_000);
+        assert_eq!(config.sites[0].protection.concurrency_per_client, 8);
+        let small = site_with("origin_concurrency = 6").unwrap();
+        assert_eq!(small.sites[0].protection.concurrency_per_client, 2);
+    }
+
+    #[test]
+    fn per_client_caps_are_validated() {
+        let keys = problem_keys(site_with(
+            "origin_concurrency = 4\norigin_concurrency_per_client = 5",
+        ));
+        assert_eq!(keys, vec!["site[0].origin_concurrency_per_client"]);
+        let keys = problem_keys(site_with("origin_concurrency_per_client = 0"));
+        assert_eq!(keys, vec!["site[0].origin_concurrency_per_client"]);
+        let keys = problem_keys(site("max_connections_per_client = 0"));
+        assert_eq!(keys, vec!["server.max_connections_per_client"]);
+    }
+}

@@ -181,7 +181,11 @@ mod tests {
         assert_eq!(c.ask(1_149), Confirm::Known(false));
         assert_eq!(c.ask(1_150), Confirm::Probe, "the verdict expired");
         c.abandon();
-        assert_eq!(c.ask(1_151), Confirm::Probe, "an abandoned probe frees the slot");
+        assert_eq!(
+            c.ask(1_151),
+            Confirm::Probe,
+            "an abandoned probe frees the slot"
+        );
         c.record(true, 1_160);
         assert_eq!(c.ask(1_200), Confirm::Known(true));
     }

@@ -299,6 +299,12 @@ impl Origin {
         tracing::debug!(site = %self.site, origin = %server.base, sick, "confirmation probe");
         server.confirmation.record(sick, health::now_ms());
         std::mem::forget(probe);
+        if !sick {
+            // A real success of the origin, as from an active health check: it also ends a
+            // half-open circuit, so a broken URL cannot hog the one probe slot.
+            self.note(server, server.breaker.record_success());
+            self.backoff.record_success();
+        }
         sick
     }
 

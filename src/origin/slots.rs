@@ -66,7 +66,12 @@ impl ClientSlots {
         )
     }
 
-    fn wrap(&self, ip: IpAddr, semaphore: Arc<Semaphore>, permit: OwnedSemaphorePermit) -> ClientPermit {
+    fn wrap(
+        &self,
+        ip: IpAddr,
+        semaphore: Arc<Semaphore>,
+        permit: OwnedSemaphorePermit,
+    ) -> ClientPermit {
         ClientPermit {
             permit: Some(permit),
             ip,
@@ -172,7 +177,10 @@ mod tests {
         let _own = slots.try_take(None).expect("Kagami's own work");
         assert!(slots.try_take(ip(3)).is_none(), "the site's cap");
         drop(a1);
-        assert!(slots.try_take(ip(1)).is_some(), "a released slot is reusable");
+        assert!(
+            slots.try_take(ip(1)).is_some(),
+            "a released slot is reusable"
+        );
     }
 
     #[test]

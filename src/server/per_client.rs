@@ -84,7 +84,10 @@ mod tests {
         assert!(cap.admit(ip("192.0.2.1")).is_none());
         assert!(cap.admit(ip("192.0.2.2")).is_some());
         drop(a1);
-        assert!(cap.admit(ip("192.0.2.1")).is_some(), "a closed one frees a place");
+        assert!(
+            cap.admit(ip("192.0.2.1")).is_some(),
+            "a closed one frees a place"
+        );
     }
 
     #[test]
