@@ -38,8 +38,9 @@ pub struct ServerConfig {
     /// Time a client has to send a complete request head (slowloris defence). For HTTP/1 this
     /// also bounds how long a keep-alive connection may sit idle before its next request.
     pub header_read_timeout: Duration,
-    /// Connections with no request under way and no traffic for a whole period of this length
-    /// are closed (checked once per period, so between one and two periods after the last byte).
+    /// Connections with no request under way and no response body progress for a whole period
+    /// of this length are closed (checked once per period, so between one and two periods after
+    /// the last request activity). Bytes sent without a request (HTTP/2 PING) do not count.
     pub idle_timeout: Duration,
     /// Tokio worker threads; `None` means one per core.
     pub worker_threads: Option<usize>,
