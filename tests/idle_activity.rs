@@ -131,7 +131,11 @@ async fn a_client_reading_a_long_download_slowly_is_not_idle() {
     // Stored first, so the download is one stored body handed out piece by piece.
     assert_eq!(kagami.get("/long").await.body.len(), size);
 
-    let mut stream = common::raw::connect(kagami.addr).await;
+    // A small receive buffer, so that the client's pace (not the kernel's buffers, which grow to
+    // tens of megabytes on loopback) sets how fast the body leaves Kagami.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = socket.connect(kagami.addr).await.unwrap();
     stream
         .write_all(b"GET /long HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .await
