@@ -124,12 +124,19 @@ async fn a_client_reading_a_long_download_slowly_is_not_idle() {
     );
     // The kernel wakes a writer only once much of its send buffer (up to megabytes) has drained,
     // so the idle timeout must exceed that drain time at the client's pace, as 60 s does.
-    let kagami = kagami_with(&origin, |c| {
-        c.server.idle_timeout = Duration::from_secs(1)
-    })
-    .await;
+    let kagami = kagami_with(&origin, |c| c.server.idle_timeout = Duration::from_secs(1)).await;
     // Stored first, so the download is one stored body handed out piece by piece.
     assert_eq!(kagami.get("/long").await.body.len(), size);
+    let mut hit = false;
+    for _ in 0..20 {
+        let reply = kagami.send(kagami.client.head(kagami.url("/long"))).await;
+        if reply.cache_status().starts_with("kagami; hit") {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hit, "the page was stored");
 
     // A small receive buffer, so that the client's pace (not the kernel's buffers, which grow to
     // tens of megabytes on loopback) sets how fast the body leaves Kagami.
@@ -137,11 +144,18 @@ async fn a_client_reading_a_long_download_slowly_is_not_idle() {
     socket.set_recv_buffer_size(64 * 1024).unwrap();
     let mut stream = socket.connect(kagami.addr).await.unwrap();
     stream
-        .write_all(b"GET /long HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!(
+                "GET /long HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                kagami.addr
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     let started = Instant::now();
     let mut got = 0usize;
+    let mut head = String::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // At most about 12 MiB/s: the download takes several idle timeouts.
@@ -153,8 +167,12 @@ async fn a_client_reading_a_long_download_slowly_is_not_idle() {
         if n == 0 {
             break;
         }
+        if got == 0 {
+            head = String::from_utf8_lossy(&buf[..n.min(512)]).into_owned();
+        }
         got += n;
     }
+    assert!(head.contains("cache-status: kagami; hit"), "{head}");
     assert!(
         got > size,
         "the whole body arrived ({got} bytes in {:?})",
