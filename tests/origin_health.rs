@@ -60,8 +60,14 @@ async fn one_url_answering_500_neither_opens_the_circuit_nor_starts_the_back_off
     // No back-off either: the expired page is fetched again, not served stale for 30 s.
     let page = kagami.get("/page").await;
     assert_eq!(page.text(), "v2", "{}", page.cache_status());
-    // The 500s were checked against the origin's front page, once per second at most.
-    assert_eq!(origin.hits("/"), 1, "{:?}", origin.log());
+    // The 500s were checked against the origin's front page, once per second at most (ten
+    // quick requests: one probe, a little more on a very slow machine).
+    let probes = origin.hits("/");
+    assert!(
+        (1..=3).contains(&probes),
+        "{probes} probes: {:?}",
+        origin.log()
+    );
     assert_eq!(stats.origin_failures, 0);
 }
 
