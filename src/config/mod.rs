@@ -38,8 +38,9 @@ pub struct ServerConfig {
     /// Time a client has to send a complete request head (slowloris defence). For HTTP/1 this
     /// also bounds how long a keep-alive connection may sit idle before its next request.
     pub header_read_timeout: Duration,
-    /// Connections with no request under way and no traffic for a whole period of this length
-    /// are closed (checked once per period, so between one and two periods after the last byte).
+    /// Connections with no request under way and no response body progress for a whole period
+    /// of this length are closed (checked once per period, so between one and two periods after
+    /// the last request activity). Bytes sent without a request (HTTP/2 PING) do not count.
     pub idle_timeout: Duration,
     /// Tokio worker threads; `None` means one per core.
     pub worker_threads: Option<usize>,
@@ -51,6 +52,9 @@ pub struct ServerConfig {
     pub max_request_body: u64,
     /// Client connections open at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: one /64); trusted proxies are
+    /// exempt. Further connections from that address are closed at once.
+    pub max_connections_per_client: usize,
     /// Requests handled at once; further ones get 503 at once.
     pub max_requests_in_flight: usize,
     /// HTTP/2 streams one connection may have open at once.
@@ -125,6 +129,8 @@ impl Config {
                 max_headers: 100,
                 max_request_body: 10 << 20,
                 max_connections: 10_000,
+                // Generous: whole neighbourhoods share one address behind carrier-grade NAT.
+                max_connections_per_client: 1_000,
                 max_requests_in_flight: 10_000,
                 h2_max_concurrent_streams: 100,
             },
@@ -347,6 +353,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             server.max_connections,
             defaults.max_connections,
             &mut config.server.max_connections,
+        ),
+        (
+            "server.max_connections_per_client",
+            server.max_connections_per_client,
+            defaults.max_connections_per_client,
+            &mut config.server.max_connections_per_client,
         ),
         (
             "server.max_requests_in_flight",

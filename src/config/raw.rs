@@ -25,6 +25,7 @@ pub struct RawServer {
     pub max_headers: Option<usize>,
     pub max_request_body: Option<String>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
     pub max_requests_in_flight: Option<usize>,
     pub h2_max_concurrent_streams: Option<u32>,
 }
@@ -76,6 +77,7 @@ pub struct RawSite {
     pub failure_backoff: Option<String>,
     pub coalesce_timeout: Option<String>,
     pub origin_concurrency: Option<usize>,
+    pub origin_concurrency_per_client: Option<usize>,
     pub origin_queue_timeout: Option<String>,
     pub circuit_failures: Option<u32>,
     pub circuit_open: Option<String>,

@@ -36,6 +36,8 @@ pub struct OriginTimeouts {
 pub struct OriginProtection {
     /// Origin requests under way at once for this site, all origins together.
     pub concurrency: usize,
+    /// Of those, how many one client address may hold at once (its rate-limit key).
+    pub concurrency_per_client: usize,
     /// How long a request without a stale copy waits for a free origin slot.
     pub queue_timeout: Duration,
     /// Consecutive failures of one origin that open its circuit.
@@ -269,6 +271,11 @@ pub(super) fn validate_site(
         coalesce_timeout: d(problems, "coalesce_timeout", &raw.coalesce_timeout, 10),
         protection: OriginProtection {
             concurrency: raw.origin_concurrency.unwrap_or(32),
+            // A quarter of the site's slots: a browser's parallel misses fit, and one client can
+            // never hold them all.
+            concurrency_per_client: raw
+                .origin_concurrency_per_client
+                .unwrap_or_else(|| raw.origin_concurrency.unwrap_or(32).div_ceil(4)),
             queue_timeout: ms(
                 problems,
                 "origin_queue_timeout",
@@ -313,6 +320,13 @@ pub(super) fn validate_site(
         problems.add(
             key("origin_concurrency"),
             format!("must be between 1 and {}", super::MAX_COUNT),
+        );
+    }
+    let per_client = site.protection.concurrency_per_client;
+    if per_client == 0 || per_client > site.protection.concurrency {
+        problems.add(
+            key("origin_concurrency_per_client"),
+            "must be between 1 and origin_concurrency",
         );
     }
     if site.protection.circuit_failures == 0 {
@@ -383,4 +397,57 @@ pub(super) fn parse_origin(text: &str) -> Result<reqwest::Url, String> {
         return Err(format!("{text:?} must not contain credentials"));
     }
     Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    fn site(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n{extra}\n[[site]]\nname = \"a\"\n\
+             hosts = [\"a.example\"]\norigin = \"http://127.0.0.1:8081\"\n"
+        );
+        Config::parse(&text, Path::new("k.toml"))
+    }
+
+    fn site_with(keys: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n[[site]]\nname = \"a\"\n\
+             hosts = [\"a.example\"]\norigin = \"http://127.0.0.1:8081\"\n{keys}\n"
+        );
+        Config::parse(&text, Path::new("k.toml"))
+    }
+
+    fn problem_keys(result: Result<Config, ConfigError>) -> Vec<String> {
+        match result {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| p.key).collect()
+            }
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn per_client_caps_have_generous_defaults() {
+        let config = site("").unwrap();
+        assert_eq!(config.server.max_connections_per_client, 1_000);
+        assert_eq!(config.sites[0].protection.concurrency_per_client, 8);
+        let small = site_with("origin_concurrency = 6").unwrap();
+        assert_eq!(small.sites[0].protection.concurrency_per_client, 2);
+    }
+
+    #[test]
+    fn per_client_caps_are_validated() {
+        let keys = problem_keys(site_with(
+            "origin_concurrency = 4\norigin_concurrency_per_client = 5",
+        ));
+        assert_eq!(keys, vec!["site[0].origin_concurrency_per_client"]);
+        let keys = problem_keys(site_with("origin_concurrency_per_client = 0"));
+        assert_eq!(keys, vec!["site[0].origin_concurrency_per_client"]);
+        let keys = problem_keys(site("max_connections_per_client = 0"));
+        assert_eq!(keys, vec!["server.max_connections_per_client"]);
+    }
 }

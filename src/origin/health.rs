@@ -17,7 +17,7 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     // Never 0, which stands for "not set" below.
     epoch().elapsed().as_millis() as u64 + 1
 }

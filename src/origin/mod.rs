@@ -3,18 +3,22 @@
 
 mod framing;
 mod health;
+mod judge;
+mod slots;
 mod upload;
 
 use framing::Outgoing;
 pub use health::{Backoff, Breaker, Transition};
+use judge::{Confirm, Confirmation, Evidence, Exchange};
+pub use slots::Slot;
 use upload::ClientSide;
 pub use upload::Upload;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
 use crate::config::SiteConfig;
@@ -97,6 +101,8 @@ pub struct Server {
     /// `scheme://host[:port]` with no trailing slash; the request's path is appended as is.
     pub base: String,
     pub breaker: Breaker,
+    /// The latest probe that confirmed (or cleared) a suspect failure; see `judge`.
+    confirmation: Confirmation,
 }
 
 /// One site's origins.
@@ -106,7 +112,10 @@ pub struct Origin {
     pub servers: Vec<Server>,
     response_timeout: Duration,
     pub backoff: Backoff,
-    slots: Arc<Semaphore>,
+    failure_backoff: Duration,
+    /// Probed to confirm a suspect failure (`judge`): the health path, else `/`.
+    confirm_path: String,
+    slots: slots::Slots,
     queue_timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -134,11 +143,17 @@ impl Origin {
                 .map(|url| Server {
                     base: url.as_str().trim_end_matches('/').to_string(),
                     breaker: Breaker::new(protection.circuit_failures, protection.circuit_open),
+                    confirmation: Confirmation::default(),
                 })
                 .collect(),
             response_timeout: site.timeouts.response,
             backoff: Backoff::default(),
-            slots: Arc::new(Semaphore::new(protection.concurrency)),
+            failure_backoff: site.failure_backoff,
+            confirm_path: protection
+                .health_path
+                .clone()
+                .unwrap_or_else(|| "/".to_string()),
+            slots: slots::Slots::new(protection.concurrency, protection.concurrency_per_client),
             queue_timeout: protection.queue_timeout,
             stats,
         })
@@ -150,19 +165,22 @@ impl Origin {
         self.backoff.is_failing() || self.servers.iter().all(|s| s.breaker.rejecting())
     }
 
-    /// A free origin slot, if there is one right now.
-    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
+    /// A free origin slot for `client` (its rate-limit key; None for Kagami's own work), if
+    /// there is one right now within the site's cap and the client's share of it.
+    pub fn try_slot(&self, client: Option<IpAddr>) -> Option<Slot> {
+        self.slots.try_take(client)
     }
 
-    /// An origin slot, waiting in line at most the site's queue timeout.
-    pub async fn slot(&self) -> Result<OwnedSemaphorePermit, OriginError> {
-        if let Some(permit) = self.try_slot() {
-            return Ok(permit);
+    /// An origin slot, waiting in line at most the site's queue timeout. A client over its own
+    /// share waits too, and is told "busy" like everyone when every slot is taken: only that
+    /// client is affected.
+    pub async fn slot(&self, client: Option<IpAddr>) -> Result<Slot, OriginError> {
+        if let Some(slot) = self.try_slot(client) {
+            return Ok(slot);
         }
         self.stats.add(&self.stats.origin_busy);
-        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+        match tokio::time::timeout(self.queue_timeout, self.slots.take(client)).await {
+            Ok(Some(slot)) => Ok(slot),
             _ => Err(OriginError::Busy),
         }
     }
@@ -222,16 +240,32 @@ impl Origin {
                 Some(ClientSide::Failed) => return Err(OriginError::ClientBody),
                 _ => {}
             }
-            let failed = match &result {
-                Ok(response) => is_unhealthy(response.status()),
-                Err(_) => true,
+            let upload_complete = upload_state.as_ref().is_none_or(|s| s.complete());
+            let exchange = match &result {
+                Ok(response) => Exchange::Answered(response.status()),
+                Err(OriginError::Connect(_)) => Exchange::ConnectFailed,
+                Err(OriginError::Timeout(_)) => Exchange::TimedOut,
+                Err(_) => Exchange::Broken,
             };
-            if !failed {
-                self.note(server, ticket.success());
+            let origin_failed = match judge::evidence(exchange, upload_complete) {
+                Evidence::Healthy => {
+                    self.note(server, ticket.success());
+                    self.backoff.record_success();
+                    return result;
+                }
+                // The origin was left waiting for a body the client never finished sending.
+                Evidence::NotJudged => return result.or(Err(OriginError::ClientBody)),
+                Evidence::OriginFailed => true,
+                Evidence::Suspect => self.confirm(server, &headers).await,
+            };
+            if !origin_failed {
+                // One URL's (or one request's) trouble: relayed as it is, with no verdict on
+                // the origin, no back-off and no second try on a backup.
                 return result;
             }
             self.stats.add(&self.stats.origin_failures);
             self.note(server, ticket.failure());
+            self.backoff.record_failure(self.failure_backoff);
             if !repeatable {
                 return result;
             }
@@ -268,6 +302,39 @@ impl Origin {
         }
     }
 
+    /// Is a suspect failure the origin's? Asks `server` for the confirmation path (with the
+    /// failed request's Host, so the same virtual host is judged), unless a recent probe has
+    /// already told. A probe under way for another request gives no verdict.
+    async fn confirm(&self, server: &Server, headers: &HeaderMap) -> bool {
+        let probe = match server.confirmation.ask(health::now_ms()) {
+            Confirm::Known(sick) => return sick,
+            Confirm::Pending => return false,
+            Confirm::Probe => Abandon(&server.confirmation),
+        };
+        let url = format!("{}{}", server.base, self.confirm_path);
+        let mut request = self
+            .client
+            .get(url)
+            .header("user-agent", "kagami-health-check");
+        if let Some(host) = headers.get(http::header::HOST) {
+            request = request.header(http::header::HOST, host.clone());
+        }
+        let sick = match tokio::time::timeout(self.response_timeout, request.send()).await {
+            Ok(Ok(response)) => is_unhealthy(response.status()),
+            _ => true,
+        };
+        tracing::debug!(site = %self.site, origin = %server.base, sick, "confirmation probe");
+        server.confirmation.record(sick, health::now_ms());
+        std::mem::forget(probe);
+        if !sick {
+            // A real success of the origin, as from an active health check: it also ends a
+            // half-open circuit, so a broken URL cannot hog the one probe slot.
+            self.note(server, server.breaker.record_success());
+            self.backoff.record_success();
+        }
+        sick
+    }
+
     fn note(&self, server: &Server, transition: Transition) {
         match transition {
             Transition::Opened => {
@@ -302,7 +369,7 @@ impl Origin {
                         };
                         // Probes count against the origin's cap like any request; when every
                         // slot is busy the origin is evidently answering, so skip this round.
-                        let Some(_slot) = origin.try_slot() else {
+                        let Some(_slot) = origin.try_slot(None) else {
                             continue;
                         };
                         let server = &origin.servers[index];
@@ -326,5 +393,14 @@ impl Origin {
                 .abort_handle()
             })
             .collect()
+    }
+}
+
+/// Frees a confirmation probe's turn if the probing request is dropped before it reports.
+struct Abandon<'a>(&'a Confirmation);
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }

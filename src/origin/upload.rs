@@ -1,9 +1,10 @@
 //! Request bodies relayed to an origin (POST, PUT, ...): capped in size, and watched so that a
 //! failure on the client's side (an upload over the limit, a client hanging up mid-upload) is
-//! never mistaken for a failing origin.
+//! never mistaken for a failing origin. Whether the client sent its whole body is recorded too:
+//! an origin that times out waiting for a body the client never sends is not failing.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -27,16 +28,24 @@ pub enum ClientSide {
 pub struct Upload {
     body: Watched,
     state: Arc<AtomicU8>,
+    complete: Arc<AtomicBool>,
 }
 
 impl Upload {
     pub fn new(incoming: Incoming, max: u64) -> Upload {
         let state = Arc::new(AtomicU8::new(OK));
+        // An empty body (Content-Length: 0) may never be polled at all.
+        let complete = Arc::new(AtomicBool::new(incoming.is_end_stream()));
         let body = Watched {
             inner: Limited::new(incoming, usize::try_from(max).unwrap_or(usize::MAX)),
             state: state.clone(),
+            complete: complete.clone(),
         };
-        Upload { body, state }
+        Upload {
+            body,
+            state,
+            complete,
+        }
     }
 
     /// The body's exact length when it is known in advance (the client's own Content-Length,
@@ -47,15 +56,29 @@ impl Upload {
 
     /// Splits into the body for reqwest and a handle that tells afterwards how the client did.
     pub(super) fn into_parts(self) -> (reqwest::Body, UploadState) {
-        (reqwest::Body::wrap(self.body), UploadState(self.state))
+        (
+            reqwest::Body::wrap(self.body),
+            UploadState {
+                state: self.state,
+                complete: self.complete,
+            },
+        )
     }
 }
 
-pub(super) struct UploadState(Arc<AtomicU8>);
+pub(super) struct UploadState {
+    state: Arc<AtomicU8>,
+    complete: Arc<AtomicBool>,
+}
 
 impl UploadState {
+    /// True once the client has sent its whole body.
+    pub(super) fn complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
     pub(super) fn client_side(&self) -> ClientSide {
-        match self.0.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) {
             TOO_LARGE => ClientSide::TooLarge,
             CLIENT_FAILED => ClientSide::Failed,
             _ => ClientSide::Fine,
@@ -66,6 +89,7 @@ impl UploadState {
 struct Watched {
     inner: Limited<Incoming>,
     state: Arc<AtomicU8>,
+    complete: Arc<AtomicBool>,
 }
 
 impl Body for Watched {
@@ -84,6 +108,12 @@ impl Body for Watched {
                 CLIENT_FAILED
             };
             self.state.store(kind, Ordering::Release);
+        }
+        // The sender may stop polling after the last frame (is_end_stream), so look at both.
+        if matches!(&polled, Poll::Ready(None))
+            || (matches!(&polled, Poll::Ready(Some(Ok(_)))) && self.inner.is_end_stream())
+        {
+            self.complete.store(true, Ordering::Release);
         }
         polled
     }

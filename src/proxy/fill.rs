@@ -14,12 +14,13 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 
 use super::body::{Body, Truncated};
 use super::Outcome;
 use crate::cache::coalesce::Leader;
 use crate::cache::{Entry, MemoryStore, StoreSettings};
+use crate::origin::Slot;
 
 /// How far a client may lag behind the origin on a response that is not stored before its pace
 /// holds the origin back. Below it the origin is read at full speed and its slot is freed as soon
@@ -47,7 +48,7 @@ pub fn relay(
     job: Option<StoreJob>,
     leader: Option<Leader<Outcome>>,
     want_body: bool,
-    origin_slot: Option<OwnedSemaphorePermit>,
+    origin_slot: Option<Slot>,
 ) -> Body {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Truncated>>(16);
     let expected = response.content_length();
@@ -76,7 +77,7 @@ async fn pump(
     want_body: bool,
     // Held while the origin is being read; released as soon as it is done, not when a slow
     // client has finished downloading.
-    mut origin_slot: Option<OwnedSemaphorePermit>,
+    mut origin_slot: Option<Slot>,
 ) {
     let mut stream = response.bytes_stream();
     // The whole body, while it is being stored.

@@ -11,7 +11,6 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Request, StatusCode};
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::fill::{relay, StoreJob};
 use super::respond::{self, from_entry, Canned};
@@ -25,7 +24,8 @@ use crate::cache::control::response_directives;
 use crate::cache::policy::{storable, NotStorable};
 use crate::cache::share::error_shareable;
 use crate::cache::{CacheStatus, Entry, Phase};
-use crate::origin::{is_failure, is_unhealthy, OriginError, Upload};
+use crate::limit::{client_ip, limit_key};
+use crate::origin::{is_failure, OriginError, Slot, Upload};
 use crate::routing::{target, Authority};
 
 /// Largest origin error body shared with coalesced waiters; larger ones get a generic answer.
@@ -43,10 +43,10 @@ impl Proxy {
         stale: Option<Arc<Entry>>,
         phase: Phase,
         leader: Option<Leader<Outcome>>,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Slot>,
     ) -> Served {
         let site = &self.sites[req.site];
-        let permit = match permit.or_else(|| site.origin.try_slot()) {
+        let permit = match permit.or_else(|| site.origin.try_slot(Some(req.ip))) {
             Some(permit) => permit,
             None => {
                 if let Some(served) = self.stale_after_failure(req, &stale, None) {
@@ -54,7 +54,7 @@ impl Proxy {
                     finish(leader, Outcome::Failed(Arc::new(failure)));
                     return served;
                 }
-                match site.origin.slot().await {
+                match site.origin.slot(Some(req.ip)).await {
                     Ok(permit) => permit,
                     Err(err) => {
                         let failure = self.unavailable(site, &err);
@@ -83,12 +83,8 @@ impl Proxy {
 
         let response = match result {
             Ok(response) if !is_failure(response.status()) => response,
+            // The origin's health (circuit, back-off) was judged in `Origin::send`.
             failed => {
-                if failed.as_ref().map_or(true, |r| is_unhealthy(r.status())) {
-                    site.origin
-                        .backoff
-                        .record_failure(site.config.failure_backoff);
-                }
                 let failure = match failed {
                     Err(err) => {
                         log_origin_error(site, &err);
@@ -124,7 +120,6 @@ impl Proxy {
                 return self.origin_failed(req, stale, phase, leader, failure);
             }
         };
-        site.origin.backoff.record_success();
         let status = response.status();
 
         if status == StatusCode::NOT_MODIFIED {
@@ -365,7 +360,9 @@ impl Proxy {
                 cache_status.clone().detail(err.detail()),
             )
         };
-        let permit = match site.origin.slot().await {
+        // Origin slots are shared per client address (the rate-limit key).
+        let ip = limit_key(client_ip(client.peer.ip(), &parts.headers, &self.trusted));
+        let permit = match site.origin.slot(Some(ip)).await {
             Ok(permit) => permit,
             Err(err) => return failed(&err),
         };

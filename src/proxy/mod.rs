@@ -538,7 +538,7 @@ impl Proxy {
             return;
         };
         // A busy origin is not asked for a refresh nobody is waiting for.
-        let Some(permit) = self.sites[req.site].origin.try_slot() else {
+        let Some(permit) = self.sites[req.site].origin.try_slot(Some(req.ip)) else {
             return;
         };
         let proxy = self.clone();

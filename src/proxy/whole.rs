@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
+
+use crate::origin::Slot;
 
 use super::body::{Body, Truncated};
 use super::fill::StoreJob;
@@ -25,7 +27,7 @@ pub async fn fill(
     job: StoreJob,
     leader: Option<Leader<Outcome>>,
     want_body: bool,
-    origin_slot: OwnedSemaphorePermit,
+    origin_slot: Slot,
 ) -> (Body, bool) {
     let task = tokio::spawn(read_and_store(
         response,
@@ -52,7 +54,7 @@ async fn read_and_store(
     job: StoreJob,
     leader: Option<Leader<Outcome>>,
     want_body: bool,
-    origin_slot: OwnedSemaphorePermit,
+    origin_slot: Slot,
 ) -> (Body, bool) {
     let expected = response.content_length();
     let mut stream = response.bytes_stream();

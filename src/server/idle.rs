@@ -1,27 +1,31 @@
-//! Connection watchdog: the socket counts its reads and writes (a counter, not a clock read, on
-//! the hot path) and how many requests are under way. A connection is closed when its first request head does not arrive within the
-//! header-read timeout (hyper's own timer only starts once the protocol is known, and HTTP/2 has
-//! none), or when no request is under way and nothing has moved for the idle timeout.
+//! Connection watchdog. A connection is closed when its first request does not arrive within
+//! the header-read timeout (hyper's own timer only starts once the protocol is known, and
+//! HTTP/2 has none), or when it has been idle for the idle timeout.
+//!
+//! Idle means no request activity: no request handler under way, no request started and no
+//! response body progress. Bytes on the socket do not count, because a client can make those
+//! without asking for anything (HTTP/2 PING, SETTINGS, WINDOW_UPDATE of 0 bytes left) and would
+//! otherwise hold a connection, and with enough of them every connection, for ever. Response
+//! bodies are handed to hyper in pieces of at most `PROGRESS_CHUNK`, so a client that keeps
+//! reading a long download keeps asking for the next piece and is never idle, while one that
+//! stops reading stops the pieces too.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
-pub struct IdleIo {
-    inner: TcpStream,
-    activity: Arc<Activity>,
-}
+/// Largest piece of a response body handed to hyper at once.
+const PROGRESS_CHUNK: usize = 16 * 1024;
 
 pub struct Activity {
     start: Instant,
-    /// Reads and writes that moved bytes.
-    ops: AtomicU64,
+    /// Request starts and ends, and response body pieces handed out.
+    events: AtomicU64,
     /// Requests whose handler is running.
     active: AtomicUsize,
     /// Requests ever started on this connection.
@@ -46,8 +50,17 @@ pub enum Verdict {
 }
 
 impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            events: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+        })
+    }
+
     fn touch(&self) {
-        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
@@ -55,6 +68,15 @@ impl Activity {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.touch();
         RequestGuard(self.clone())
+    }
+
+    /// A response body whose progress counts as activity.
+    pub fn track<B>(self: &Arc<Self>, body: B) -> Tracked<B> {
+        Tracked {
+            inner: body,
+            rest: Bytes::new(),
+            activity: self.clone(),
+        }
     }
 
     /// Resolves when the connection should be closed.
@@ -77,89 +99,116 @@ impl Activity {
                 tokio::time::sleep(idle_timeout).await;
                 continue;
             }
-            // Idle when nothing moved during one whole timeout: closes between one and two
-            // timeouts after the last byte, without reading the clock per read or write.
-            let before = self.ops.load(Ordering::Relaxed);
+            // Idle when nothing happened during one whole timeout: closes between one and two
+            // timeouts after the last activity, without reading the clock per event.
+            let before = self.events.load(Ordering::Relaxed);
             tokio::time::sleep(idle_timeout).await;
-            if self.ops.load(Ordering::Relaxed) == before
-                && self.active.load(Ordering::Relaxed) == 0
-            {
+            if is_idle(
+                before,
+                self.events.load(Ordering::Relaxed),
+                self.active.load(Ordering::Relaxed),
+            ) {
                 return Verdict::Idle;
             }
         }
     }
 }
 
-impl IdleIo {
-    pub fn new(inner: TcpStream) -> (IdleIo, Arc<Activity>) {
-        let activity = Arc::new(Activity {
-            start: Instant::now(),
-            ops: AtomicU64::new(0),
-            active: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-        });
-        (
-            IdleIo {
-                inner,
-                activity: activity.clone(),
+/// The idle rule: no request under way and no request activity between two looks.
+fn is_idle(events_before: u64, events_after: u64, active: usize) -> bool {
+    events_before == events_after && active == 0
+}
+
+/// A response body that reports its progress to the connection's `Activity`, in pieces of at
+/// most `PROGRESS_CHUNK` (slices of the same buffer, no copy).
+pub struct Tracked<B> {
+    inner: B,
+    rest: Bytes,
+    activity: Arc<Activity>,
+}
+
+impl<B> Tracked<B> {
+    fn piece(&mut self) -> Frame<Bytes> {
+        let at = self.rest.len().min(PROGRESS_CHUNK);
+        self.activity.touch();
+        Frame::data(self.rest.split_to(at))
+    }
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        if !this.rest.is_empty() {
+            return Poll::Ready(Some(Ok(this.piece())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    this.rest = data;
+                    Poll::Ready(Some(Ok(this.piece())))
+                }
+                Err(frame) => {
+                    this.activity.touch();
+                    Poll::Ready(Some(Ok(frame)))
+                }
             },
-            activity,
-        )
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
-impl AsyncRead for IdleIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    #[test]
+    fn idle_only_without_requests_and_without_events() {
+        assert!(is_idle(5, 5, 0));
+        assert!(!is_idle(5, 6, 0), "a request or body progress in between");
+        assert!(!is_idle(5, 5, 1), "a request under way");
+    }
+
+    #[tokio::test]
+    async fn a_body_is_handed_out_in_pieces_each_counted() {
+        let activity = Activity::new();
+        let data = Bytes::from(vec![7u8; PROGRESS_CHUNK * 2 + 10]);
+        let mut body = activity.track(Full::new(data.clone()));
+        assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
+        let mut sizes = Vec::new();
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let chunk = frame.unwrap().into_data().unwrap();
+            sizes.push(chunk.len());
+            got.extend_from_slice(&chunk);
         }
-        result
-    }
-}
-
-impl AsyncWrite for IdleIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        assert_eq!(sizes, vec![PROGRESS_CHUNK, PROGRESS_CHUNK, 10]);
+        assert_eq!(got, data);
+        assert!(body.is_end_stream());
+        assert_eq!(activity.events.load(Ordering::Relaxed), 3);
     }
 }

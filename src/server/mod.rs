@@ -1,5 +1,6 @@
 //! Listeners and connections: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, with the
-//! header-read (slowloris) and idle timeouts, and graceful shutdown.
+//! header-read (slowloris) and idle timeouts, the connection caps (overall and per client
+//! address), and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +16,13 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ServerConfig};
+use crate::limit::TrustedProxies;
 use crate::proxy::{BuildError, Client, Proxy};
 
 mod idle;
+mod per_client;
+
+use per_client::{ClientConnection, PerClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -60,6 +65,10 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
     let connections = Arc::new(Semaphore::new(config.server.max_connections));
+    let per_client = Arc::new(PerClient::new(
+        config.server.max_connections_per_client,
+        TrustedProxies::new(config.limits.trusted_proxies.clone()),
+    ));
     for addr in &config.server.listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -78,6 +87,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             proxy.clone(),
             config.server.clone(),
             connections.clone(),
+            per_client.clone(),
             stopped.clone(),
         )));
     }
@@ -117,6 +127,7 @@ async fn accept_loop(
     proxy: Arc<Proxy>,
     server: ServerConfig,
     connections: Arc<Semaphore>,
+    per_client: Arc<PerClient>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder(&server));
@@ -144,6 +155,13 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Over its own cap the address is refused at once (the connection is closed), so its
+        // excess neither waits in the backlog ahead of other clients nor holds a place.
+        let Some(counted) = per_client.admit(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: per-client connection cap");
+            drop(stream);
+            continue;
+        };
         serve_connection(
             stream,
             peer,
@@ -151,7 +169,7 @@ async fn accept_loop(
             &graceful,
             proxy.clone(),
             &server,
-            permit,
+            (permit, counted),
         );
     }
     drop(listener);
@@ -168,7 +186,7 @@ fn serve_connection(
     graceful: &GracefulShutdown,
     proxy: Arc<Proxy>,
     server: &ServerConfig,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, ClientConnection),
 ) {
     let _ = stream.set_nodelay(true);
     let stats = proxy.stats.clone();
@@ -178,20 +196,21 @@ fn serve_connection(
         peer,
         proto: "http",
     };
-    let (io, activity) = idle::IdleIo::new(stream);
+    let activity = idle::Activity::new();
     let tracker = activity.clone();
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
+        let tracker = tracker.clone();
         let guard = tracker.request_started();
         async move {
             let response = proxy.handle(request, client).await;
             drop(guard);
-            Ok::<_, std::convert::Infallible>(response)
+            Ok::<_, std::convert::Infallible>(response.map(|body| tracker.track(body)))
         }
     });
     let builder = builder.clone();
     let connection = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(TokioIo::new(stream), service)
         .into_owned();
     let connection = graceful.watch(connection);
     let (header_timeout, idle_timeout) = (server.header_read_timeout, server.idle_timeout);

@@ -1,0 +1,216 @@
+//! Origin slots: the site-wide cap on origin requests under way, and within it a cap per client
+//! address, so one client (32 slow downloads, say) can never hold every slot and turn everyone
+//! else's misses into "origin busy".
+//!
+//! A request takes its client's slot first, then a site slot: a client over its own cap waits
+//! without holding a site slot that someone else could use.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One origin slot; released when dropped.
+pub struct Slot {
+    _site: OwnedSemaphorePermit,
+    _client: Option<ClientPermit>,
+}
+
+/// The per-client semaphores, created on first use and removed when their client holds and
+/// awaits nothing, so the map stays as small as the number of clients under way.
+pub(super) struct ClientSlots {
+    per_client: usize,
+    clients: Arc<Mutex<HashMap<IpAddr, Arc<Semaphore>>>>,
+}
+
+struct ClientPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    ip: IpAddr,
+    semaphore: Arc<Semaphore>,
+    clients: Arc<Mutex<HashMap<IpAddr, Arc<Semaphore>>>>,
+}
+
+impl Drop for ClientPermit {
+    fn drop(&mut self) {
+        self.permit.take();
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        // Ours and the map's are the only references: nobody holds or awaits this client's slots.
+        if Arc::strong_count(&self.semaphore) == 2
+            && clients
+                .get(&self.ip)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.semaphore))
+        {
+            clients.remove(&self.ip);
+        }
+    }
+}
+
+impl ClientSlots {
+    pub(super) fn new(per_client: usize) -> ClientSlots {
+        ClientSlots {
+            per_client: per_client.max(1),
+            clients: Arc::default(),
+        }
+    }
+
+    fn semaphore(&self, ip: IpAddr) -> Option<Arc<Semaphore>> {
+        let mut clients = self.clients.lock().ok()?;
+        Some(
+            clients
+                .entry(ip)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_client)))
+                .clone(),
+        )
+    }
+
+    fn wrap(
+        &self,
+        ip: IpAddr,
+        semaphore: Arc<Semaphore>,
+        permit: OwnedSemaphorePermit,
+    ) -> ClientPermit {
+        ClientPermit {
+            permit: Some(permit),
+            ip,
+            semaphore,
+            clients: self.clients.clone(),
+        }
+    }
+
+    /// A slot of `ip`'s share if one is free right now.
+    fn try_take(&self, ip: IpAddr) -> Option<ClientPermit> {
+        let semaphore = self.semaphore(ip)?;
+        let permit = semaphore.clone().try_acquire_owned();
+        // Build the guard even on failure so an unused entry is cleaned up on drop.
+        match permit {
+            Ok(permit) => Some(self.wrap(ip, semaphore, permit)),
+            Err(_) => {
+                drop(semaphore);
+                self.forget_if_unused(ip);
+                None
+            }
+        }
+    }
+
+    async fn take(&self, ip: IpAddr) -> Option<ClientPermit> {
+        let semaphore = self.semaphore(ip)?;
+        let permit = semaphore.clone().acquire_owned().await.ok()?;
+        Some(self.wrap(ip, semaphore, permit))
+    }
+
+    fn forget_if_unused(&self, ip: IpAddr) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        if clients.get(&ip).is_some_and(|s| Arc::strong_count(s) == 1) {
+            clients.remove(&ip);
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.clients.lock().map_or(0, |c| c.len())
+    }
+}
+
+/// The site's slots and the per-client share of them.
+pub(super) struct Slots {
+    site: Arc<Semaphore>,
+    clients: ClientSlots,
+}
+
+impl Slots {
+    pub(super) fn new(site: usize, per_client: usize) -> Slots {
+        Slots {
+            site: Arc::new(Semaphore::new(site)),
+            clients: ClientSlots::new(per_client),
+        }
+    }
+
+    /// A slot right now, if `client` (None: Kagami's own work) is under its cap and a site slot
+    /// is free.
+    pub(super) fn try_take(&self, client: Option<IpAddr>) -> Option<Slot> {
+        let client = match client {
+            Some(ip) => Some(self.clients.try_take(ip)?),
+            None => None,
+        };
+        let site = self.site.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            _site: site,
+            _client: client,
+        })
+    }
+
+    /// A slot, waiting as long as the caller lets this future run.
+    pub(super) async fn take(&self, client: Option<IpAddr>) -> Option<Slot> {
+        let client = match client {
+            Some(ip) => Some(self.clients.take(ip).await?),
+            None => None,
+        };
+        let site = self.site.clone().acquire_owned().await.ok()?;
+        Some(Slot {
+            _site: site,
+            _client: client,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ip(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([192, 0, 2, last]))
+    }
+
+    #[test]
+    fn one_client_gets_its_share_and_others_the_rest() {
+        let slots = Slots::new(4, 2);
+        let a1 = slots.try_take(ip(1)).expect("first");
+        let _a2 = slots.try_take(ip(1)).expect("second");
+        assert!(slots.try_take(ip(1)).is_none(), "over the client's cap");
+        let _b1 = slots.try_take(ip(2)).expect("another client");
+        let _own = slots.try_take(None).expect("Kagami's own work");
+        assert!(slots.try_take(ip(3)).is_none(), "the site's cap");
+        drop(a1);
+        assert!(
+            slots.try_take(ip(1)).is_some(),
+            "a released slot is reusable"
+        );
+    }
+
+    #[test]
+    fn idle_clients_are_forgotten() {
+        let slots = Slots::new(4, 1);
+        let a = slots.try_take(ip(1)).unwrap();
+        assert!(slots.try_take(ip(1)).is_none());
+        assert!(slots.try_take(ip(2)).is_some());
+        assert_eq!(slots.clients.tracked(), 1, "client 2 released at once");
+        drop(a);
+        assert_eq!(slots.clients.tracked(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_over_its_cap_waits_without_taking_a_site_slot() {
+        let slots = Arc::new(Slots::new(2, 1));
+        let held = slots.try_take(ip(1)).unwrap();
+        let waiting = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(ip(1)).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            slots.try_take(ip(2)).is_some(),
+            "the waiting client holds no site slot"
+        );
+        drop(held);
+        assert!(tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .unwrap()
+            .unwrap());
+    }
+}
