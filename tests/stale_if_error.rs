@@ -253,3 +253,53 @@ async fn a_cacheable_refusal_does_not_replace_the_good_copy() {
         (200, "good")
     );
 }
+
+#[tokio::test]
+async fn a_strict_site_gives_504_for_must_revalidate_but_still_serves_other_stale_copies() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/mr",
+        Route::ok("must revalidate").header("cache-control", "max-age=1, must-revalidate"),
+    );
+    origin.route(
+        "/plain",
+        Route::ok("plain page").header("cache-control", "max-age=1"),
+    );
+    let kagami = Kagami::start_with(&origin.url(), |site| site.strict = true).await;
+    kagami.get("/mr").await;
+    kagami.get("/plain").await;
+    expire().await;
+    origin.kill();
+
+    let strict = kagami.get("/mr").await;
+    assert_eq!(strict.status, 504, "{}", strict.cache_status());
+    assert_ne!(strict.text(), "must revalidate");
+    let plain = kagami.get("/plain").await;
+    assert_eq!(plain.status, 200, "{}", plain.cache_status());
+    assert_eq!(plain.text(), "plain page");
+    assert!(
+        plain.cache_status().contains("detail=\"grace\""),
+        "{}",
+        plain.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn a_list_valued_age_makes_the_copy_stale_on_arrival() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/aged",
+        Route::ok("old news")
+            .header("cache-control", "max-age=3600")
+            .header("age", "7200, 0"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    kagami.get("/aged").await;
+    let again = kagami.get("/aged").await;
+    assert!(
+        !again.cache_status().starts_with("kagami; hit"),
+        "an Age past max-age is stale on arrival: {}",
+        again.cache_status()
+    );
+    assert_eq!(origin.hits("/aged"), 2);
+}

@@ -179,6 +179,9 @@ pub fn corrected_initial_age(
     let age_value = headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
+        // A list (`Age: 7200, 0`) or several lines: the first member counts (RFC 9111 §5.1);
+        // an invalid one is ignored.
+        .and_then(|v| v.split(',').next())
         // delta-seconds saturate at 2^31 (RFC 9111 §1.2.2): an absurd Age must not overflow.
         .and_then(|v| super::control::parse_delta_seconds(v.trim()))
         .map(Duration::from_secs)
@@ -244,19 +247,31 @@ impl StaleOnError {
     }
 }
 
+/// The operator's grace: how long past freshness a copy may stand in for a failing origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grace {
+    pub window: Duration,
+    /// RFC-strict site: grace never overrides must-revalidate, proxy-revalidate, no-cache or
+    /// s-maxage (RFC 9111 §4.2.4 forbids serving those stale); other copies still get grace.
+    pub strict: bool,
+}
+
 /// May a copy `staleness` past freshness be served because the origin failed?
 /// `request_sie` is a client's own `stale-if-error` (RFC 5861 §4).
 pub fn stale_on_error(
     rules: &StaleRules,
     staleness: Duration,
     request_sie: Option<Duration>,
-    grace: Duration,
+    grace: Grace,
 ) -> Option<StaleOnError> {
     let window = rules.if_error.max(request_sie.unwrap_or(Duration::ZERO));
     if !rules.strict && staleness <= window {
         return Some(StaleOnError::IfError);
     }
-    if staleness <= grace && !grace.is_zero() {
+    if rules.strict && grace.strict {
+        return None;
+    }
+    if staleness <= grace.window && !grace.window.is_zero() {
         return Some(if rules.strict {
             StaleOnError::GraceOverride
         } else {
@@ -506,6 +521,10 @@ mod tests {
 
     #[test]
     fn stale_if_error_then_grace_then_nothing() {
+        let g = |secs| Grace {
+            window: Duration::from_secs(secs),
+            strict: false,
+        };
         let rules = StaleRules {
             while_revalidate: Duration::ZERO,
             if_error: Duration::from_secs(60),
@@ -513,26 +532,77 @@ mod tests {
         };
         let s = Duration::from_secs;
         assert_eq!(
-            stale_on_error(&rules, s(60), None, Duration::ZERO),
+            stale_on_error(&rules, s(60), None, g(0)),
             Some(StaleOnError::IfError)
         );
-        assert_eq!(stale_on_error(&rules, s(61), None, Duration::ZERO), None);
+        assert_eq!(stale_on_error(&rules, s(61), None, g(0)), None);
         assert_eq!(
-            stale_on_error(&rules, s(61), Some(s(100)), Duration::ZERO),
+            stale_on_error(&rules, s(61), Some(s(100)), g(0)),
             Some(StaleOnError::IfError)
         );
         assert_eq!(
-            stale_on_error(&rules, s(61), None, s(3600)),
+            stale_on_error(&rules, s(61), None, g(3600)),
             Some(StaleOnError::Grace)
         );
         let strict = StaleRules {
             strict: true,
             ..rules
         };
-        assert_eq!(stale_on_error(&strict, s(1), None, Duration::ZERO), None);
+        assert_eq!(stale_on_error(&strict, s(1), None, g(0)), None);
         assert_eq!(
-            stale_on_error(&strict, s(1), None, s(3600)),
+            stale_on_error(&strict, s(1), None, g(3600)),
             Some(StaleOnError::GraceOverride)
+        );
+    }
+
+    #[test]
+    fn a_strict_site_never_lets_grace_override_revalidation_but_still_serves_other_stale() {
+        let s = Duration::from_secs;
+        let strict_site = Grace {
+            window: s(3600),
+            strict: true,
+        };
+        let plain = StaleRules {
+            while_revalidate: Duration::ZERO,
+            if_error: Duration::ZERO,
+            strict: false,
+        };
+        let must_revalidate = StaleRules {
+            strict: true,
+            ..plain
+        };
+        assert_eq!(
+            stale_on_error(&plain, s(60), None, strict_site),
+            Some(StaleOnError::Grace)
+        );
+        assert_eq!(stale_on_error(&plain, s(3601), None, strict_site), None);
+        assert_eq!(
+            stale_on_error(&must_revalidate, s(1), None, strict_site),
+            None
+        );
+        assert_eq!(
+            stale_on_error(&must_revalidate, s(1), Some(s(60)), strict_site),
+            None,
+            "a client's stale-if-error does not override must-revalidate either"
+        );
+    }
+
+    #[test]
+    fn a_list_valued_or_repeated_age_uses_its_first_member() {
+        let t0 = t(0);
+        let later = t(1);
+        for pairs in [
+            &[("age", "7200, 0")][..],
+            &[("age", "7200"), ("age", "0")][..],
+            &[("age", " 7200 ,5")][..],
+        ] {
+            let age = corrected_initial_age(&headers(pairs), t0, later);
+            assert_eq!(age.as_secs(), 7201, "{pairs:?}");
+        }
+        assert_eq!(
+            corrected_initial_age(&headers(&[("age", "x, 7200")]), t0, later).as_secs(),
+            1,
+            "an invalid first member is ignored"
         );
     }
 }

@@ -64,6 +64,7 @@ pub struct RawSite {
     pub origin_host: Option<String>,
     pub pass_forwarding_headers: Option<Vec<String>>,
     pub grace: Option<String>,
+    pub strict: Option<bool>,
     pub stale_while_revalidate: Option<String>,
     pub stale_if_error: Option<String>,
     pub heuristic_max: Option<String>,

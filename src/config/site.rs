@@ -63,8 +63,11 @@ pub struct SiteConfig {
     /// other client forwarding header is dropped.
     pub pass_forwarding_headers: Vec<HeaderName>,
     /// Operator override: how long past expiry a stored copy may be served while the origin is
-    /// failing, even when the response said `must-revalidate`. Zero restores strict RFC behaviour.
+    /// failing, even when the response said `must-revalidate` (unless `strict`). Zero: never.
     pub grace: Duration,
+    /// RFC-strict: grace never overrides must-revalidate, proxy-revalidate, no-cache or
+    /// s-maxage (those get 504 when the origin fails); other stale copies still get grace.
+    pub strict: bool,
     /// stale-while-revalidate window used when the origin sends none (zero = off).
     pub stale_while_revalidate: Duration,
     /// stale-if-error window used when the origin sends none (zero = off).
@@ -250,6 +253,7 @@ pub(super) fn validate_site(
         origin_host,
         pass_forwarding_headers,
         grace: d(problems, "grace", &raw.grace, 7 * 86_400),
+        strict: raw.strict.unwrap_or(false),
         stale_while_revalidate: d(
             problems,
             "stale_while_revalidate",

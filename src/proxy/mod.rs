@@ -30,7 +30,7 @@ use tokio::task::AbortHandle;
 use crate::cache::coalesce::{Coalescer, Role, Wait};
 use crate::cache::control::parse_cache_control;
 use crate::cache::key::primary_key;
-use crate::cache::policy::{serve_while_revalidating, stale_on_error};
+use crate::cache::policy::{serve_while_revalidating, stale_on_error, Grace};
 use crate::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings};
 use crate::config::{Config, SiteConfig};
 use crate::limit::{client_ip, limit_key, Limiter, TrustedProxies};
@@ -369,7 +369,7 @@ impl Proxy {
                         &entry.stale,
                         staleness,
                         request_sie(&req.parts),
-                        site.config.grace,
+                        site.grace(),
                     )
                     .map(|reason| reason.as_str())
                 } else {
@@ -490,7 +490,7 @@ impl Proxy {
         // Never a copy that may be somebody else's page, nor a stored error.
         let entry = stale.as_ref().filter(|e| e.may_serve_stale())?;
         let now = SystemTime::now();
-        let grace = self.sites[req.site].config.grace;
+        let grace = self.sites[req.site].grace();
         let reason = stale_on_error(
             &entry.stale,
             entry.staleness(now),
@@ -594,6 +594,13 @@ impl Proxy {
 }
 
 impl Site {
+    fn grace(&self) -> Grace {
+        Grace {
+            window: self.config.grace,
+            strict: self.config.strict,
+        }
+    }
+
     /// The cache key for a canonical target (`routing::target`) requested as `host` (the
     /// normalised authority, `routing::Authority::normalised`). The host is part of the key
     /// unless the origin is always sent the same Host: otherwise one site's hostnames (and every
