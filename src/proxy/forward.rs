@@ -404,7 +404,8 @@ fn prepare_origin_headers(
 /// An origin error response, kept whole when small so coalesced waiters get the same answer.
 async fn shared_error(response: reqwest::Response) -> Canned {
     let status = response.status();
-    let mut headers = response.headers().clone();
+    // Kept while waiters use it: own copies, not slices of the origin connection's buffer.
+    let mut headers = crate::cache::footprint::compact_headers(response.headers());
     headers::strip_hop_by_hop(&mut headers);
     // Shared with every waiter: nothing meant for one visitor.
     headers.remove(SET_COOKIE);

@@ -640,6 +640,7 @@ fn head_copy(parts: &request::Parts) -> request::Parts {
     copy.method = parts.method.clone();
     copy.uri = parts.uri.clone();
     copy.version = parts.version;
-    copy.headers = parts.headers.clone();
+    // Own copies: the client's values are slices of its connection's read buffer.
+    copy.headers = crate::cache::footprint::compact_headers(&parts.headers);
     copy
 }
