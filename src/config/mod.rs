@@ -104,6 +104,9 @@ const PAGE_429: &str = "<!doctype html><html lang=\"ja\"><head><meta charset=\"u
 pub struct CacheConfig {
     /// Upper bound of the in-memory store, bodies and headers included.
     pub memory: u64,
+    /// Upper bound of body bytes held in flight (fills being read, chunks waiting for slow
+    /// clients, shared error bodies); `None` means the default (see `Config::inflight_memory`).
+    pub inflight_memory: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,11 +131,23 @@ impl Config {
                 max_requests_in_flight: 10_000,
                 h2_max_concurrent_streams: 100,
             },
-            cache: CacheConfig { memory: 256 << 20 },
+            cache: CacheConfig {
+                memory: 256 << 20,
+                inflight_memory: None,
+            },
             log: LogConfig { access: true },
             limits: LimitsConfig::default(),
             sites,
         }
+    }
+
+    /// The in-flight budget: as configured, else a quarter of `cache.memory` but never less
+    /// than the largest `max_object_size` (so that any storable object can be filled).
+    pub fn inflight_memory(&self) -> u64 {
+        self.cache.inflight_memory.unwrap_or_else(|| {
+            let largest = self.sites.iter().map(|s| s.max_object_size).max();
+            (self.cache.memory / 4).max(largest.unwrap_or(0))
+        })
     }
 
     /// Reads and validates a config file.
@@ -415,6 +430,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     if config.cache.memory < 1 << 20 {
         problems.add("cache.memory", "must be at least 1MiB");
     }
+    if cache.inflight_memory.is_some() {
+        let inflight = problems.size("cache.inflight_memory".into(), &cache.inflight_memory, 1 << 20);
+        if inflight < 1 << 20 {
+            problems.add("cache.inflight_memory", "must be at least 1MiB");
+        }
+        config.cache.inflight_memory = Some(inflight);
+    }
     config.log.access = raw.log.and_then(|l| l.access).unwrap_or(true);
 
     if raw.site.is_empty() {
@@ -443,6 +465,17 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                         format!("{host} is listed by another site"),
                     );
                 }
+            }
+            if config
+                .cache
+                .inflight_memory
+                .is_some_and(|inflight| site.max_object_size > inflight)
+            {
+                problems.add(
+                    format!("{prefix}.max_object_size"),
+                    "is larger than cache.inflight_memory; objects that size could never be \
+                     filled",
+                );
             }
             if site.max_object_size > config.cache.memory {
                 problems.add(

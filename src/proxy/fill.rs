@@ -1,30 +1,41 @@
-//! Relaying an origin body to the client while (optionally) storing it.
+//! Relaying an origin body to the client while (optionally) storing it, within the in-flight
+//! budget (`proxy::budget`).
 //!
-//! A task reads the origin as fast as it delivers. When the response is being stored, a slow or
-//! departed client never holds up the store (the chunks are kept for the store anyway); when it
-//! is not, up to `RELAY_BUFFER` is held for a slow client, and only beyond that does the client's
-//! pace apply back-pressure to the origin. The origin slot is released the moment the origin
-//! body is in. A body cut short is never stored, and the client's body ends in an error so that
-//! its connection is aborted rather than given a short 200.
+//! While a response is being stored, the origin is read at its own pace whatever the client
+//! does, and the fill's bytes count against the global budget; past it, the fill stops storing
+//! (waiters are told "uncacheable") and goes on as a plain relay. A plain relay reads ahead of
+//! its client only while the budget and the client's share have room; past that the client's
+//! pace applies back-pressure at once. A relay that has to wait on its client gives its origin
+//! slot back, and one whose client takes nothing for the stall timeout is abandoned (the
+//! client's body ends in an error). After a fill is stored, the rest of a slow client's body is
+//! copied out of the stored entry piece by piece instead of keeping the origin's chunks. A body
+//! cut short is never stored, and the client's body ends in an error so that its connection is
+//! aborted rather than given a short 200.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
 
-use super::body::{Body, Truncated};
+use super::body::{Body, Piece, Relayed, Truncated};
+use super::budget::{Budget, Charge, Meter, Owner};
 use super::Outcome;
 use crate::cache::coalesce::Leader;
 use crate::cache::{Entry, MemoryStore, StoreSettings};
 
-/// How far a client may lag behind the origin on a response that is not stored before its pace
-/// holds the origin back. Below it the origin is read at full speed and its slot is freed as soon
-/// as the body is in (what nginx calls proxy buffering, in memory).
-const RELAY_BUFFER: usize = 1 << 20;
+/// Room the budget must have before a relay reads ahead of its client: about one chunk as
+/// hyper reads them (its read buffer grows to ~400 KiB on fast links).
+const READ_AHEAD_ROOM: u64 = 256 * 1024;
+
+/// Size of the pieces copied out of a stored entry for a client that lagged behind the fill.
+const STORED_PIECE: usize = 64 * 1024;
 
 /// Everything needed to turn a complete body into a stored entry.
 pub struct StoreJob {
@@ -37,33 +48,234 @@ pub struct StoreJob {
     pub response_time: SystemTime,
     pub settings: StoreSettings,
     pub max_size: u64,
+    /// The fill's claim on the in-flight budget (the whole body when its length is known).
+    pub fill: Charge,
+}
+
+/// Whose relay this is and how long it may wait on its client.
+pub struct RelayLimits {
+    pub budget: Arc<Budget>,
+    pub client: IpAddr,
+    /// How long a client may take nothing before its relay is abandoned.
+    pub stall: Duration,
 }
 
 /// Starts relaying `response`'s body; returns the client's body. With `job`, the complete body
-/// is stored and `leader` finishes with it; otherwise (or if the body turns out too large) the
-/// leader finishes as uncacheable so that waiters fetch for themselves.
+/// is stored and `leader` finishes with it; otherwise (or if the body turns out too large, or
+/// the budget runs out) the leader finishes as uncacheable so that waiters fetch for themselves.
 pub fn relay(
     response: reqwest::Response,
     job: Option<StoreJob>,
     leader: Option<Leader<Outcome>>,
     want_body: bool,
     origin_slot: Option<OwnedSemaphorePermit>,
+    limits: RelayLimits,
 ) -> Body {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Truncated>>(16);
-    let expected = response.content_length();
-    tokio::spawn(pump(
-        response,
-        job,
-        leader,
+    // One piece in the channel: everything else a slow client holds up is counted in the
+    // budget, not hidden in a queue.
+    let (tx, rx) = mpsc::channel::<Result<Piece, Truncated>>(1);
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let client = Client {
+        lag: limits.budget.charge(Owner::Client(limits.client)),
+        owner: Owner::Client(limits.client),
+        budget: limits.budget,
+        stall: limits.stall,
         tx,
-        expected,
-        want_body,
-        origin_slot,
-    ));
+        open: want_body,
+        abandoned: abandoned.clone(),
+        meter: Arc::new(Meter::default()),
+        pending: VecDeque::new(),
+        pending_bytes: 0,
+        rest: None,
+        last_progress: Instant::now(),
+    };
+    tokio::spawn(pump(response, job, leader, client, origin_slot));
     if want_body {
-        Body::Channel(rx)
+        Body::Channel(Relayed { rx, abandoned })
     } else {
         Body::empty()
+    }
+}
+
+/// The client's side of a relay: what it still has to get, and its claim on the budget.
+struct Client {
+    budget: Arc<Budget>,
+    owner: Owner,
+    stall: Duration,
+    tx: mpsc::Sender<Result<Piece, Truncated>>,
+    open: bool,
+    abandoned: Arc<AtomicBool>,
+    meter: Arc<Meter>,
+    /// Origin chunks not yet handed over; counted in `lag` unless a fill's charge covers them.
+    pending: VecDeque<Bytes>,
+    pending_bytes: u64,
+    /// Bytes held for this client alone (pending chunks, or the stored rest it still needs).
+    lag: Charge,
+    /// After a fill is stored: the rest of the body comes from the stored entry.
+    rest: Option<Rest>,
+    last_progress: Instant,
+}
+
+/// The part of a stored body a lagging client has not had yet. Held strongly while the budget
+/// counts it; otherwise weakly, so a slow client never keeps an evicted body alive.
+struct Rest {
+    entry: Held,
+    offset: usize,
+}
+
+enum Held {
+    Strong(Arc<Entry>),
+    Weak(Weak<Entry>),
+}
+
+impl Client {
+    fn has_more(&self) -> bool {
+        self.open && (!self.pending.is_empty() || self.rest.is_some())
+    }
+
+    /// Nothing of this relay is waiting in the channel or in hyper's buffer: the client has
+    /// taken everything, so it may always be given one more piece (progress under pressure).
+    fn caught_up(&self) -> bool {
+        self.meter.outstanding() == 0
+    }
+
+    /// Hands the client every piece it can take now. `covered`: pending chunks are counted in
+    /// a fill's charge, so each piece needs a claim of its own.
+    fn hand_over(&mut self, covered: bool) {
+        while self.has_more() {
+            let permit = match self.tx.clone().try_reserve_owned() {
+                Ok(permit) => permit,
+                Err(mpsc::error::TrySendError::Full(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.close();
+                    return;
+                }
+            };
+            let piece = if self.rest.is_some() {
+                match self.stored_piece() {
+                    Some(piece) => piece,
+                    None => return,
+                }
+            } else {
+                let Some(front) = self.pending.front() else {
+                    return;
+                };
+                let len = front.len() as u64;
+                let charge = if covered {
+                    match self.own_charge(len) {
+                        Some(charge) => charge,
+                        None => return,
+                    }
+                } else {
+                    self.lag.split_off(len, &self.meter)
+                };
+                self.pending_bytes -= len;
+                match self.pending.pop_front() {
+                    Some(bytes) => Piece::new(bytes, Some(charge)),
+                    None => return,
+                }
+            };
+            permit.send(Ok(piece));
+            self.last_progress = Instant::now();
+        }
+    }
+
+    /// A fresh claim for `len` bytes of this client's, counted in its meter; past the budget
+    /// only when the client has taken everything else.
+    fn own_charge(&mut self, len: u64) -> Option<Charge> {
+        let mut charge = self.budget.charge(self.owner);
+        if !charge.try_grow(len) {
+            if !self.caught_up() {
+                return None;
+            }
+            charge.force_grow(len);
+        }
+        Some(charge.split_off(len, &self.meter))
+    }
+
+    /// The next piece of a stored body, copied so that the client never holds the entry.
+    fn stored_piece(&mut self) -> Option<Piece> {
+        let rest = self.rest.as_mut()?;
+        let entry = match &rest.entry {
+            Held::Strong(entry) => entry.clone(),
+            Held::Weak(weak) => match weak.upgrade() {
+                Some(entry) => entry,
+                None => {
+                    // Evicted while the client dawdled, and not counted: give up on it.
+                    self.abandon();
+                    return None;
+                }
+            },
+        };
+        let end = (rest.offset + STORED_PIECE).min(entry.body.len());
+        let bytes = Bytes::copy_from_slice(&entry.body[rest.offset..end]);
+        let len = bytes.len() as u64;
+        let strong = matches!(rest.entry, Held::Strong(_));
+        let charge = if strong {
+            // The rest is already counted: the piece takes its share of that claim.
+            self.lag.split_off(len, &self.meter)
+        } else {
+            self.own_charge(len)?
+        };
+        let rest = self.rest.as_mut()?;
+        rest.offset = end;
+        if end >= entry.body.len() {
+            self.rest = None;
+        }
+        Some(Piece::new(bytes, Some(charge)))
+    }
+
+    /// The client is gone: nothing more is kept for it.
+    fn close(&mut self) {
+        self.open = false;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.rest = None;
+        self.lag.shrink_to(0);
+    }
+
+    /// Gives up on a client that took too long: its body will end in an error.
+    fn abandon(&mut self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.close();
+    }
+
+    /// Waits until the client takes something, the budget frees up, or its stall time is up;
+    /// returns false when the client stalled.
+    async fn wait(&mut self) -> bool {
+        let deadline = self.last_progress + self.stall;
+        tokio::select! {
+            _ = self.meter.taken.notified() => {
+                self.last_progress = Instant::now();
+                true
+            }
+            _ = self.budget.freed() => true,
+            _ = tokio::time::sleep_until(deadline) => self.last_progress.elapsed() < self.stall,
+        }
+    }
+
+    /// Hands over what is left, waiting on the client, then ends its body (with `error`, if
+    /// any).
+    async fn finish(mut self, error: Option<Truncated>, covered: bool) {
+        loop {
+            self.hand_over(covered);
+            if !self.has_more() {
+                break;
+            }
+            if !self.wait().await {
+                self.stalled();
+                return;
+            }
+        }
+        if let (true, Some(error)) = (self.open, error) {
+            let _ = self.tx.send(Err(error)).await;
+        }
+    }
+
+    fn stalled(&mut self) {
+        self.budget.note_stall();
+        tracing::debug!("client took nothing for {:?}; relay abandoned", self.stall);
+        self.abandon();
     }
 }
 
@@ -71,77 +283,74 @@ async fn pump(
     response: reqwest::Response,
     mut job: Option<StoreJob>,
     mut leader: Option<Leader<Outcome>>,
-    tx: mpsc::Sender<Result<Bytes, Truncated>>,
-    expected: Option<u64>,
-    want_body: bool,
-    // Held while the origin is being read; released as soon as it is done, not when a slow
-    // client has finished downloading.
+    mut client: Client,
+    // Held while the origin is read at full speed; given back once the relay has to wait on
+    // its client, so a client's reading pace never holds an origin slot.
     mut origin_slot: Option<OwnedSemaphorePermit>,
 ) {
+    let expected = response.content_length();
     let mut stream = response.bytes_stream();
-    // The whole body, while it is being stored.
+    // The whole body, while it is being stored (counted in the job's `fill` charge).
     let mut stored: Vec<Bytes> = Vec::new();
-    // Chunks not yet handed to the client, and their size.
-    let mut pending: VecDeque<Bytes> = VecDeque::new();
-    let mut pending_bytes = 0usize;
     let mut received: u64 = 0;
-    let mut client_open = want_body;
 
     loop {
-        // Hand the client whatever it can take without waiting for it.
-        while client_open {
-            let Some(front) = pending.front() else { break };
-            match tx.try_send(Ok(front.clone())) {
-                Ok(()) => {
-                    pending_bytes -= front.len();
-                    pending.pop_front();
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => break,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    client_open = false;
-                    pending.clear();
-                    pending_bytes = 0;
-                }
-            }
-        }
-        if !client_open && job.is_none() {
+        client.hand_over(job.is_some());
+        if !client.open && job.is_none() {
             // Nobody wants the rest: stop reading the origin.
             return;
         }
-        // Not storing and the client lags too far behind: now its pace sets the origin's.
-        if job.is_none() && pending_bytes > RELAY_BUFFER {
-            if let Some(front) = pending.pop_front() {
-                pending_bytes -= front.len();
-                if tx.send(Ok(front)).await.is_err() {
-                    return;
-                }
+        let may_read = job.is_some()
+            || client.budget.has_room(client.owner, READ_AHEAD_ROOM)
+            || (client.pending.is_empty() && client.caught_up());
+        if !may_read {
+            // Held back by the client's pace: the origin slot is not its to hold.
+            origin_slot.take();
+            if !client.wait().await {
+                client.stalled();
+                return;
             }
             continue;
         }
-        match stream.next().await {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            // Keep feeding a client that catches up while the origin is slow.
+            _ = client.meter.taken.notified(), if client.has_more() => continue,
+        };
+        match next {
             Some(Ok(chunk)) => {
-                received += chunk.len() as u64;
-                if job.as_ref().is_some_and(|j| received > j.max_size) {
-                    // Too large to store after all: keep relaying, stop storing.
-                    job = None;
-                    stored = Vec::new();
-                    if let Some(l) = leader.take() {
-                        l.finish(Outcome::Uncacheable);
+                let len = chunk.len() as u64;
+                received += len;
+                if let Some(j) = job.as_mut() {
+                    if received > j.max_size || !j.fill.try_grow(len) {
+                        // Too large, or no budget left to hold it: relay on, stop storing.
+                        stop_storing(&mut job, &mut stored, &mut leader, &mut client);
                     }
                 }
                 if job.is_some() {
                     stored.push(chunk.clone());
+                } else if client.open {
+                    // Already in memory: counted even when it takes the client past its share.
+                    if !client.lag.try_grow(len) {
+                        client.lag.force_grow(len);
+                    }
                 }
-                if client_open {
-                    pending_bytes += chunk.len();
-                    pending.push_back(chunk);
+                if client.open {
+                    client.pending_bytes += len;
+                    client.pending.push_back(chunk);
                 }
             }
             Some(Err(err)) => {
                 origin_slot.take();
                 tracing::warn!(error = %err, received, "origin body failed; not storing");
-                finish_client(&tx, pending, client_open, Some(Truncated(err.to_string()))).await;
                 // `leader` is dropped: waiters wake as abandoned and try again.
+                drop(leader);
+                let covered = job.is_some();
+                let keep = job.take().map(|j| j.fill);
+                client
+                    .finish(Some(Truncated(err.to_string())), covered)
+                    .await;
+                drop(keep);
                 return;
             }
             None => break,
@@ -155,50 +364,89 @@ async fn pump(
             ?expected,
             "origin body length mismatch; not storing"
         );
+        drop(leader);
+        let covered = job.is_some();
+        let keep = job.take().map(|j| j.fill);
         let cut = Truncated(format!("{received} of {expected:?} bytes"));
-        finish_client(&tx, pending, client_open, Some(cut)).await;
+        client.finish(Some(cut), covered).await;
+        drop(keep);
         return;
     }
-    if let Some(job) = job {
-        let mut body = BytesMut::with_capacity(received as usize);
-        for chunk in &stored {
-            body.extend_from_slice(chunk);
-        }
-        let entry = Arc::new(Entry::new(
-            job.status,
-            job.headers,
-            body.freeze(),
-            &job.request_headers,
-            job.request_time,
-            job.response_time,
-            &job.settings,
-        ));
-        job.store.insert(job.key, entry.clone());
+    let Some(mut job) = job else {
         if let Some(l) = leader.take() {
-            l.finish(Outcome::Stored(entry));
+            l.finish(Outcome::Uncacheable);
         }
-    } else if let Some(l) = leader.take() {
-        l.finish(Outcome::Uncacheable);
+        client.finish(None, false).await;
+        return;
+    };
+    // Copied into one allocation of its own: the origin's chunks are slices of its read
+    // buffers, which a stored body must not keep alive. The copy is counted until stored.
+    if !job.fill.try_grow(received) {
+        stop_storing(&mut Some(job), &mut stored, &mut leader, &mut client);
+        client.finish(None, false).await;
+        return;
     }
-    finish_client(&tx, pending, client_open, None).await;
+    let mut body = BytesMut::with_capacity(received as usize);
+    for chunk in &stored {
+        body.extend_from_slice(chunk);
+    }
+    drop(stored);
+    let entry = Arc::new(Entry::new(
+        job.status,
+        job.headers,
+        body.freeze(),
+        &job.request_headers,
+        job.request_time,
+        job.response_time,
+        &job.settings,
+    ));
+    job.store.insert(job.key, entry.clone());
+    // The store counts the entry now.
+    drop(job.fill);
+    if let Some(l) = leader.take() {
+        l.finish(Outcome::Stored(entry.clone()));
+    }
+    client.serve_rest_from(&entry);
+    client.finish(None, false).await;
 }
 
-/// Sends the client what it has not had yet, then the error that aborts its connection, if any.
-async fn finish_client(
-    tx: &mpsc::Sender<Result<Bytes, Truncated>>,
-    pending: VecDeque<Bytes>,
-    client_open: bool,
-    error: Option<Truncated>,
-) {
-    if !client_open {
-        return;
-    }
-    for chunk in pending {
-        if tx.send(Ok(chunk)).await.is_err() {
+impl Client {
+    /// After the store: what the client has not had yet comes from the stored entry, and the
+    /// origin's chunks are let go.
+    fn serve_rest_from(&mut self, entry: &Arc<Entry>) {
+        if !self.open || self.pending.is_empty() {
             return;
         }
+        let offset = entry.body.len() - self.pending_bytes as usize;
+        let rest = self.pending_bytes;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        let held = if self.lag.try_grow(rest) {
+            Held::Strong(entry.clone())
+        } else {
+            Held::Weak(Arc::downgrade(entry))
+        };
+        self.rest = Some(Rest {
+            entry: held,
+            offset,
+        });
     }
-    if let Some(error) = error {
-        let _ = tx.send(Err(error)).await;
+}
+
+/// Stops storing: waiters fetch for themselves, the fill's bytes are given back, and what the
+/// client still needs is counted as its own.
+fn stop_storing(
+    job: &mut Option<StoreJob>,
+    stored: &mut Vec<Bytes>,
+    leader: &mut Option<Leader<Outcome>>,
+    client: &mut Client,
+) {
+    *job = None;
+    *stored = Vec::new();
+    if let Some(l) = leader.take() {
+        l.finish(Outcome::Uncacheable);
+    }
+    if client.open {
+        client.lag.force_grow(client.pending_bytes);
     }
 }
