@@ -92,8 +92,10 @@ impl Budget {
         }
     }
 
-    /// Is there room for `n` more bytes for `owner`?
+    /// Is there room for `n` more bytes for `owner`? (`n` is capped at a client's share, so a
+    /// small budget still lets relays move.)
     pub fn has_room(&self, owner: Owner, n: u64) -> bool {
+        let n = n.min(self.per_client);
         if self.used() + n > self.limit {
             return false;
         }

@@ -30,9 +30,10 @@ use super::Outcome;
 use crate::cache::coalesce::Leader;
 use crate::cache::{Entry, MemoryStore, StoreSettings};
 
-/// Room the budget must have before a relay reads ahead of its client: about one chunk as
-/// hyper reads them (its read buffer grows to ~400 KiB on fast links).
-const READ_AHEAD_ROOM: u64 = 256 * 1024;
+/// Room the budget must have before a relay reads ahead of its client: one chunk as hyper
+/// reads them (its read buffer grows past 800 KiB on fast links), so that reading one more
+/// rarely takes the count past the cap. Capped at a client's share (see `Budget::has_room`).
+const READ_AHEAD_ROOM: u64 = 1 << 20;
 
 /// Size of the pieces copied out of a stored entry for a client that lagged behind the fill.
 const STORED_PIECE: usize = 64 * 1024;
@@ -180,12 +181,12 @@ impl Client {
         }
     }
 
-    /// A fresh claim for `len` bytes of this client's, counted in its meter; past the budget
-    /// only when the client has taken everything else.
+    /// A fresh claim for `len` bytes of this client's, counted in its meter; past the client's
+    /// share (never the global cap) only when the client has taken everything else.
     fn own_charge(&mut self, len: u64) -> Option<Charge> {
         let mut charge = self.budget.charge(self.owner);
         if !charge.try_grow(len) {
-            if !self.caught_up() {
+            if !(self.caught_up() && self.budget.has_room(Owner::Shared, len)) {
                 return None;
             }
             charge.force_grow(len);
@@ -300,9 +301,16 @@ async fn pump(
             // Nobody wants the rest: stop reading the origin.
             return;
         }
+        let idle = client.pending.is_empty() && client.caught_up();
         let may_read = job.is_some()
             || client.budget.has_room(client.owner, READ_AHEAD_ROOM)
-            || (client.pending.is_empty() && client.caught_up());
+            // A client that has taken everything may go past its share, not the global cap.
+            || (idle && client.budget.has_room(Owner::Shared, READ_AHEAD_ROOM));
+        if !may_read && idle {
+            // Others hold the budget; not this client's doing, so no stall is counted.
+            client.budget.freed().await;
+            continue;
+        }
         if !may_read {
             // Held back by the client's pace: the origin slot is not its to hold.
             origin_slot.take();
