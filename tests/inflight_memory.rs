@@ -124,3 +124,36 @@ async fn forty_silent_readers_of_distinct_large_objects_stay_within_the_budget()
     );
     drop(readers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_with_many_silent_connections_holds_at_most_its_share() {
+    const READERS: usize = 40;
+    const BUDGET: u64 = 16 * MIB;
+    let origin = Origin::start().await;
+    let body = payload(8 << 20);
+    // Not stored (Authorization): every byte a relay holds is held for this one client.
+    origin.route("/private.bin", Route::ok(body));
+    let kagami = kagami(&origin, BUDGET).await;
+    let before = rss();
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let request =
+            "GET /private.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer x\r\n\r\n";
+        readers.push(silent_reader(kagami.addr, request.to_string()).await);
+    }
+    let peak = peak_rss_while(Duration::from_secs(3), || origin.total() >= READERS).await;
+    let stats = kagami.running.proxy.stats.snapshot();
+    println!(
+        "{READERS} silent readers with Authorization: RSS +{} MiB; in flight peak {:.1} MiB",
+        peak.saturating_sub(before) >> 20,
+        stats.inflight_peak_bytes as f64 / MIB as f64,
+    );
+    // A quarter of the budget, plus what a reader that had taken everything may read at once.
+    assert!(
+        stats.inflight_peak_bytes <= BUDGET / 4 + 2 * MIB,
+        "one client held {} bytes in flight",
+        stats.inflight_peak_bytes
+    );
+    assert!(peak.saturating_sub(before) < 80 * MIB);
+    drop(readers);
+}

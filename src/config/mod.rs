@@ -574,6 +574,38 @@ grace = "forever"
     }
 
     #[test]
+    fn inflight_memory_defaults_to_a_quarter_of_memory_and_is_validated() {
+        let config = Config::parse(MINIMAL, Path::new("k.toml")).unwrap();
+        assert_eq!(config.inflight_memory(), 64 << 20);
+        let small = MINIMAL.replace("memory = \"256MiB\"", "memory = \"32MiB\"");
+        let config = Config::parse(&small, Path::new("k.toml")).unwrap();
+        assert_eq!(
+            config.inflight_memory(),
+            32 << 20,
+            "at least the largest max_object_size"
+        );
+        let set = MINIMAL.replace(
+            "memory = \"256MiB\"",
+            "memory = \"256MiB\"\ninflight_memory = \"48MiB\"",
+        );
+        let config = Config::parse(&set, Path::new("k.toml")).unwrap();
+        assert_eq!(config.inflight_memory(), 48 << 20);
+
+        let tiny = MINIMAL.replace(
+            "memory = \"256MiB\"",
+            "memory = \"256MiB\"\ninflight_memory = \"16MiB\"",
+        );
+        let keys: Vec<String> = problems_of(&tiny).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["site[0].max_object_size"], "32MiB objects could never be filled");
+        let bad = MINIMAL.replace(
+            "memory = \"256MiB\"",
+            "memory = \"256MiB\"\ninflight_memory = \"100KiB\"",
+        );
+        let keys: Vec<String> = problems_of(&bad).into_iter().map(|p| p.key).collect();
+        assert!(keys.contains(&"cache.inflight_memory".to_string()), "{keys:?}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = Config::parse("[cache]\nmemroy = \"1GiB\"\n", Path::new("k.toml")).unwrap_err();
         let text = err.to_string();

@@ -135,7 +135,7 @@ impl Client {
     }
 
     /// Nothing of this relay is waiting in the channel or in hyper's buffer: the client has
-    /// taken everything, so it may always be given one more piece (progress under pressure).
+    /// taken everything it was given.
     fn caught_up(&self) -> bool {
         self.meter.outstanding() == 0
     }
@@ -181,15 +181,12 @@ impl Client {
         }
     }
 
-    /// A fresh claim for `len` bytes of this client's, counted in its meter; past the client's
-    /// share (never the global cap) only when the client has taken everything else.
+    /// A fresh claim for `len` bytes of this client's, counted in its meter, if its share and
+    /// the budget have room.
     fn own_charge(&mut self, len: u64) -> Option<Charge> {
         let mut charge = self.budget.charge(self.owner);
         if !charge.try_grow(len) {
-            if !(self.caught_up() && self.budget.has_room(Owner::Shared, len)) {
-                return None;
-            }
-            charge.force_grow(len);
+            return None;
         }
         Some(charge.split_off(len, &self.meter))
     }
@@ -301,19 +298,19 @@ async fn pump(
             // Nobody wants the rest: stop reading the origin.
             return;
         }
-        let idle = client.pending.is_empty() && client.caught_up();
-        let may_read = job.is_some()
-            || client.budget.has_room(client.owner, READ_AHEAD_ROOM)
-            // A client that has taken everything may go past its share, not the global cap.
-            || (idle && client.budget.has_room(Owner::Shared, READ_AHEAD_ROOM));
-        if !may_read && idle {
-            // Others hold the budget; not this client's doing, so no stall is counted.
+        // A client with many connections shares one quarter of the budget among them all.
+        let may_read = job.is_some() || client.budget.has_room(client.owner, READ_AHEAD_ROOM);
+        if !may_read {
+            // Not reading the origin: the slot is not this relay's to hold while it waits.
+            origin_slot.take();
+        }
+        if !may_read && client.pending.is_empty() && client.caught_up() {
+            // Others hold the budget; not this relay's client, so no stall is counted.
             client.budget.freed().await;
             continue;
         }
         if !may_read {
-            // Held back by the client's pace: the origin slot is not its to hold.
-            origin_slot.take();
+            // Held back by the client's pace.
             if !client.wait().await {
                 client.stalled();
                 return;

@@ -182,7 +182,8 @@ impl Proxy {
                     key,
                     status,
                     headers: response_headers.clone(),
-                    request_headers: req.parts.headers.clone(),
+                    // Kept for as long as the fill runs: not the client's read buffer.
+                    request_headers: crate::cache::footprint::compact_headers(&req.parts.headers),
                     request_time,
                     response_time,
                     settings: site.settings,
