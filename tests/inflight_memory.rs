@@ -13,6 +13,13 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const MIB: u64 = 1 << 20;
 
+/// RSS is measured per process: the tests of this file run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Resident memory of this test process, in bytes.
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -70,6 +77,7 @@ async fn peak_rss_while(limit: Duration, done: impl Fn() -> bool) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_silent_readers_of_distinct_large_objects_stay_within_the_budget() {
+    let _serial = serial();
     const READERS: usize = 40;
     const OBJECT: usize = 8 << 20;
     const BUDGET: u64 = 16 * MIB;
@@ -127,6 +135,7 @@ async fn forty_silent_readers_of_distinct_large_objects_stay_within_the_budget()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_with_many_silent_connections_holds_at_most_its_share() {
+    let _serial = serial();
     const READERS: usize = 40;
     const BUDGET: u64 = 16 * MIB;
     let origin = Origin::start().await;
@@ -156,4 +165,65 @@ async fn one_client_with_many_silent_connections_holds_at_most_its_share() {
     );
     assert!(peak.saturating_sub(before) < 80 * MIB);
     drop(readers);
+}
+
+/// Reads one response with a Content-Length body, slowly at first; returns the body.
+async fn read_body(stream: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                return got[end + 4..end + 4 + length].to_vec();
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut buf))
+            .await
+            .expect("the whole body in time")
+            .expect("read");
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_lags_behind_a_stored_fill_still_gets_every_byte() {
+    let _serial = serial();
+    let origin = Origin::start().await;
+    // 2 MiB fits the client's share of the budget (the rest is kept counted); 8 MiB does not
+    // (the rest is copied out of the stored entry while the store keeps it).
+    for (path, len) in [("/two.bin", 2 << 20), ("/eight.bin", 8 << 20)] {
+        let body = payload(len);
+        origin.route(
+            path,
+            Route::ok(body.clone()).header("cache-control", "max-age=60"),
+        );
+        let kagami = kagami(&origin, 16 * MIB).await;
+        // The Host a later reqwest GET sends too, so that it finds the stored copy.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", kagami.addr);
+        let mut stream = silent_reader(kagami.addr, request).await;
+        // The fill completes while the client reads nothing.
+        let start = Instant::now();
+        while kagami.running.proxy.store.entry_count() == 0
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(kagami.running.proxy.store.entry_count(), 1, "{path} stored");
+        let got = read_body(&mut stream).await;
+        assert_eq!(got.len(), body.len(), "{path}");
+        assert!(got == body[..], "{path}: the bytes differ");
+        let hit = kagami.get(path).await;
+        assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+        assert!(hit.body == body, "{path}: the stored copy differs");
+    }
 }

@@ -107,7 +107,7 @@ struct Client {
     open: bool,
     abandoned: Arc<AtomicBool>,
     meter: Arc<Meter>,
-    /// Origin chunks not yet handed over; counted in `lag` unless a fill's charge covers them.
+    /// Origin chunks not yet handed over, counted in `lag`.
     pending: VecDeque<Bytes>,
     pending_bytes: u64,
     /// Bytes held for this client alone (pending chunks, or the stored rest it still needs).
@@ -140,9 +140,8 @@ impl Client {
         self.meter.outstanding() == 0
     }
 
-    /// Hands the client every piece it can take now. `covered`: pending chunks are counted in
-    /// a fill's charge, so each piece needs a claim of its own.
-    fn hand_over(&mut self, covered: bool) {
+    /// Hands the client every piece it can take now.
+    fn hand_over(&mut self) {
         while self.has_more() {
             let permit = match self.tx.clone().try_reserve_owned() {
                 Ok(permit) => permit,
@@ -158,23 +157,12 @@ impl Client {
                     None => return,
                 }
             } else {
-                let Some(front) = self.pending.front() else {
+                let Some(bytes) = self.pending.pop_front() else {
                     return;
                 };
-                let len = front.len() as u64;
-                let charge = if covered {
-                    match self.own_charge(len) {
-                        Some(charge) => charge,
-                        None => return,
-                    }
-                } else {
-                    self.lag.split_off(len, &self.meter)
-                };
+                let len = bytes.len() as u64;
                 self.pending_bytes -= len;
-                match self.pending.pop_front() {
-                    Some(bytes) => Piece::new(bytes, Some(charge)),
-                    None => return,
-                }
+                Piece::new(bytes, Some(self.lag.split_off(len, &self.meter)))
             };
             permit.send(Ok(piece));
             self.last_progress = Instant::now();
@@ -254,9 +242,9 @@ impl Client {
 
     /// Hands over what is left, waiting on the client, then ends its body (with `error`, if
     /// any).
-    async fn finish(mut self, error: Option<Truncated>, covered: bool) {
+    async fn finish(mut self, error: Option<Truncated>) {
         loop {
-            self.hand_over(covered);
+            self.hand_over();
             if !self.has_more() {
                 break;
             }
@@ -282,36 +270,38 @@ async fn pump(
     mut job: Option<StoreJob>,
     mut leader: Option<Leader<Outcome>>,
     mut client: Client,
-    // Held while the origin is read at full speed; given back once the relay has to wait on
-    // its client, so a client's reading pace never holds an origin slot.
+    // Held while the origin is read; given back as soon as the relay stops reading it to wait
+    // (on its client or on the budget), so a client's reading pace never holds an origin slot.
     mut origin_slot: Option<OwnedSemaphorePermit>,
 ) {
     let expected = response.content_length();
     let mut stream = response.bytes_stream();
-    // The whole body, while it is being stored (counted in the job's `fill` charge).
-    let mut stored: Vec<Bytes> = Vec::new();
+    // The body being stored, in one allocation of its own (never the origin's read buffers),
+    // counted in the job's `fill` charge (all of it up front when the length is known).
+    let mut fill = Fill {
+        body: BytesMut::with_capacity(match (&job, expected) {
+            (Some(_), Some(len)) => len as usize,
+            _ => 0,
+        }),
+        behind: None,
+    };
     let mut received: u64 = 0;
 
     loop {
-        client.hand_over(job.is_some());
+        client.hand_over();
         if !client.open && job.is_none() {
             // Nobody wants the rest: stop reading the origin.
             return;
         }
-        // A client with many connections shares one quarter of the budget among them all.
+        // While storing, the origin is read at its own pace; otherwise only while the budget
+        // (and the client's quarter of it, shared by all its connections) has room.
         let may_read = job.is_some() || client.budget.has_room(client.owner, READ_AHEAD_ROOM);
         if !may_read {
-            // Not reading the origin: the slot is not this relay's to hold while it waits.
             origin_slot.take();
-        }
-        if !may_read && client.pending.is_empty() && client.caught_up() {
-            // Others hold the budget; not this relay's client, so no stall is counted.
-            client.budget.freed().await;
-            continue;
-        }
-        if !may_read {
-            // Held back by the client's pace.
-            if !client.wait().await {
+            if client.pending.is_empty() && client.caught_up() {
+                // Others hold the budget; not this relay's client, so no stall is counted.
+                client.budget.freed().await;
+            } else if !client.wait().await {
                 client.stalled();
                 return;
             }
@@ -327,35 +317,40 @@ async fn pump(
                 let len = chunk.len() as u64;
                 received += len;
                 if let Some(j) = job.as_mut() {
-                    if received > j.max_size || !j.fill.try_grow(len) {
+                    if received > j.max_size || !fill.append(&chunk, &mut j.fill) {
                         // Too large, or no budget left to hold it: relay on, stop storing.
-                        stop_storing(&mut job, &mut stored, &mut leader, &mut client);
+                        stop_storing(&mut job, &mut fill, &mut leader, &mut client);
                     }
                 }
-                if job.is_some() {
-                    stored.push(chunk.clone());
-                } else if client.open {
+                if !client.open {
+                    continue;
+                }
+                if job.is_some() && fill.behind.is_none() && !client.lag.try_grow(len) {
+                    // The client lags too far behind the fill: it gets the rest from the
+                    // stored copy once the fill is done.
+                    fill.behind = Some(received - len - client.pending_bytes);
+                    client.pending.clear();
+                    client.pending_bytes = 0;
+                    client.lag.shrink_to(0);
+                    continue;
+                }
+                if job.is_some() && fill.behind.is_some() {
+                    continue;
+                }
+                if job.is_none() && !client.lag.try_grow(len) {
                     // Already in memory: counted even when it takes the client past its share.
-                    if !client.lag.try_grow(len) {
-                        client.lag.force_grow(len);
-                    }
+                    client.lag.force_grow(len);
                 }
-                if client.open {
-                    client.pending_bytes += len;
-                    client.pending.push_back(chunk);
-                }
+                client.pending_bytes += len;
+                client.pending.push_back(chunk);
             }
             Some(Err(err)) => {
                 origin_slot.take();
                 tracing::warn!(error = %err, received, "origin body failed; not storing");
                 // `leader` is dropped: waiters wake as abandoned and try again.
                 drop(leader);
-                let covered = job.is_some();
-                let keep = job.take().map(|j| j.fill);
-                client
-                    .finish(Some(Truncated(err.to_string())), covered)
-                    .await;
-                drop(keep);
+                drop(job);
+                client.finish(Some(Truncated(err.to_string()))).await;
                 return;
             }
             None => break,
@@ -370,62 +365,107 @@ async fn pump(
             "origin body length mismatch; not storing"
         );
         drop(leader);
-        let covered = job.is_some();
-        let keep = job.take().map(|j| j.fill);
+        drop(job);
         let cut = Truncated(format!("{received} of {expected:?} bytes"));
-        client.finish(Some(cut), covered).await;
-        drop(keep);
+        client.finish(Some(cut)).await;
         return;
     }
-    let Some(mut job) = job else {
+    let Some(job) = job else {
         if let Some(l) = leader.take() {
             l.finish(Outcome::Uncacheable);
         }
-        client.finish(None, false).await;
+        client.finish(None).await;
         return;
     };
-    // Copied into one allocation of its own: the origin's chunks are slices of its read
-    // buffers, which a stored body must not keep alive. The copy is counted until stored.
-    if !job.fill.try_grow(received) {
-        stop_storing(&mut Some(job), &mut stored, &mut leader, &mut client);
-        client.finish(None, false).await;
-        return;
-    }
-    let mut body = BytesMut::with_capacity(received as usize);
-    for chunk in &stored {
-        body.extend_from_slice(chunk);
-    }
-    drop(stored);
+    let StoreJob {
+        store,
+        key,
+        status,
+        headers,
+        request_headers,
+        request_time,
+        response_time,
+        settings,
+        fill: mut fill_charge,
+        ..
+    } = job;
+    let body = fill.finish(&mut fill_charge);
     let entry = Arc::new(Entry::new(
-        job.status,
-        job.headers,
-        body.freeze(),
-        &job.request_headers,
-        job.request_time,
-        job.response_time,
-        &job.settings,
+        status,
+        headers,
+        body,
+        &request_headers,
+        request_time,
+        response_time,
+        &settings,
     ));
-    job.store.insert(job.key, entry.clone());
+    store.insert(key, entry.clone());
     // The store counts the entry now.
-    drop(job.fill);
+    drop(fill_charge);
     if let Some(l) = leader.take() {
         l.finish(Outcome::Stored(entry.clone()));
     }
-    client.serve_rest_from(&entry);
-    client.finish(None, false).await;
+    client.serve_rest_from(&entry, fill.behind);
+    client.finish(None).await;
+}
+
+/// A body being stored.
+struct Fill {
+    body: BytesMut,
+    /// Where a client that fell behind stopped getting chunks (it gets the rest from the
+    /// stored copy).
+    behind: Option<u64>,
+}
+
+impl Fill {
+    /// Appends a chunk, growing (and counting) the buffer when needed; false when the budget
+    /// has no room for it.
+    fn append(&mut self, chunk: &[u8], charge: &mut Charge) -> bool {
+        let needed = self.body.len() + chunk.len();
+        if needed > self.body.capacity() {
+            // Doubling, as `Vec` would, but counted before it is allocated.
+            let target = needed.max(self.body.capacity() * 2);
+            if !charge.try_grow((target - self.body.capacity()) as u64) {
+                return false;
+            }
+            self.body.reserve(target - self.body.len());
+            let counted = charge.bytes() as usize;
+            if self.body.capacity() > counted {
+                charge.force_grow((self.body.capacity() - counted) as u64);
+            }
+        }
+        self.body.extend_from_slice(chunk);
+        true
+    }
+
+    /// The stored body: exact-sized when the length was not known and much was left over (a
+    /// stored body keeps its whole allocation alive).
+    fn finish(&mut self, charge: &mut Charge) -> Bytes {
+        let body = std::mem::take(&mut self.body);
+        let spare = body.capacity() - body.len();
+        if spare > 64 * 1024 && charge.try_grow(body.len() as u64) {
+            return Bytes::copy_from_slice(&body);
+        }
+        body.freeze()
+    }
 }
 
 impl Client {
-    /// After the store: what the client has not had yet comes from the stored entry, and the
-    /// origin's chunks are let go.
-    fn serve_rest_from(&mut self, entry: &Arc<Entry>) {
-        if !self.open || self.pending.is_empty() {
+    /// After the store: a client that fell behind gets the rest from the stored entry, and
+    /// the origin's chunks it had not had yet are let go.
+    fn serve_rest_from(&mut self, entry: &Arc<Entry>, behind: Option<u64>) {
+        if !self.open {
             return;
         }
-        let offset = entry.body.len() - self.pending_bytes as usize;
-        let rest = self.pending_bytes;
+        let offset = match behind {
+            Some(offset) => offset as usize,
+            None if self.pending.is_empty() => return,
+            None => entry.body.len() - self.pending_bytes as usize,
+        };
         self.pending.clear();
         self.pending_bytes = 0;
+        self.lag.shrink_to(0);
+        let rest = (entry.body.len() - offset) as u64;
         let held = if self.lag.try_grow(rest) {
             Held::Strong(entry.clone())
         } else {
@@ -438,20 +478,23 @@ impl Client {
     }
 }
 
-/// Stops storing: waiters fetch for themselves, the fill's bytes are given back, and what the
-/// client still needs is counted as its own.
+/// Stops storing: waiters fetch for themselves, the fill's bytes are given back, and what a
+/// client that fell behind still needs is kept, counted as its own.
 fn stop_storing(
     job: &mut Option<StoreJob>,
-    stored: &mut Vec<Bytes>,
+    fill: &mut Fill,
     leader: &mut Option<Leader<Outcome>>,
     client: &mut Client,
 ) {
     *job = None;
-    *stored = Vec::new();
+    let body = std::mem::take(&mut fill.body).freeze();
+    if let (Some(offset), true) = (fill.behind.take(), client.open) {
+        let rest = body.slice(offset as usize..);
+        client.lag.force_grow(rest.len() as u64);
+        client.pending_bytes = rest.len() as u64;
+        client.pending = VecDeque::from([rest]);
+    }
     if let Some(l) = leader.take() {
         l.finish(Outcome::Uncacheable);
-    }
-    if client.open {
-        client.lag.force_grow(client.pending_bytes);
     }
 }
