@@ -14,11 +14,7 @@ use tokio::net::{TcpSocket, TcpStream};
 const MIB: u64 = 1 << 20;
 
 /// RSS is measured per process: the tests of this file run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Resident memory of this test process, in bytes.
 fn rss() -> u64 {
@@ -44,7 +40,10 @@ async fn silent_reader(addr: std::net::SocketAddr, request: String) -> TcpStream
 }
 
 fn payload(len: usize) -> Bytes {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect::<Vec<u8>>().into()
+    (0..len)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 async fn kagami(origin: &Origin, inflight: u64) -> Kagami {
@@ -77,7 +76,7 @@ async fn peak_rss_while(limit: Duration, done: impl Fn() -> bool) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_silent_readers_of_distinct_large_objects_stay_within_the_budget() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     const READERS: usize = 40;
     const OBJECT: usize = 8 << 20;
     const BUDGET: u64 = 16 * MIB;
@@ -135,7 +134,7 @@ async fn forty_silent_readers_of_distinct_large_objects_stay_within_the_budget()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_with_many_silent_connections_holds_at_most_its_share() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     const READERS: usize = 40;
     const BUDGET: u64 = 16 * MIB;
     let origin = Origin::start().await;
@@ -197,7 +196,7 @@ async fn read_body(stream: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_lags_behind_a_stored_fill_still_gets_every_byte() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let origin = Origin::start().await;
     // 2 MiB fits the client's share of the budget (the rest is kept counted); 8 MiB does not
     // (the rest is copied out of the stored entry while the store keeps it).

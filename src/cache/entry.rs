@@ -369,7 +369,10 @@ mod tests {
             &settings(),
         );
         for (name, value) in &stored.headers {
-            assert!(!inside(value, &read_buffer), "{name} still points into the read buffer");
+            assert!(
+                !inside(value, &read_buffer),
+                "{name} still points into the read buffer"
+            );
         }
         assert_eq!(stored.headers["etag"], "\"v1\"");
         assert_eq!(stored.headers["content-type"], "text/html");
@@ -400,7 +403,11 @@ mod tests {
             ],
             &req,
         );
-        assert!(more.weight() as usize >= base + 300 + "x-custom-field".len(), "{}", more.weight());
+        assert!(
+            more.weight() as usize >= base + 300 + "x-custom-field".len(),
+            "{}",
+            more.weight()
+        );
         assert!(!more.variant.is_empty());
     }
 }

@@ -72,11 +72,13 @@ pub fn headers_footprint(headers: &HeaderMap) -> usize {
 
 /// Bytes a list of `(name, value)` strings holds (a stored variant's secondary key).
 pub fn strings_footprint(pairs: &[(String, Option<String>)]) -> usize {
-    pairs.len() * size_of::<(String, Option<String>)>()
+    std::mem::size_of_val(pairs)
         + ALLOCATION
         + pairs
             .iter()
-            .map(|(n, v)| n.capacity() + ALLOCATION + v.as_ref().map_or(0, |v| v.capacity() + ALLOCATION))
+            .map(|(n, v)| {
+                n.capacity() + ALLOCATION + v.as_ref().map_or(0, |v| v.capacity() + ALLOCATION)
+            })
             .sum::<usize>()
 }
 

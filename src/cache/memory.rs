@@ -33,11 +33,7 @@ pub struct MemoryStore {
 /// What one key of the store really holds: its variants' entries (see `Entry::weight`), the
 /// `Arc<Variants>` and its vector, the key, and moka's own bookkeeping for the key.
 fn weigh(key: &str, variants: &Variants) -> u32 {
-    let entries: u64 = variants
-        .entries
-        .iter()
-        .map(|e| u64::from(e.weight()))
-        .sum();
+    let entries: u64 = variants.entries.iter().map(|e| u64::from(e.weight())).sum();
     let around = footprint::arc_footprint::<Variants>()
         + footprint::arc_vec_footprint(variants.entries.capacity())
         + key.len()

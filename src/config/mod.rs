@@ -431,7 +431,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         problems.add("cache.memory", "must be at least 1MiB");
     }
     if cache.inflight_memory.is_some() {
-        let inflight = problems.size("cache.inflight_memory".into(), &cache.inflight_memory, 1 << 20);
+        let inflight = problems.size(
+            "cache.inflight_memory".into(),
+            &cache.inflight_memory,
+            1 << 20,
+        );
         if inflight < 1 << 20 {
             problems.add("cache.inflight_memory", "must be at least 1MiB");
         }
@@ -596,13 +600,20 @@ grace = "forever"
             "memory = \"256MiB\"\ninflight_memory = \"16MiB\"",
         );
         let keys: Vec<String> = problems_of(&tiny).into_iter().map(|p| p.key).collect();
-        assert_eq!(keys, ["site[0].max_object_size"], "32MiB objects could never be filled");
+        assert_eq!(
+            keys,
+            ["site[0].max_object_size"],
+            "32MiB objects could never be filled"
+        );
         let bad = MINIMAL.replace(
             "memory = \"256MiB\"",
             "memory = \"256MiB\"\ninflight_memory = \"100KiB\"",
         );
         let keys: Vec<String> = problems_of(&bad).into_iter().map(|p| p.key).collect();
-        assert!(keys.contains(&"cache.inflight_memory".to_string()), "{keys:?}");
+        assert!(
+            keys.contains(&"cache.inflight_memory".to_string()),
+            "{keys:?}"
+        );
     }
 
     #[test]

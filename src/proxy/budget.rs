@@ -111,11 +111,8 @@ impl Budget {
     /// Waits until some bytes are given back (or a short while, so a missed wake-up costs
     /// little).
     pub async fn freed(&self) {
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            self.freed.notified(),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(50), self.freed.notified()).await;
     }
 
     /// Takes `n` bytes for `owner`; with `force`, even past the limits (for bytes already in
@@ -261,7 +258,11 @@ mod tests {
         assert_eq!(budget.used(), 250);
         assert!(budget.has_room(ip(1), 250));
         b.force_grow(900);
-        assert_eq!(budget.used(), 1150, "forced bytes are counted, never hidden");
+        assert_eq!(
+            budget.used(),
+            1150,
+            "forced bytes are counted, never hidden"
+        );
         drop(b);
         assert_eq!(budget.used(), 0);
         let s = stats.snapshot();

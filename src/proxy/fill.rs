@@ -169,12 +169,17 @@ impl Client {
         }
     }
 
-    /// A fresh claim for `len` bytes of this client's, counted in its meter, if its share and
-    /// the budget have room.
+    /// A fresh claim for one stored piece (at most `STORED_PIECE`), counted in the client's
+    /// meter. Past the client's share (never the global cap) when this connection has taken
+    /// everything it was given: the client's other connections, or others behind the same
+    /// address, may hold its share, and a small stored page must not wait for them.
     fn own_charge(&mut self, len: u64) -> Option<Charge> {
         let mut charge = self.budget.charge(self.owner);
         if !charge.try_grow(len) {
-            return None;
+            if !(self.caught_up() && self.budget.has_room(Owner::Shared, len)) {
+                return None;
+            }
+            charge.force_grow(len);
         }
         Some(charge.split_off(len, &self.meter))
     }
@@ -475,6 +480,8 @@ impl Client {
             entry: held,
             offset,
         });
+        // It waited for the fill, not the other way round: its stall time starts now.
+        self.last_progress = Instant::now();
     }
 }
 
