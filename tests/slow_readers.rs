@@ -127,20 +127,20 @@ async fn a_client_that_waited_for_a_long_fill_is_not_taken_for_stalled() {
     use futures_util::StreamExt;
     use std::convert::Infallible;
     use tokio::io::AsyncReadExt;
-    // 2 MiB in 64 KiB chunks 25 ms apart: the fill takes about 800 ms, longer than the stall
-    // timeout below, though the origin never pauses for long.
-    let body: Bytes = (0..2 << 20)
+    // 16 MiB in 256 KiB chunks 12 ms apart: the fill takes about 800 ms, longer than the
+    // stall timeout below, though the origin never pauses for long.
+    let body: Bytes = (0..16 << 20)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
         .into();
     let served = body.clone();
     let addr = common::spawn_origin(move |_request| {
         let chunks: Vec<Bytes> = served
-            .chunks(64 * 1024)
+            .chunks(256 * 1024)
             .map(Bytes::copy_from_slice)
             .collect();
         let frames = futures_util::stream::iter(chunks).then(|chunk| async move {
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(12)).await;
             Ok::<_, Infallible>(hyper::body::Frame::data(chunk))
         });
         let mut response = http::Response::new(http_body_util::StreamBody::new(frames));
@@ -152,11 +152,12 @@ async fn a_client_that_waited_for_a_long_fill_is_not_taken_for_stalled() {
     .await;
     let mut site = SiteConfig::new("test", &["127.0.0.1"], &format!("http://{addr}")).unwrap();
     site.timeouts.read = Duration::from_millis(400);
-    site.max_object_size = 4 << 20;
+    site.max_object_size = 32 << 20;
     let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
     config.log.access = false;
-    // A client's share (1 MiB) is less than the object: it falls behind the fill.
-    config.cache.inflight_memory = Some(4 << 20);
+    // A client's share (8 MiB) and the kernel's buffers hold less than the object: the client
+    // falls behind the fill.
+    config.cache.inflight_memory = Some(32 << 20);
     let kagami = Kagami::start_config(config).await;
 
     let request = format!(
