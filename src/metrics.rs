@@ -51,6 +51,10 @@ stats! {
     connections_open: "Client connections open now.",
     connections_total: "Client connections accepted.",
     requests_in_flight: "Client requests under way now.",
+    inflight_bytes: "Body bytes held in flight now (fills, chunks for slow clients, shared errors).",
+    inflight_peak_bytes: "Most body bytes ever held in flight at once.",
+    inflight_refusals: "Times the in-flight budget refused bytes (a fill not stored, a relay held back).",
+    relay_stalls: "Relays abandoned because the client took nothing for the stall timeout.",
 }
 
 impl Stats {

@@ -11,6 +11,7 @@ use http::header::{
 use http::StatusCode;
 
 use super::control::response_directives;
+use super::footprint;
 use super::policy::{
     corrected_initial_age, freshness_lifetime, http_date, stale_rules, vary_names, Heuristic,
     StaleRules,
@@ -183,7 +184,9 @@ impl Entry {
         );
         Entry {
             status,
-            headers,
+            // Own copies: the values parsed by hyper are slices of the origin connection's read
+            // buffer, and would keep all of it alive for as long as the entry is stored.
+            headers: footprint::compact_headers(&headers),
             body,
             variant,
             response_time,
@@ -298,14 +301,16 @@ impl Entry {
         }
     }
 
-    /// Approximate memory use, for the store's capacity.
+    /// The memory this entry holds, for the store's capacity: the `Arc<Entry>` and the struct,
+    /// the header map with its values and names, the body, and the variant's strings. Small
+    /// objects cost more in overhead than in body, so leaving any of this out lets the store
+    /// hold several times its budget.
     pub fn weight(&self) -> u32 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
-            .sum();
-        (self.body.len() + headers + 256).min(u32::MAX as usize) as u32
+        let bytes = footprint::arc_footprint::<Entry>()
+            + footprint::headers_footprint(&self.headers)
+            + footprint::body_footprint(&self.body)
+            + footprint::strings_footprint(&self.variant);
+        bytes.min(u32::MAX as usize) as u32
     }
 }
 
@@ -440,5 +445,79 @@ mod tests {
         let marked = good.marked_stale(SystemTime::now());
         assert!(!marked.is_fresh(SystemTime::now()));
         assert!(marked.may_serve_stale() && !marked.may_serve_while_revalidating());
+    }
+
+    /// Whether `value`'s bytes lie inside `buffer`.
+    fn inside(value: &HeaderValue, buffer: &Bytes) -> bool {
+        let start = buffer.as_ptr() as usize;
+        let at = value.as_bytes().as_ptr() as usize;
+        (start..start + buffer.len()).contains(&at)
+    }
+
+    #[test]
+    fn stored_header_values_do_not_keep_the_read_buffer_alive() {
+        // What hyper does: every value is a slice of the connection's read buffer.
+        let mut read_buffer = b"max-age=60\"v1\"text/html".to_vec();
+        read_buffer.resize(64 * 1024, b' ');
+        let read_buffer = Bytes::from(read_buffer);
+        let slice = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(read_buffer.slice(range)).unwrap()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", slice(0..10));
+        headers.insert("etag", slice(10..14));
+        headers.insert("content-type", slice(14..23));
+        assert!(inside(&headers["etag"], &read_buffer));
+        let now = SystemTime::now();
+        let stored = Entry::new(
+            StatusCode::OK,
+            headers.clone(),
+            Bytes::from_static(b"body"),
+            &HeaderMap::new(),
+            now,
+            now,
+            &settings(),
+        );
+        for (name, value) in &stored.headers {
+            assert!(
+                !inside(value, &read_buffer),
+                "{name} still points into the read buffer"
+            );
+        }
+        assert_eq!(stored.headers["etag"], "\"v1\"");
+        assert_eq!(stored.headers["content-type"], "text/html");
+
+        // The same after a 304 merges its own (buffer-backed) fields.
+        let mut not_modified = HeaderMap::new();
+        not_modified.insert("cache-control", slice(0..10));
+        let refreshed = stored.refreshed(&not_modified, &HeaderMap::new(), now, now, &settings());
+        assert!(!inside(&refreshed.headers["cache-control"], &read_buffer));
+        assert_eq!(refreshed.headers["cache-control"], "max-age=60");
+    }
+
+    #[test]
+    fn weight_counts_overhead_beyond_the_body() {
+        let mut req = HeaderMap::new();
+        req.insert("accept-language", HeaderValue::from_static("ja"));
+        let small = entry(&[("cache-control", "max-age=60")], &HeaderMap::new());
+        // A 4-byte body still costs the struct, the Arc and a header map.
+        let base = small.weight() as usize;
+        assert!(base >= 4 + std::mem::size_of::<Entry>() + 100, "{base}");
+
+        // Every header, value byte and variant value adds to it.
+        let more = entry(
+            &[
+                ("cache-control", "max-age=60"),
+                ("x-custom-field", &"v".repeat(300)),
+                ("vary", "accept-language"),
+            ],
+            &req,
+        );
+        assert!(
+            more.weight() as usize >= base + 300 + "x-custom-field".len(),
+            "{}",
+            more.weight()
+        );
+        assert!(!more.variant.is_empty());
     }
 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use http::HeaderMap;
 
 use super::entry::Entry;
+use super::footprint;
 
 /// Bound on variants kept per URI, so a `Vary` on a wild header cannot fill memory with one page.
 const MAX_VARIANTS: usize = 16;
@@ -30,14 +31,23 @@ pub struct MemoryStore {
     cache: moka::sync::Cache<String, Arc<Variants>, foldhash::fast::RandomState>,
 }
 
+/// What one key of the store really holds: its variants' entries (see `Entry::weight`), the
+/// `Arc<Variants>` and its vector, the key, and moka's own bookkeeping for the key.
+fn weigh(key: &str, variants: &Variants) -> u32 {
+    let entries: u64 = variants.entries.iter().map(|e| u64::from(e.weight())).sum();
+    let around = footprint::arc_footprint::<Variants>()
+        + footprint::arc_vec_footprint(variants.entries.capacity())
+        + key.len()
+        + footprint::ALLOCATION
+        + footprint::STORE_ENTRY;
+    (entries + around as u64).min(u64::from(u32::MAX)) as u32
+}
+
 impl MemoryStore {
     pub fn new(capacity_bytes: u64) -> MemoryStore {
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
-            .weigher(|key: &String, value: &Arc<Variants>| {
-                let body: u64 = value.entries.iter().map(|e| u64::from(e.weight())).sum();
-                (body + key.len() as u64).min(u64::from(u32::MAX)) as u32
-            })
+            .weigher(|key: &String, value: &Arc<Variants>| weigh(key, value))
             .build_with_hasher(foldhash::fast::RandomState::default());
         MemoryStore { cache }
     }
@@ -143,6 +153,12 @@ impl MemoryStore {
     /// Removes every variant of a URI (RFC 9111 §4.4 invalidation, purge).
     pub fn invalidate(&self, key: &str) {
         self.cache.invalidate(key);
+    }
+
+    /// What the store counts as held, in bytes (the weigher's sum).
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
     }
 
     pub fn entry_count(&self) -> u64 {

@@ -108,6 +108,9 @@ const PAGE_429: &str = "<!doctype html><html lang=\"ja\"><head><meta charset=\"u
 pub struct CacheConfig {
     /// Upper bound of the in-memory store, bodies and headers included.
     pub memory: u64,
+    /// Upper bound of body bytes held in flight (fills being read, chunks waiting for slow
+    /// clients, shared error bodies); `None` means the default (see `Config::inflight_memory`).
+    pub inflight_memory: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,11 +137,23 @@ impl Config {
                 max_requests_in_flight: 10_000,
                 h2_max_concurrent_streams: 100,
             },
-            cache: CacheConfig { memory: 256 << 20 },
+            cache: CacheConfig {
+                memory: 256 << 20,
+                inflight_memory: None,
+            },
             log: LogConfig { access: true },
             limits: LimitsConfig::default(),
             sites,
         }
+    }
+
+    /// The in-flight budget: as configured, else a quarter of `cache.memory` but never less
+    /// than the largest `max_object_size` (so that any storable object can be filled).
+    pub fn inflight_memory(&self) -> u64 {
+        self.cache.inflight_memory.unwrap_or_else(|| {
+            let largest = self.sites.iter().map(|s| s.max_object_size).max();
+            (self.cache.memory / 4).max(largest.unwrap_or(0))
+        })
     }
 
     /// Reads and validates a config file.
@@ -427,6 +442,17 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     if config.cache.memory < 1 << 20 {
         problems.add("cache.memory", "must be at least 1MiB");
     }
+    if cache.inflight_memory.is_some() {
+        let inflight = problems.size(
+            "cache.inflight_memory".into(),
+            &cache.inflight_memory,
+            1 << 20,
+        );
+        if inflight < 1 << 20 {
+            problems.add("cache.inflight_memory", "must be at least 1MiB");
+        }
+        config.cache.inflight_memory = Some(inflight);
+    }
     config.log.access = raw.log.and_then(|l| l.access).unwrap_or(true);
 
     if raw.site.is_empty() {
@@ -455,6 +481,17 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                         format!("{host} is listed by another site"),
                     );
                 }
+            }
+            if config
+                .cache
+                .inflight_memory
+                .is_some_and(|inflight| site.max_object_size > inflight)
+            {
+                problems.add(
+                    format!("{prefix}.max_object_size"),
+                    "is larger than cache.inflight_memory; objects that size could never be \
+                     filled",
+                );
             }
             if site.max_object_size > config.cache.memory {
                 problems.add(
@@ -550,6 +587,45 @@ grace = "forever"
         ] {
             assert!(keys.contains(&key), "missing {key} in {keys:?}");
         }
+    }
+
+    #[test]
+    fn inflight_memory_defaults_to_a_quarter_of_memory_and_is_validated() {
+        let config = Config::parse(MINIMAL, Path::new("k.toml")).unwrap();
+        assert_eq!(config.inflight_memory(), 64 << 20);
+        let small = MINIMAL.replace("memory = \"256MiB\"", "memory = \"32MiB\"");
+        let config = Config::parse(&small, Path::new("k.toml")).unwrap();
+        assert_eq!(
+            config.inflight_memory(),
+            32 << 20,
+            "at least the largest max_object_size"
+        );
+        let set = MINIMAL.replace(
+            "memory = \"256MiB\"",
+            "memory = \"256MiB\"\ninflight_memory = \"48MiB\"",
+        );
+        let config = Config::parse(&set, Path::new("k.toml")).unwrap();
+        assert_eq!(config.inflight_memory(), 48 << 20);
+
+        let tiny = MINIMAL.replace(
+            "memory = \"256MiB\"",
+            "memory = \"256MiB\"\ninflight_memory = \"16MiB\"",
+        );
+        let keys: Vec<String> = problems_of(&tiny).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            ["site[0].max_object_size"],
+            "32MiB objects could never be filled"
+        );
+        let bad = MINIMAL.replace(
+            "memory = \"256MiB\"",
+            "memory = \"256MiB\"\ninflight_memory = \"100KiB\"",
+        );
+        let keys: Vec<String> = problems_of(&bad).into_iter().map(|p| p.key).collect();
+        assert!(
+            keys.contains(&"cache.inflight_memory".to_string()),
+            "{keys:?}"
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     pub memory: Option<String>,
+    pub inflight_memory: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,8 +2,11 @@
 //! validators), the store decision, relaying uncacheable requests, invalidation after unsafe
 //! methods, and the answers Kagami gives when the origin cannot.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use bytes::Bytes;
 
 use http::header::{
     HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, EXPECT,
@@ -12,7 +15,8 @@ use http::header::{
 use http::{HeaderMap, Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use super::fill::{relay, StoreJob};
+use super::budget::{Budget, Charge, Owner};
+use super::fill::{relay, RelayLimits, StoreJob};
 use super::respond::{self, from_entry, Canned};
 use super::whole;
 use super::{
@@ -97,7 +101,7 @@ impl Proxy {
                             response.headers(),
                             &response_directives(response.headers()),
                         );
-                        let own = shared_error(response).await;
+                        let own = shared_error(response, &self.budget).await;
                         let (answer, own) = if shareable {
                             (own, None)
                         } else {
@@ -202,19 +206,33 @@ impl Proxy {
         if verdict.is_ok() && !status.is_success() && self.store.has_success(&key) {
             verdict = Err(NotStorable::GoodCopyKept);
         }
+        // The fill's claim on the in-flight budget: all of it now when the length is known.
+        let mut fill = self.budget.charge(Owner::Shared);
+        let fill_refused = verdict.is_ok()
+            && response
+                .content_length()
+                .is_some_and(|len| !fill.try_grow(len));
         let mut cache_status = CacheStatus::new(phase).fwd_status(status.as_u16());
         let (job, leader) = match verdict {
+            Ok(()) if fill_refused => {
+                // Too many bodies in flight: relay this one without storing it.
+                cache_status = cache_status.detail("inflight-memory-full");
+                finish(leader, Outcome::Uncacheable);
+                (None, None)
+            }
             Ok(()) => {
                 let job = StoreJob {
                     store: self.store.clone(),
                     key,
                     status,
                     headers: response_headers.clone(),
-                    request_headers: req.sent.clone(),
+                    // Kept for as long as the fill runs: not the client's read buffer.
+                    request_headers: crate::cache::footprint::compact_headers(&req.sent),
                     request_time,
                     response_time,
                     settings: site.settings,
                     max_size: site.config.max_object_size,
+                    fill,
                 };
                 if response
                     .content_length()
@@ -249,6 +267,7 @@ impl Proxy {
             leader,
             req.parts.method != Method::HEAD,
             Some(permit),
+            self.relay_limits(site, req.ip),
         );
         (respond::build(status, response_headers, body), cache_status)
     }
@@ -385,17 +404,30 @@ impl Proxy {
         let mut response_headers = response.headers().clone();
         headers::strip_hop_by_hop(&mut response_headers);
         response_headers.remove(respond::CDN_CACHE_CONTROL);
+        // The rate-limit key, so that clients behind a trusted proxy each get their share.
+        let ip = limit_key(client_ip(client.peer.ip(), &parts.headers, &self.trusted));
         let body = relay(
             response,
             None,
             None,
             parts.method != Method::HEAD,
             Some(permit),
+            self.relay_limits(site, ip),
         );
         (
             respond::build(status, response_headers, body),
             cache_status.fwd_status(status.as_u16()),
         )
+    }
+
+    /// A relay's share of the in-flight budget; it may wait on its client as long as the
+    /// origin may pause between two reads.
+    fn relay_limits(&self, site: &Site, client: IpAddr) -> RelayLimits {
+        RelayLimits {
+            budget: self.budget.clone(),
+            client,
+            stall: site.config.timeouts.read,
+        }
     }
 
     fn invalidate_after_unsafe(&self, site: &Site, path: &str, host: &str, response: &HeaderMap) {
@@ -492,19 +524,28 @@ impl Proxy {
 }
 
 /// An origin error response, kept whole when small so coalesced waiters get the same answer.
-async fn shared_error(response: reqwest::Response) -> Canned {
+async fn shared_error(response: reqwest::Response, budget: &Arc<Budget>) -> Canned {
     let status = response.status();
-    let mut headers = response.headers().clone();
+    // Kept while waiters use it: own copies, not slices of the origin connection's buffer.
+    let mut headers = crate::cache::footprint::compact_headers(response.headers());
     headers::strip_hop_by_hop(&mut headers);
     // Shared with every waiter: nothing meant for one visitor.
     headers.remove(SET_COOKIE);
     headers.remove(respond::CDN_CACHE_CONTROL);
+    // Counted in the in-flight budget for as long as any waiter holds the body.
+    let mut held = budget.charge(Owner::Shared);
     if response
         .content_length()
-        .is_some_and(|len| len <= SHARED_ERROR_BODY)
+        .is_some_and(|len| len <= SHARED_ERROR_BODY && held.try_grow(len))
     {
         if let Ok(body) = response.bytes().await {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            // An own copy (not a slice of the origin's read buffer) that gives the budget back
+            // when the last waiter is done with it.
+            let body = Bytes::from_owner(CountedBody {
+                bytes: body.to_vec(),
+                _held: held,
+            });
             return Canned {
                 status,
                 headers,
@@ -513,4 +554,16 @@ async fn shared_error(response: reqwest::Response) -> Canned {
         }
     }
     Canned::error(status, "kagami: the origin server reported an error")
+}
+
+/// A body that keeps its claim on the in-flight budget while it lives.
+struct CountedBody {
+    bytes: Vec<u8>,
+    _held: Charge,
+}
+
+impl AsRef<[u8]> for CountedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }

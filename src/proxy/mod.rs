@@ -7,6 +7,7 @@
 //! in a plain origin fetch or a clear error status, never a panic.
 
 pub mod body;
+mod budget;
 mod fill;
 mod forward;
 pub mod forwarding;
@@ -106,6 +107,8 @@ pub struct Proxy {
     router: Router,
     pub store: MemoryStore,
     pub stats: Arc<Stats>,
+    /// Body bytes held in flight (`cache.inflight_memory`), see `budget`.
+    budget: Arc<budget::Budget>,
     coalescer: Coalescer<Outcome>,
     trusted: TrustedProxies,
     page_429: bytes::Bytes,
@@ -148,6 +151,7 @@ impl Proxy {
             router: Router::new(sites.iter().map(|s| s.config.hosts.as_slice())),
             sites,
             store: MemoryStore::new(config.cache.memory),
+            budget: budget::Budget::new(config.inflight_memory(), stats.clone()),
             stats,
             coalescer: Coalescer::default(),
             trusted: TrustedProxies::new(config.limits.trusted_proxies.clone()),
@@ -742,6 +746,7 @@ fn head_copy(parts: &request::Parts) -> request::Parts {
     copy.method = parts.method.clone();
     copy.uri = parts.uri.clone();
     copy.version = parts.version;
-    copy.headers = parts.headers.clone();
+    // Own copies: the client's values are slices of its connection's read buffer.
+    copy.headers = crate::cache::footprint::compact_headers(&parts.headers);
     copy
 }

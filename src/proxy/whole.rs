@@ -2,6 +2,7 @@
 //! is only ever said of a body that really was stored (the head goes out before a streamed body
 //! is known to be complete, and a body cut short is never stored).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::origin::Slot;
 
-use super::body::{Body, Truncated};
+use super::body::{Body, Piece, Relayed, Truncated};
 use super::fill::StoreJob;
 use super::Outcome;
 use crate::cache::coalesce::Leader;
@@ -120,8 +121,11 @@ fn cut_short(chunks: Vec<Bytes>, reason: String, want_body: bool) -> Body {
     let (tx, rx) = mpsc::channel(chunks.len() + 1);
     for chunk in chunks {
         // The channel has room for every chunk and the error.
-        let _ = tx.try_send(Ok(chunk));
+        let _ = tx.try_send(Ok(Piece::from(chunk)));
     }
     let _ = tx.try_send(Err(Truncated(reason)));
-    Body::Channel(rx)
+    Body::Channel(Relayed {
+        rx,
+        abandoned: Arc::new(AtomicBool::new(false)),
+    })
 }

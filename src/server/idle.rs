@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+
+use crate::proxy::body::Piece;
 
 /// Largest piece of a response body handed to hyper at once.
 const PROGRESS_CHUNK: usize = 16 * 1024;
@@ -74,7 +75,7 @@ impl Activity {
     pub fn track<B>(self: &Arc<Self>, body: B) -> Tracked<B> {
         Tracked {
             inner: body,
-            rest: Bytes::new(),
+            rest: Piece::empty(),
             activity: self.clone(),
         }
     }
@@ -123,12 +124,12 @@ fn is_idle(events_before: u64, events_after: u64, active: usize) -> bool {
 /// most `PROGRESS_CHUNK` (slices of the same buffer, no copy).
 pub struct Tracked<B> {
     inner: B,
-    rest: Bytes,
+    rest: Piece,
     activity: Arc<Activity>,
 }
 
 impl<B> Tracked<B> {
-    fn piece(&mut self) -> Frame<Bytes> {
+    fn piece(&mut self) -> Frame<Piece> {
         let at = self.rest.len().min(PROGRESS_CHUNK);
         self.activity.touch();
         Frame::data(self.rest.split_to(at))
@@ -137,15 +138,15 @@ impl<B> Tracked<B> {
 
 impl<B> Body for Tracked<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Piece> + Unpin,
 {
-    type Data = Bytes;
+    type Data = Piece;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Piece>, B::Error>>> {
         let this = self.get_mut();
         if !this.rest.is_empty() {
             return Poll::Ready(Some(Ok(this.piece())));
@@ -184,7 +185,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full};
+    use bytes::{Buf, Bytes};
+    use http_body_util::BodyExt;
 
     #[test]
     fn idle_only_without_requests_and_without_events() {
@@ -197,14 +199,16 @@ mod tests {
     async fn a_body_is_handed_out_in_pieces_each_counted() {
         let activity = Activity::new();
         let data = Bytes::from(vec![7u8; PROGRESS_CHUNK * 2 + 10]);
-        let mut body = activity.track(Full::new(data.clone()));
+        let mut body = activity.track(crate::proxy::body::Body::full(data.clone()));
         assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
         let mut sizes = Vec::new();
         let mut got = Vec::new();
         while let Some(frame) = body.frame().await {
-            let chunk = frame.unwrap().into_data().unwrap();
+            let Ok(chunk) = frame.unwrap().into_data() else {
+                panic!("a data frame");
+            };
             sizes.push(chunk.len());
-            got.extend_from_slice(&chunk);
+            got.extend_from_slice(chunk.chunk());
         }
         assert_eq!(sizes, vec![PROGRESS_CHUNK, PROGRESS_CHUNK, 10]);
         assert_eq!(got, data);

@@ -1,0 +1,136 @@
+//! What kept things really cost in memory, and copies of header fields that own their bytes.
+//!
+//! Two mistakes this module exists to avoid. (1) Header values parsed by hyper are slices of the
+//! connection's read buffer, so a stored entry (or anything else kept past the exchange) that
+//! holds such a value keeps that whole buffer (8 KiB to several hundred KiB) alive: kept fields
+//! are copied into one allocation of their own. (2) A store that weighs entries by body length
+//! alone holds several times its budget with small objects: every entry also costs its key,
+//! header map, variant values, the structs around it and the store's own bookkeeping.
+
+use std::mem::size_of;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Bookkeeping the allocator adds to every allocation (glibc: 8-16 bytes of header, and sizes
+/// rounded up to 16), counted once per allocation we know of.
+pub const ALLOCATION: usize = 16;
+
+/// moka's own cost per cached key, estimated from moka 0.12's structures: the key moved into
+/// an `Arc` (16 + the `String`'s 24), the concurrent hash table's bucket (a boxed key/value
+/// pair plus its slot, about 48), `ValueEntry` (value, two shared pointers, ~40), `EntryInfo`
+/// (key hash, weight, timestamps and flags, ~72), the `Mutex<DeqNodes>` (~48) and the
+/// access-order deque node (~32), each its own allocation, plus the per-entry share of the
+/// frequency sketch and of the write-operation queue. Rounded up, because undercounting is
+/// what lets a store exceed its budget.
+pub const STORE_ENTRY: usize = 384;
+
+/// An owned, compact copy of `headers`: every value lives in one allocation owned by the copy,
+/// and the map has no spare capacity. Names that are not standard are copied by `http` itself
+/// when parsed, so only values need copying.
+pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {
+    let total: usize = headers.values().map(|v| v.len()).sum();
+    let mut buffer = BytesMut::with_capacity(total);
+    for value in headers.values() {
+        buffer.extend_from_slice(value.as_bytes());
+    }
+    let buffer: Bytes = buffer.freeze();
+    let mut copy = HeaderMap::with_capacity(headers.keys_len());
+    let mut at = 0;
+    for (name, value) in headers {
+        let len = value.len();
+        let mut owned = HeaderValue::from_maybe_shared(buffer.slice(at..at + len))
+            // The bytes come from a valid value, so this cannot fail; keep the value if it did.
+            .unwrap_or_else(|_| value.clone());
+        owned.set_sensitive(value.is_sensitive());
+        copy.append(name.clone(), owned);
+        at += len;
+    }
+    copy
+}
+
+/// Bytes a header map holds: its index and entry tables, values and custom names.
+pub fn headers_footprint(headers: &HeaderMap) -> usize {
+    // `capacity()` is the usable capacity; the index table has a third more slots.
+    let slots = headers.capacity() + headers.capacity() / 3;
+    // An entry: hash, name, value and the links to extra values.
+    let entry = size_of::<(u16, HeaderName, HeaderValue, Option<(usize, usize)>)>();
+    let extra = size_of::<(HeaderValue, usize, usize)>();
+    let extras = headers.len() - headers.keys_len();
+    let tables = slots * 4 + headers.capacity() * entry + extras * extra + 3 * ALLOCATION;
+    let values: usize = headers.values().map(|v| v.len()).sum();
+    // Custom names own an allocation each (shared `Bytes` storage: a header and the bytes).
+    let names: usize = headers
+        .keys()
+        .filter(|n| !is_standard(n))
+        .map(|n| n.as_str().len() + 32 + ALLOCATION)
+        .sum();
+    // Values share one allocation (see `compact_headers`), with a `Bytes` shared header.
+    tables + values + 32 + ALLOCATION + names
+}
+
+/// Bytes a list of `(name, value)` strings holds (a stored variant's secondary key).
+pub fn strings_footprint(pairs: &[(String, Option<String>)]) -> usize {
+    std::mem::size_of_val(pairs)
+        + ALLOCATION
+        + pairs
+            .iter()
+            .map(|(n, v)| {
+                n.capacity() + ALLOCATION + v.as_ref().map_or(0, |v| v.capacity() + ALLOCATION)
+            })
+            .sum::<usize>()
+}
+
+/// Bytes a body holds: its length and the shared header of its storage.
+pub fn body_footprint(body: &Bytes) -> usize {
+    if body.is_empty() {
+        0
+    } else {
+        body.len() + 32 + ALLOCATION
+    }
+}
+
+/// Bytes an `Arc<T>` holds besides `T`'s own heap data.
+pub fn arc_footprint<T>() -> usize {
+    size_of::<T>() + 2 * size_of::<usize>() + ALLOCATION
+}
+
+/// Whether `name` is one of `http`'s standard names (stored inline, no allocation).
+fn is_standard(name: &HeaderName) -> bool {
+    // `http` offers no query for it; the names origins commonly send are checked, and any other
+    // name is counted as allocated (over, never under).
+    KNOWN.iter().any(|k| k == name)
+}
+
+const KNOWN: [HeaderName; 24] = [
+    http::header::ACCEPT_RANGES,
+    http::header::AGE,
+    http::header::CACHE_CONTROL,
+    http::header::CONNECTION,
+    http::header::CONTENT_DISPOSITION,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_LANGUAGE,
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_LOCATION,
+    http::header::CONTENT_RANGE,
+    http::header::CONTENT_SECURITY_POLICY,
+    http::header::CONTENT_TYPE,
+    http::header::DATE,
+    http::header::ETAG,
+    http::header::EXPIRES,
+    http::header::LAST_MODIFIED,
+    http::header::LINK,
+    http::header::LOCATION,
+    http::header::SERVER,
+    http::header::SET_COOKIE,
+    http::header::STRICT_TRANSPORT_SECURITY,
+    http::header::VARY,
+    http::header::X_CONTENT_TYPE_OPTIONS,
+    http::header::X_FRAME_OPTIONS,
+];
+
+/// Bytes a vector of `capacity` `Arc`s holds (the pointers; not what they point to).
+pub fn arc_vec_footprint(capacity: usize) -> usize {
+    capacity * size_of::<Arc<()>>() + ALLOCATION
+}
