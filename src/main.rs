@@ -103,7 +103,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let running = kagami::server::start(&config).await?;
     tracing::info!(sites = config.sites.len(), "kagami is serving");
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    let store = &running.proxy.store;
+    tracing::info!(
+        entries = store.entry_count(),
+        weighted_bytes = store.weighted_size(),
+        "shutting down"
+    );
     running.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }

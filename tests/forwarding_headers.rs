@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use kagami::config::{Config, SiteConfig};
 
 /// What the scanners and the second review sent: every one must stop at Kagami.
-const FORGED: [(&str, &str); 16] = [
+const FORGED: [(&str, &str); 19] = [
     ("forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
     ("x-forwarded-for", "6.6.6.6"),
     ("x-forwarded-host", "evil.example"),
@@ -32,6 +32,9 @@ const FORGED: [(&str, &str); 16] = [
     ("x-host", "evil.example"),
     ("front-end-https", "on"),
     ("x-original-host", "evil.example"),
+    ("x-script-name", "//evil.example"),
+    ("x-arr-ssl", "on"),
+    ("fastly-client-ip", "6.6.6.6"),
 ];
 
 fn forged(mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

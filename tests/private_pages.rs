@@ -144,3 +144,77 @@ async fn a_private_no_store_error_is_not_shared_with_waiters() {
         other.text()
     );
 }
+
+/// Rails' `fresh_when(last_modified:)`: a personal page, the same Last-Modified for everyone,
+/// and 304 to any If-Modified-Since that matches.
+async fn personal_with_validators(request: Request<Incoming>) -> Response<Full<Bytes>> {
+    const MODIFIED: &str = "Mon, 23 Nov 2026 09:00:00 GMT";
+    let conditional = request
+        .headers()
+        .get("if-modified-since")
+        .is_some_and(|v| v == MODIFIED);
+    let who = request
+        .headers()
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("nobody")
+        .to_string();
+    let mut response = if conditional {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        Response::new(Full::new(Bytes::from(format!("profile of {who}"))))
+    };
+    response
+        .headers_mut()
+        .insert("last-modified", MODIFIED.parse().unwrap());
+    response
+}
+
+#[tokio::test]
+async fn a_personal_copy_is_never_revalidated_for_another_visitor() {
+    let origin = spawn_origin(personal_with_validators).await;
+    let kagami = Kagami::start(&format!("http://{origin}")).await;
+    let alice = get_as(&kagami, "/profile", Some("session=alice")).await;
+    assert_eq!(alice.text(), "profile of session=alice");
+    let bob = get_as(&kagami, "/profile", Some("session=bob")).await;
+    assert_eq!(
+        bob.text(),
+        "profile of session=bob",
+        "{}",
+        bob.cache_status()
+    );
+    let anonymous = get_as(&kagami, "/profile", None).await;
+    assert_eq!(
+        anonymous.text(),
+        "profile of nobody",
+        "{}",
+        anonymous.cache_status()
+    );
+    let later = get_as(&kagami, "/profile", None).await;
+    assert!(!later.text().contains("alice") && !later.text().contains("bob"));
+}
+
+#[tokio::test]
+async fn a_dummy_cookie_cannot_take_the_outage_copy_out_of_grace() {
+    let origin = Origin::start().await;
+    origin.route("/etag", Route::ok("public page").header("etag", "\"v1\""));
+    let kagami = Kagami::start_with(&origin.url(), |site| {
+        site.default_ttl = Duration::from_secs(1);
+    })
+    .await;
+    assert_eq!(get_as(&kagami, "/etag", None).await.text(), "public page");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let revalidated = get_as(&kagami, "/etag", Some("x=1")).await;
+    assert!(
+        revalidated.cache_status().contains("fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    origin.kill();
+    let outage = get_as(&kagami, "/etag", None).await;
+    assert_eq!(outage.status, 200, "{}", outage.cache_status());
+    assert_eq!(outage.text(), "public page");
+}

@@ -223,7 +223,7 @@ impl Entry {
                 headers.append(name.clone(), value.clone());
             }
         }
-        Entry::from_parts(
+        let mut entry = Entry::from_parts(
             self.status,
             headers,
             self.body.clone(),
@@ -231,7 +231,12 @@ impl Entry {
             has_credentials(request),
             (request_time, response_time),
             settings,
-        )
+        );
+        // A copy already shared stays shared: the 304 confirms the same body, whoever asked
+        // (a 304 that makes it private is caught by the caller's storability check). Without
+        // this, one request with a dummy cookie took the outage copy out of grace.
+        entry.shared |= self.shared;
+        entry
     }
 
     /// This entry marked stale now (RFC 9111 §4.4 invalidation without deleting the outage
@@ -427,6 +432,12 @@ mod tests {
         // confirms the body is what anyone gets.
         let again = personal.refreshed(&HeaderMap::new(), &cookie, now, now, &settings());
         assert!(!again.shared);
+        let public = entry(&[("cache-control", "max-age=60")], &HeaderMap::new());
+        let confirmed = public.refreshed(&HeaderMap::new(), &cookie, now, now, &settings());
+        assert!(
+            confirmed.shared,
+            "a 304 to a visitor with a cookie keeps it shared"
+        );
         let anonymous =
             personal.refreshed(&HeaderMap::new(), &HeaderMap::new(), now, now, &settings());
         assert!(anonymous.shared);

@@ -114,6 +114,13 @@ impl MemoryStore {
             .is_some_and(|v| v.entries.iter().any(|e| e.status.is_success()))
     }
 
+    /// Is a 2xx variant of `key` stored that may be given to anyone (the outage copy)?
+    pub fn has_shared_success(&self, key: &str) -> bool {
+        self.cache
+            .get(key)
+            .is_some_and(|v| v.entries.iter().any(|e| e.shared && e.status.is_success()))
+    }
+
     /// Marks every variant of a URI stale: it must be revalidated before it is served again,
     /// but stays for grace while the origin fails (RFC 9111 §4.4 invalidation that an
     /// anonymous POST cannot use to delete the outage copy).

@@ -115,6 +115,10 @@ pub struct Origin {
     failure_backoff: Duration,
     /// Probed to confirm a suspect failure (`judge`): the health path, else `/`.
     confirm_path: String,
+    /// The Host the confirmation probe names: the site's own (`origin_host`, else its first
+    /// exact `hosts` name), never a visitor's, so that a made-up name under a wildcard whose
+    /// virtual host the origin does not serve cannot get the whole site judged sick.
+    probe_host: Option<http::HeaderValue>,
     slots: slots::Slots,
     queue_timeout: Duration,
     stats: Arc<Stats>,
@@ -153,6 +157,14 @@ impl Origin {
                 .health_path
                 .clone()
                 .unwrap_or_else(|| "/".to_string()),
+            probe_host: site.origin_host.clone().or_else(|| {
+                site.hosts.iter().find_map(|pattern| match pattern {
+                    crate::routing::HostPattern::Exact { .. } => {
+                        http::HeaderValue::from_str(&pattern.to_string()).ok()
+                    }
+                    crate::routing::HostPattern::Wildcard { .. } => None,
+                })
+            }),
             slots: slots::Slots::new(protection.concurrency, protection.concurrency_per_client),
             queue_timeout: protection.queue_timeout,
             stats,
@@ -256,7 +268,7 @@ impl Origin {
                 // The origin was left waiting for a body the client never finished sending.
                 Evidence::NotJudged => return result.or(Err(OriginError::ClientBody)),
                 Evidence::OriginFailed => true,
-                Evidence::Suspect => self.confirm(server, &headers).await,
+                Evidence::Suspect => self.confirm(server).await,
             };
             if !origin_failed {
                 // One URL's (or one request's) trouble: relayed as it is, with no verdict on
@@ -303,9 +315,9 @@ impl Origin {
     }
 
     /// Is a suspect failure the origin's? Asks `server` for the confirmation path (with the
-    /// failed request's Host, so the same virtual host is judged), unless a recent probe has
-    /// already told. A probe under way for another request gives no verdict.
-    async fn confirm(&self, server: &Server, headers: &HeaderMap) -> bool {
+    /// site's own Host), unless a recent probe has already told. A probe under way for another
+    /// request gives no verdict.
+    async fn confirm(&self, server: &Server) -> bool {
         let probe = match server.confirmation.ask(health::now_ms()) {
             Confirm::Known(sick) => return sick,
             Confirm::Pending => return false,
@@ -316,7 +328,7 @@ impl Origin {
             .client
             .get(url)
             .header("user-agent", "kagami-health-check");
-        if let Some(host) = headers.get(http::header::HOST) {
+        if let Some(host) = &self.probe_host {
             request = request.header(http::header::HOST, host.clone());
         }
         let sick = match tokio::time::timeout(self.response_timeout, request.send()).await {

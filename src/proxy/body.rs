@@ -4,14 +4,15 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use super::budget::Charge;
+use super::budget::{Budget, Charge, Owner};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -87,6 +88,38 @@ pub struct Relayed {
 pub enum Body {
     Full(Option<Bytes>),
     Channel(Relayed),
+    /// A large body that shares a stored entry's buffer (see `Body::guarded`).
+    Held(Held),
+}
+
+/// Bodies at most this large are handed to hyper as they are; larger ones that share a stored
+/// entry's buffer go out as copied pieces of this size (see `Held`).
+pub const HELD_PIECE: usize = 64 * 1024;
+
+/// A large body answered from the store. While the store still holds the entry the buffer is
+/// counted there; if the entry is evicted or replaced while a client is still (not) reading,
+/// this body would be the only thing keeping the whole buffer alive, uncounted. So:
+/// - it is handed out as copied pieces, so hyper never holds a slice that pins the buffer;
+/// - once the buffer is this body's alone, the rest is charged to the client's in-flight share,
+///   and a client over its share is cut off (connection aborted, never a short body passed off
+///   as complete);
+/// - a watchdog lets go of the buffer when the client took nothing for `stall` while the buffer
+///   was this body's alone (a stalled HTTP/2 stream is never polled, so a poll-time check alone
+///   would never see it).
+pub struct Held {
+    state: Arc<Mutex<HeldState>>,
+    len: usize,
+    offset: usize,
+    budget: Arc<Budget>,
+    owner: Owner,
+    charge: Option<Charge>,
+}
+
+struct HeldState {
+    /// `None` once the watchdog let go of it (or the body is done).
+    bytes: Option<Bytes>,
+    /// Pieces handed out so far, for the watchdog.
+    progress: u64,
 }
 
 impl Body {
@@ -97,6 +130,91 @@ impl Body {
     pub fn full(bytes: impl Into<Bytes>) -> Body {
         let bytes = bytes.into();
         Body::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// A body larger than `HELD_PIECE` that shares its buffer with someone else (the store)
+    /// becomes a `Held` body, charged to `owner` if it ever becomes the buffer's only holder and
+    /// let go of if its client then takes nothing for `stall`.
+    pub fn guarded(self, budget: &Arc<Budget>, owner: Owner, stall: Duration) -> Body {
+        match self {
+            Body::Full(Some(bytes)) if bytes.len() > HELD_PIECE && !bytes.is_unique() => {
+                let len = bytes.len();
+                let state = Arc::new(Mutex::new(HeldState {
+                    bytes: Some(bytes),
+                    progress: 0,
+                }));
+                tokio::spawn(watch_held(Arc::downgrade(&state), budget.clone(), stall));
+                Body::Held(Held {
+                    state,
+                    len,
+                    offset: 0,
+                    budget: budget.clone(),
+                    owner,
+                    charge: None,
+                })
+            }
+            other => other,
+        }
+    }
+}
+
+/// Lets go of a held buffer whose client took nothing for a whole `stall` while the buffer was
+/// the body's alone. Ends when the body is done or dropped.
+async fn watch_held(state: Weak<Mutex<HeldState>>, budget: Arc<Budget>, stall: Duration) {
+    let mut seen = u64::MAX;
+    loop {
+        tokio::time::sleep(stall).await;
+        let Some(state) = state.upgrade() else { return };
+        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(bytes) = &state.bytes else { return };
+        if state.progress == seen && bytes.is_unique() {
+            state.bytes = None;
+            budget.note_stall();
+            return;
+        }
+        seen = state.progress;
+    }
+}
+
+impl Held {
+    fn next_piece(&mut self) -> Option<Result<Piece, Truncated>> {
+        let left = self.len.checked_sub(self.offset).filter(|n| *n > 0)?;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Taken out while in use, so that `is_unique` sees only the store's hold, if any.
+        let Some(bytes) = state.bytes.take() else {
+            self.offset = self.len;
+            return Some(Err(Truncated("the client took too long".into())));
+        };
+        if self.charge.is_none() && bytes.is_unique() {
+            // The store let go of the entry: what is left is held for this client alone.
+            let mut charge = self.budget.charge(self.owner);
+            if !charge.try_grow(left as u64) {
+                self.budget.note_stall();
+                self.offset = self.len;
+                return Some(Err(Truncated(
+                    "the stored copy was evicted while this client was over its share".into(),
+                )));
+            }
+            self.charge = Some(charge);
+        }
+        let end = self.offset + left.min(HELD_PIECE);
+        let piece = Bytes::copy_from_slice(&bytes[self.offset..end]);
+        state.progress += 1;
+        self.offset = end;
+        if self.offset < self.len {
+            state.bytes = Some(bytes);
+        }
+        Some(Ok(Piece::from(piece)))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // A client that went away lets go at once, not at the watchdog's next look.
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes = None;
     }
 }
 
@@ -112,6 +230,10 @@ impl http_body::Body for Body {
             Body::Full(bytes) => {
                 Poll::Ready(bytes.take().map(|b| Ok(Frame::data(Piece::new(b, None)))))
             }
+            Body::Held(held) => Poll::Ready(held.next_piece().map(|next| match next {
+                Ok(piece) => Ok(Frame::data(piece)),
+                Err(e) => Err(Box::new(e) as BoxError),
+            })),
             Body::Channel(relayed) => match relayed.rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(piece))) => Poll::Ready(Some(Ok(Frame::data(piece)))),
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
@@ -125,14 +247,62 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Body::Full(None))
+        match self {
+            Body::Full(None) => true,
+            Body::Held(held) => held.offset >= held.len,
+            _ => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
+            Body::Held(held) => SizeHint::with_exact(held.len.saturating_sub(held.offset) as u64),
             Body::Channel(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Stats;
+    use http_body_util::BodyExt;
+
+    fn big() -> Bytes {
+        Bytes::from(vec![7u8; 4 * HELD_PIECE])
+    }
+
+    #[tokio::test]
+    async fn a_held_body_shared_with_the_store_is_served_whole_in_copied_pieces() {
+        let stored = big();
+        let budget = Budget::new(1 << 20, Arc::new(Stats::default()));
+        let owner = Owner::Client("127.0.0.1".parse().unwrap());
+        let body = Body::full(stored.clone()).guarded(&budget, owner, Duration::from_secs(60));
+        assert!(matches!(body, Body::Held(_)));
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got, stored);
+        assert_eq!(budget.used(), 0, "nothing charged while the store holds it");
+        let small = Body::full(Bytes::from(vec![1u8; 10])).guarded(&budget, owner, Duration::ZERO);
+        assert!(matches!(small, Body::Full(_)));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_whose_entry_is_gone_lets_go_of_the_buffer() {
+        let stored = big();
+        let budget = Budget::new(1 << 30, Arc::new(Stats::default()));
+        let owner = Owner::Client("127.0.0.1".parse().unwrap());
+        let mut body =
+            Body::full(stored.clone()).guarded(&budget, owner, Duration::from_millis(20));
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        // The store lets go, and the client takes nothing for longer than the stall time.
+        drop(stored);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "cut off, never a short end"
+        );
     }
 }

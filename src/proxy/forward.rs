@@ -26,7 +26,7 @@ use super::{
 use crate::cache::coalesce::Leader;
 use crate::cache::control::response_directives;
 use crate::cache::policy::{storable, NotStorable};
-use crate::cache::share::error_shareable;
+use crate::cache::share::{error_shareable, explicitly_shareable, has_credentials};
 use crate::cache::{CacheStatus, Entry, Phase};
 use crate::limit::{client_ip, limit_key};
 use crate::origin::{is_failure, OriginError, Slot, Upload};
@@ -69,7 +69,10 @@ impl Proxy {
         };
 
         let mut headers = req.sent.clone();
-        if let Some(entry) = &stale {
+        // Only a shared copy may be revalidated for this visitor: a 304 would hand them a copy
+        // that may be another visitor's page (one fetched with their cookie).
+        let base = stale.as_ref().filter(|entry| entry.shared);
+        if let Some(entry) = base {
             if let Some(etag) = entry.headers.get(http::header::ETAG) {
                 headers.insert(IF_NONE_MATCH, etag.clone());
             }
@@ -127,7 +130,7 @@ impl Proxy {
         let status = response.status();
 
         if status == StatusCode::NOT_MODIFIED {
-            if let Some(entry) = &stale {
+            if let Some(entry) = stale.as_ref().filter(|entry| entry.shared) {
                 let mut update = response.headers().clone();
                 headers::strip_hop_by_hop(&mut update);
                 // A cookie on a 304 is for this visitor only: never merged into the shared copy.
@@ -212,6 +215,15 @@ impl Proxy {
             && response
                 .content_length()
                 .is_some_and(|len| !fill.try_grow(len));
+        // A page fetched with a visitor's cookie that the origin did not mark shareable is that
+        // visitor's; it never replaces a shared good copy (which grace still needs).
+        if verdict.is_ok()
+            && has_credentials(&req.parts.headers)
+            && !explicitly_shareable(&directives, &response_headers)
+            && self.store.has_shared_success(&key)
+        {
+            verdict = Err(NotStorable::GoodCopyKept);
+        }
         let mut cache_status = CacheStatus::new(phase).fwd_status(status.as_u16());
         let (job, leader) = match verdict {
             Ok(()) if fill_refused => {

@@ -11,7 +11,7 @@
 use http::header::{HeaderMap, HeaderName};
 
 /// Forwarding fields known by exact name (lowercase), beyond the prefixes below.
-const NAMES: [&str; 19] = [
+const NAMES: [&str; 27] = [
     "forwarded",
     "x-real-ip",
     "x-client-ip",
@@ -31,6 +31,15 @@ const NAMES: [&str; 19] = [
     "front-end-https",
     "x-scheme",
     "x-url-scheme",
+    // WSGI "ReverseProxied" recipes turn this into SCRIPT_NAME: every generated URL's prefix.
+    "x-script-name",
+    "x-arr-ssl",
+    "x-arr-log-id",
+    "cf-connecting-ip",
+    "cf-visitor",
+    "fastly-client-ip",
+    "x-envoy-original-path",
+    "x-envoy-external-address",
 ];
 
 /// `X-Forwarded`, `X-Forwarded-For`, `-Prefix`, `-Port`, `-Scheme`, `-Ssl`, `-Server`, ...;

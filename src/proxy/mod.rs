@@ -109,6 +109,9 @@ pub struct Proxy {
     pub stats: Arc<Stats>,
     /// Body bytes held in flight (`cache.inflight_memory`), see `budget`.
     budget: Arc<budget::Budget>,
+    /// How long a client may take nothing of a large stored answer whose entry is gone before
+    /// the buffer is let go (see `body::Held`): the idle timeout.
+    held_stall: Duration,
     coalescer: Coalescer<Outcome>,
     trusted: TrustedProxies,
     page_429: bytes::Bytes,
@@ -152,6 +155,7 @@ impl Proxy {
             sites,
             store: MemoryStore::new(config.cache.memory),
             budget: budget::Budget::new(config.inflight_memory(), stats.clone()),
+            held_stall: config.server.idle_timeout,
             stats,
             coalescer: Coalescer::default(),
             trusted: TrustedProxies::new(config.limits.trusted_proxies.clone()),
@@ -182,8 +186,13 @@ impl Proxy {
             .then(|| (Instant::now(), request.uri().path().to_string()));
         let method = request.method().clone();
         let authority = authority_of(&request);
+        let owner = budget::Owner::Client(limit_key(client_ip(
+            client.peer.ip(),
+            request.headers(),
+            &self.trusted,
+        )));
 
-        let (mut response, status) = match self.enter() {
+        let (response, status) = match self.enter() {
             None => {
                 self.stats.add(&self.stats.overloaded);
                 overloaded(&method)
@@ -207,6 +216,9 @@ impl Proxy {
         };
 
         self.stats.record(status.phase, status.collapsed);
+        // A large body that shares a stored entry's buffer must not pin it uncounted once the
+        // entry is evicted (see `body::Held`).
+        let mut response = response.map(|body| body.guarded(&self.budget, owner, self.held_stall));
         let headers = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&status.member()) {
             headers.append("cache-status", v);
