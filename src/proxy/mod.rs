@@ -12,6 +12,7 @@ mod forward;
 pub mod forwarding;
 mod headers;
 pub mod respond;
+mod tls;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -73,6 +74,8 @@ pub struct Site {
 pub struct Client {
     pub peer: SocketAddr,
     pub proto: &'static str,
+    /// The TLS server name the connection was opened for (HTTPS only).
+    pub sni: Option<crate::tls::SniName>,
 }
 
 /// One GET/HEAD on its way through the cache: owned, so background work can keep it.
@@ -236,6 +239,9 @@ impl Proxy {
                 &method,
             );
         };
+        if let Some(refused) = tls::misdirected(&client, &authority, &method) {
+            return refused;
+        }
         let default_port = default_port(client.proto);
         let Some(index) = self.router.route(&authority, default_port) else {
             return refuse(
@@ -268,8 +274,14 @@ impl Proxy {
                 )
             }
         }
+        let site = &self.sites[index].config;
+        if let Some(redirect) = tls::redirect(site, &client, &authority, request.uri(), &method) {
+            return redirect;
+        }
         let host = authority.normalised(default_port);
-        self.serve(index, request, client, host).await
+        let mut served = self.serve(index, request, client, host).await;
+        tls::add_hsts(&self.sites[index].config, &client, &mut served.0);
+        served
     }
 
     /// Admits a request under the global in-flight cap.

@@ -1,0 +1,86 @@
+//! What HTTPS changes for a request: a Host that the connection's SNI name does not cover gets
+//! 421 (so a connection opened for one municipality never serves another's pages), plain-HTTP
+//! requests of an `https_redirect` site get 301, and HTTPS answers carry the site's HSTS.
+
+use http::header::{HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY};
+use http::{Method, Response, StatusCode, Uri};
+
+use super::body::Body;
+use super::respond::Canned;
+use super::{refuse, Client, Served};
+use crate::cache::{CacheStatus, Phase};
+use crate::config::{SiteConfig, ACME_CHALLENGE_PREFIX};
+use crate::routing::Authority;
+
+/// 421 when the request names a host other than the one the TLS connection was opened for.
+/// The certificate was chosen for the SNI name; answering for another name on the same
+/// connection would let routing and certificate choice disagree. Clients that reused a
+/// connection (HTTP/2 coalescing) retry on a new one when they get 421.
+pub(super) fn misdirected(
+    client: &Client,
+    authority: &Authority,
+    method: &Method,
+) -> Option<Served> {
+    let sni = client.sni?;
+    if authority.host() == sni.as_str() {
+        return None;
+    }
+    Some(refuse(
+        StatusCode::MISDIRECTED_REQUEST,
+        &format!(
+            "kagami: this connection was opened for {sni:?}, not for {:?}",
+            authority.host()
+        ),
+        method,
+    ))
+}
+
+/// 301 to the same target over https for plain-HTTP requests of a site with
+/// `https_redirect`. ACME HTTP-01 challenges are fetched over plain HTTP and pass.
+pub(super) fn redirect(
+    site: &SiteConfig,
+    client: &Client,
+    authority: &Authority,
+    uri: &Uri,
+    method: &Method,
+) -> Option<Served> {
+    if client.proto != "http" || !site.tls.https_redirect {
+        return None;
+    }
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    if target.starts_with(ACME_CHALLENGE_PREFIX) {
+        return None;
+    }
+    let host = match authority.host() {
+        ip6 if ip6.contains(':') => format!("[{ip6}]"),
+        name => name.to_string(),
+    };
+    // The request's own port belongs to the plain listener; the https one is configured.
+    let location = match site.tls.https_port {
+        Some(port) => format!("https://{host}:{port}{target}"),
+        None => format!("https://{host}{target}"),
+    };
+    let value = HeaderValue::from_str(&location).ok()?;
+    let mut canned = Canned::error(
+        StatusCode::MOVED_PERMANENTLY,
+        &format!("kagami: this site is served over HTTPS: {location}"),
+    );
+    canned.headers.insert(LOCATION, value);
+    Some((
+        canned.response(method),
+        CacheStatus::new(Phase::Error).detail("https-redirect"),
+    ))
+}
+
+/// The site's `Strict-Transport-Security` on HTTPS answers only: browsers ignore it over
+/// plain HTTP (RFC 6797 §8.1), and an HSTS pin must come from a connection they trust.
+pub(super) fn add_hsts(site: &SiteConfig, client: &Client, response: &mut Response<Body>) {
+    if client.proto != "https" {
+        return;
+    }
+    if let Some(value) = &site.tls.hsts {
+        response
+            .headers_mut()
+            .insert(STRICT_TRANSPORT_SECURITY, value.clone());
+    }
+}
