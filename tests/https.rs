@@ -380,3 +380,75 @@ origin = "https://localhost:{port}"
     assert_eq!(names.lock().unwrap().len(), 1, "no handshake completed");
     running.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn answers_for_http_and_https_are_stored_apart_and_invalidated_together() {
+    // The origin answers with the scheme Kagami told it, cacheable for a minute.
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let origin = common::spawn_origin(move |request: http::Request<hyper::body::Incoming>| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let proto = request.headers()["x-forwarded-proto"].to_str().unwrap();
+            let mut response = http::Response::new(Full::new(Bytes::from(proto.to_string())));
+            response.headers_mut().insert(
+                "cache-control",
+                http::HeaderValue::from_static("max-age=60"),
+            );
+            response
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("CA");
+    ca.leaf(&["www.b.test"]).write(dir.path(), "b");
+    let text = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+listen_tls = ["127.0.0.1:0"]
+[log]
+access = false
+[[site]]
+name = "b"
+hosts = ["www.b.test"]
+origin = "http://{origin}"
+tls_cert = "b.pem"
+tls_key = "b.key"
+"#
+    );
+    let path = dir.path().join("kagami.toml");
+    std::fs::write(&path, text).unwrap();
+    let running = kagami::server::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let client = |addr| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca.reqwest_cert())
+            .resolve("www.b.test", addr)
+            .build()
+            .unwrap()
+    };
+    let (plain, secure) = (client(running.addrs[0]), client(running.tls_addrs[0]));
+    let body = |response: reqwest::Response| async move { response.text().await.unwrap() };
+    for _ in 0..2 {
+        let http = send(plain.get("http://www.b.test/")).await.unwrap();
+        assert_eq!(body(http).await, "http");
+        let https = send(secure.get("https://www.b.test/")).await.unwrap();
+        assert_eq!(body(https).await, "https");
+    }
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A successful POST over plain HTTP invalidates the HTTPS copy too.
+    let post = send(plain.post("http://www.b.test/")).await.unwrap();
+    assert_eq!(post.status(), 200);
+    let https = send(secure.get("https://www.b.test/")).await.unwrap();
+    assert!(https.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("fwd="));
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 4);
+    running.shutdown(Duration::from_millis(100)).await;
+}

@@ -337,7 +337,7 @@ impl Proxy {
     }
 
     fn invalidate_after_unsafe(&self, site: &Site, path: &str, host: &str, response: &HeaderMap) {
-        self.store.invalidate(&site.key(host, path));
+        self.invalidate_target(site, host, path);
         for field in [LOCATION, CONTENT_LOCATION] {
             let Some(location) = response.get(field).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -354,7 +354,7 @@ impl Proxy {
             };
             let pq = uri.path_and_query().map_or("/", |p| p.as_str());
             if let (true, Ok(target)) = (same_origin, target::canonical(pq)) {
-                self.store.invalidate(&site.key(host, &target));
+                self.invalidate_target(site, host, &target);
             }
         }
     }

@@ -354,7 +354,7 @@ impl Proxy {
     /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
     async fn lookup(self: &Arc<Self>, req: Req) -> Served {
         let site = &self.sites[req.site];
-        let key = site.key(&req.host, path_and_query(&req.parts));
+        let key = site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
         let (stale, phase) = match self.store.lookup(&key, &req.sent) {
             Lookup::Found(entry) if entry.is_fresh(now) => {

@@ -1,13 +1,14 @@
 //! What HTTPS changes for a request: a Host that the connection's SNI name does not cover gets
 //! 421 (so a connection opened for one municipality never serves another's pages), plain-HTTP
-//! requests of an `https_redirect` site get 301, and HTTPS answers carry the site's HSTS.
+//! requests of an `https_redirect` site get 301, HTTPS answers carry the site's HSTS, and
+//! answers fetched for HTTPS are stored apart from those fetched for plain HTTP.
 
 use http::header::{HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY};
 use http::{Method, Response, StatusCode, Uri};
 
 use super::body::Body;
 use super::respond::Canned;
-use super::{refuse, Client, Served};
+use super::{refuse, Client, Proxy, Served, Site};
 use crate::cache::{CacheStatus, Phase};
 use crate::config::{SiteConfig, ACME_CHALLENGE_PREFIX};
 use crate::routing::Authority;
@@ -82,5 +83,33 @@ pub(super) fn add_hsts(site: &SiteConfig, client: &Client, response: &mut Respon
         response
             .headers_mut()
             .insert(STRICT_TRANSPORT_SECURITY, value.clone());
+    }
+}
+
+/// Appended to the keys of answers fetched for HTTPS requests. The origin is told the scheme
+/// (`X-Forwarded-Proto`, `Forwarded`) and may answer differently (a redirect to https,
+/// absolute links), so an answer fetched over one scheme must never be served over the other.
+/// A suffix after a NUL cannot be mistaken for anything else: targets never contain a NUL.
+const HTTPS_KEY_SUFFIX: &str = "\u{0}https";
+
+impl Site {
+    /// The cache key of a request that came in over `proto` (see `Site::key`).
+    pub(super) fn key_for(&self, proto: &str, host: &str, target: &str) -> String {
+        let mut key = self.key(host, target);
+        if proto == "https" {
+            key.push_str(HTTPS_KEY_SUFFIX);
+        }
+        key
+    }
+}
+
+impl Proxy {
+    /// Invalidates a target for both schemes: a change made through one is a change for both.
+    pub(super) fn invalidate_target(&self, site: &Site, host: &str, target: &str) {
+        let key = site.key(host, target);
+        if site.config.tls.cert.is_some() {
+            self.store.invalidate(&format!("{key}{HTTPS_KEY_SUFFIX}"));
+        }
+        self.store.invalidate(&key);
     }
 }
