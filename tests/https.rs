@@ -64,7 +64,7 @@ access = false
 
 [[site]]
 name = "a"
-hosts = ["www.a.test"]
+hosts = ["www.a.test", "127.0.0.1"]
 origin = "{url}"
 tls_cert = "a.pem"
 tls_key = "a.key"
@@ -255,6 +255,9 @@ async fn https_redirect_and_hsts() {
     let response = send(plain.get(challenge)).await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(!response.headers().contains_key("strict-transport-security"));
+    // IP-address hosts are never served over HTTPS, so they are not redirected either.
+    let by_ip = format!("http://{}/", s.plain_addr());
+    assert_eq!(send(plain.get(by_ip)).await.unwrap().status(), 200);
     // A site without https_redirect is served over plain HTTP.
     let response = send(plain.get("http://www.b.test/")).await.unwrap();
     assert_eq!(response.status(), 200);

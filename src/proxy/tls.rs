@@ -37,7 +37,8 @@ pub(super) fn misdirected(
 }
 
 /// 301 to the same target over https for plain-HTTP requests of a site with
-/// `https_redirect`. ACME HTTP-01 challenges are fetched over plain HTTP and pass.
+/// `https_redirect`. ACME HTTP-01 challenges are fetched over plain HTTP and pass, and so do
+/// requests for IP-address hosts.
 pub(super) fn redirect(
     site: &SiteConfig,
     client: &Client,
@@ -49,7 +50,9 @@ pub(super) fn redirect(
         return None;
     }
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    if target.starts_with(ACME_CHALLENGE_PREFIX) {
+    // An IP address is never served over HTTPS (no SNI), so there is nowhere to send it.
+    let ip = authority.host().parse::<std::net::IpAddr>().is_ok();
+    if ip || target.starts_with(ACME_CHALLENGE_PREFIX) {
         return None;
     }
     let host = match authority.host() {
