@@ -153,3 +153,75 @@ impl ResolvesServerCert for SniResolver {
         cert
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    /// A key with a placeholder certificate: the table only hands certificates out.
+    fn cert() -> Arc<CertifiedKey> {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let der = PrivateKeyDer::try_from(pair.serialize_der()).unwrap();
+        let signing = super::super::provider()
+            .key_provider
+            .load_private_key(der)
+            .unwrap();
+        Arc::new(CertifiedKey::new(
+            vec![CertificateDer::from(vec![0])],
+            signing,
+        ))
+    }
+
+    fn site(name: &str, hosts: &[&str], cert: &Arc<CertifiedKey>) -> SiteConfig {
+        let mut site = SiteConfig::new(name, hosts, "http://127.0.0.1:1").unwrap();
+        site.tls.cert = Some(cert.clone());
+        site
+    }
+
+    fn same(found: Option<Arc<CertifiedKey>>, expected: &Arc<CertifiedKey>) -> bool {
+        found.is_some_and(|f| Arc::ptr_eq(&f, expected))
+    }
+
+    #[test]
+    fn exact_names_then_the_longest_wildcard_and_nothing_else() {
+        let (a, b, c) = (cert(), cert(), cert());
+        let plain = SiteConfig::new("plain", &["www.plain.test"], "http://127.0.0.1:1").unwrap();
+        let sites = [
+            site("a", &["www.a.test", "*.test.jp"], &a),
+            site("b", &["*.city.test.jp"], &b),
+            site("c", &["x.city.test.jp:8443"], &c),
+            plain,
+        ];
+        let resolver = SniResolver::new(CertTable::new(&sites));
+        assert!(same(resolver.certificate_for("www.a.test"), &a));
+        assert!(same(resolver.certificate_for("WWW.A.TEST."), &a));
+        assert!(same(resolver.certificate_for("pref.test.jp"), &a));
+        assert!(same(resolver.certificate_for("www.city.test.jp"), &b));
+        assert!(same(resolver.certificate_for("x.city.test.jp"), &c));
+        for unknown in ["test.jp", "www.plain.test", "a.test", "evil.example", ""] {
+            assert!(resolver.certificate_for(unknown).is_none(), "{unknown}");
+        }
+    }
+
+    #[test]
+    fn a_name_two_certificates_claim_is_a_conflict() {
+        let (a, b) = (cert(), cert());
+        let sites = [
+            site("a", &["www.x.test:443", "*.y.test"], &a),
+            site("b", &["www.x.test:8443", "*.y.test:8443"], &b),
+        ];
+        let conflicts = CertTable::conflicts(&sites);
+        let names: Vec<&str> = conflicts.iter().map(|c| c.0.as_str()).collect();
+        assert_eq!(names, ["www.x.test", "*.y.test"]);
+    }
+
+    #[test]
+    fn a_replaced_table_serves_the_next_handshakes() {
+        let (old, new) = (cert(), cert());
+        let resolver = SniResolver::new(CertTable::new(&[site("a", &["www.a.test"], &old)]));
+        assert!(same(resolver.certificate_for("www.a.test"), &old));
+        resolver.replace(CertTable::new(&[site("a", &["www.a.test"], &new)]));
+        assert!(same(resolver.certificate_for("www.a.test"), &new));
+    }
+}
