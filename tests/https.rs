@@ -455,3 +455,37 @@ tls_key = "b.key"
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 4);
     running.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn returning_clients_resume_their_session() {
+    let s = Setup::start("").await;
+    let mut config = s.ca.rustls_client();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect = || async {
+        let tcp = TcpStream::connect(s.tls_addr()).await.unwrap();
+        let name = ServerName::try_from("www.a.test").unwrap();
+        let connecting = connector.connect(name, tcp);
+        tokio::time::timeout(LIMIT, connecting)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let first = connect().await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // TLS 1.3 tickets arrive after the handshake: read an answer to receive them.
+    assert!(raw_request(first, "www.a.test")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let again = connect().await;
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert!(raw_request(again, "www.a.test")
+        .await
+        .starts_with("HTTP/1.1 200"));
+}

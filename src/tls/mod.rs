@@ -40,6 +40,10 @@ pub fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // No 0-RTT: early data can be replayed, and a proxy cannot tell which requests tolerate it.
     config.max_early_data_size = 0;
+    // Stateless session tickets (keys rotated every 6 hours): returning visitors, many on
+    // flaky mobile links during a disaster, resume without a full handshake, and Kagami keeps
+    // no per-client state for it. rustls resumes a session only for the SNI name it was for.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
 }
 
