@@ -103,6 +103,18 @@ fn each_kind_of_bad_certificate_file_is_named_with_its_reason() {
         &[&key, "does not match the certificate", &cert],
     );
 
+    // The chain in the wrong order: the CA's certificate first.
+    good.write(d, "a");
+    std::fs::write(d.join("a.pem"), format!("{}{}", ca.pem, good.cert_pem)).unwrap();
+    let found = problems(&path);
+    let key_problem = found.iter().find(|p| p.key == "site[0].tls_key").unwrap();
+    assert!(
+        key_problem
+            .reason
+            .contains("put the site's own certificate first"),
+        "{found:?}"
+    );
+
     ca.leaf_valid(&["www.a.test", "*.city.test"], -30, -1)
         .write(d, "a");
     assert_one(&path, "site[0].tls_cert", &[&cert, "expired on"]);

@@ -111,10 +111,14 @@ pub fn load(
         // A key type that cannot tell its public half is checked by the first handshake.
         Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            let hint = match matches_a_later_certificate(&certified) {
+                true => " (it matches a later one: put the site's own certificate first)",
+                false => "",
+            };
             problems.push(CertProblem::new(
                 File::Key,
                 format!(
-                    "{} does not match the certificate in {}",
+                    "{} does not match the certificate in {}{hint}",
                     key_path.display(),
                     cert_path.display()
                 ),
@@ -128,6 +132,17 @@ pub fn load(
     } else {
         Err(problems)
     }
+}
+
+/// A chain in the wrong order (intermediate first) looks like a wrong key; tell them apart.
+fn matches_a_later_certificate(certified: &CertifiedKey) -> bool {
+    let Some(spki) = certified.key.public_key() else {
+        return false;
+    };
+    certified.cert.iter().skip(1).any(|der| {
+        x509_parser::parse_x509_certificate(der)
+            .is_ok_and(|(_, cert)| cert.public_key().raw == spki.as_ref())
+    })
 }
 
 /// Validity period and names of the site's own certificate (the first of the chain).
