@@ -238,6 +238,27 @@ async fn a_host_other_than_the_sni_name_gets_421() {
         let answer = raw_request(s.connect(Some("www.a.test")).await.unwrap(), host).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
     }
+    // HTTP/2, as a browser reusing a connection for another name would send it.
+    let mut config = s.ca.rustls_client();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(s.tls_addr()).await.unwrap();
+    let name = ServerName::try_from("www.a.test").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut h2, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    for (authority, status) in [("www.b.test", 421), ("www.a.test", 200)] {
+        let request = http::Request::get(format!("https://{authority}/"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = tokio::time::timeout(LIMIT, h2.send_request(request)).await;
+        assert_eq!(response.unwrap().unwrap().status(), status, "{authority}");
+    }
     assert_eq!(s.origin.total(), 1, "a 421 never reaches the origin");
 }
 
