@@ -248,3 +248,10 @@ fn date(unix: i64) -> String {
     let time = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
     humantime::format_rfc3339_seconds(time).to_string()
 }
+
+/// When a certificate stops being valid, if it parses.
+pub fn not_after(der: &CertificateDer<'_>) -> Option<SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}

@@ -13,7 +13,9 @@ mod sni;
 pub use resolver::{CertTable, SniResolver};
 pub use sni::SniName;
 
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
 
@@ -51,7 +53,39 @@ pub fn server_config(
 pub fn acceptor(
     config: &crate::config::Config,
 ) -> Result<(tokio_rustls::TlsAcceptor, Arc<SniResolver>), rustls::Error> {
+    log_expiry(config);
     let resolver = Arc::new(SniResolver::new(CertTable::new(&config.sites)));
     let server = server_config(resolver.clone())?;
     Ok((tokio_rustls::TlsAcceptor::from(server), resolver))
+}
+
+/// Certificates are checked at load, but one can expire while Kagami runs: say when, loudly
+/// when it is soon, so that staff renew it before browsers start refusing the site.
+fn log_expiry(config: &crate::config::Config) {
+    const SOON: Duration = Duration::from_secs(14 * 86_400);
+    let now = SystemTime::now();
+    for site in &config.sites {
+        let Some(cert) = &site.tls.cert else {
+            continue;
+        };
+        let Some(until) = cert.end_entity_cert().ok().and_then(certs::not_after) else {
+            continue;
+        };
+        let expires = humantime::format_rfc3339_seconds(until);
+        let file = site
+            .tls
+            .cert_file
+            .as_deref()
+            .unwrap_or(Path::new("-"))
+            .display();
+        match until.duration_since(now) {
+            Ok(left) if left > SOON => {
+                tracing::info!(site = %site.name, %file, %expires, "certificate")
+            }
+            _ => tracing::warn!(
+                site = %site.name, %file, %expires,
+                "certificate expires within 14 days: renew it"
+            ),
+        }
+    }
 }
