@@ -40,6 +40,16 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         origin: SocketAddr,
     },
+    /// Write a self-signed certificate (DIR/cert.pem) and key (DIR/key.pem, mode 0600) for
+    /// trying HTTPS locally. Browsers will warn about it: use a real certificate in production.
+    GenCert {
+        /// A name the certificate covers; repeat for more ("*.city.example" for a wildcard).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Folder for the two files (created if missing; existing files are never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run { config } => load(&config).and_then(|c| runtime(&c)?.block_on(run(c))),
+        Command::GenCert { hosts, out } => gen_cert(&hosts, &out),
         Command::Demo { listen, origin } => {
             demo_config(listen).and_then(|c| runtime(&c)?.block_on(demo(c, origin)))
         }
@@ -82,9 +93,23 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
             .listen
             .iter()
             .map(|a| a.to_string())
+            .chain(
+                config
+                    .server
+                    .listen_tls
+                    .iter()
+                    .map(|a| format!("https://{a}"))
+            )
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+fn gen_cert(hosts: &[String], out: &Path) -> anyhow::Result<()> {
+    let (cert, key) = kagami::tls::gen::write_self_signed(hosts, out)?;
+    println!("wrote {} and {}", cert.display(), key.display());
+    println!("use them in a [[site]] as tls_cert and tls_key (paths relative to the config file)");
     Ok(())
 }
 

@@ -5,9 +5,11 @@
 
 mod raw;
 mod site;
+mod tls;
 pub mod units;
 
 pub use site::{CookiePolicy, OriginProtection, OriginTimeouts, SiteConfig};
+pub use tls::{SiteTls, ACME_CHALLENGE_PREFIX};
 
 use std::collections::HashSet;
 use std::fmt;
@@ -35,6 +37,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners (certificates chosen by SNI from the sites' `tls_cert`).
+    pub listen_tls: Vec<SocketAddr>,
     /// Time a client has to send a complete request head (slowloris defence). For HTTP/1 this
     /// also bounds how long a keep-alive connection may sit idle before its next request.
     pub header_read_timeout: Duration,
@@ -125,6 +129,7 @@ impl Config {
         Config {
             server: ServerConfig {
                 listen,
+                listen_tls: Vec::new(),
                 header_read_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(60),
                 worker_threads: None,
@@ -298,7 +303,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let listen = server
         .listen
         .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()]);
-    if listen.is_empty() {
+    config.server.listen_tls = tls::listen_tls(&server.listen_tls, &mut problems);
+    if listen.is_empty() && config.server.listen_tls.is_empty() {
         problems.add(
             "server.listen",
             "needs at least one address such as \"0.0.0.0:80\"",
@@ -502,6 +508,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             config.sites.push(site);
         }
     }
+    tls::finish(&mut config, &mut problems);
     problems.into_result(path)?;
     Ok(config)
 }

@@ -18,6 +18,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<Vec<String>>,
+    pub listen_tls: Option<Vec<String>>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub worker_threads: Option<usize>,
@@ -91,4 +92,9 @@ pub struct RawSite {
     pub limit_hits_burst: Option<u32>,
     pub limit_misses: Option<String>,
     pub limit_misses_burst: Option<u32>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub https_redirect: Option<bool>,
+    pub hsts: Option<String>,
+    pub origin_ca: Option<String>,
 }

@@ -95,6 +95,8 @@ pub struct SiteConfig {
     pub limit_hits: Option<Rate>,
     /// Per-client budget for requests that would reach the origin.
     pub limit_misses: Option<Rate>,
+    /// HTTPS: certificate, redirect, HSTS, trust for the origin.
+    pub tls: super::SiteTls,
 }
 
 impl SiteConfig {
@@ -246,6 +248,7 @@ pub(super) fn validate_site(
     let ms = |problems: &mut Problems, k: &str, v: &Option<String>, default: u64| {
         problems.duration(key(k), v, Duration::from_millis(default))
     };
+    let tls = super::tls::site(raw, prefix, base, &hosts, origins.as_ref(), problems);
     let site = SiteConfig {
         name,
         hosts,
@@ -304,6 +307,7 @@ pub(super) fn validate_site(
             raw.limit_misses_burst,
             limits.misses,
         ),
+        tls,
     };
     for (k, v) in [
         ("connect_timeout", site.timeouts.connect),

@@ -443,7 +443,7 @@ impl Proxy {
     }
 
     fn invalidate_after_unsafe(&self, site: &Site, path: &str, host: &str, response: &HeaderMap) {
-        self.store.mark_stale(&site.key(host, path));
+        self.invalidate_target(site, host, path);
         for field in [LOCATION, CONTENT_LOCATION] {
             let Some(location) = response.get(field).and_then(|v| v.to_str().ok()) else {
                 continue;
@@ -460,7 +460,7 @@ impl Proxy {
             };
             let pq = uri.path_and_query().map_or("/", |p| p.as_str());
             if let (true, Ok(target)) = (same_origin, target::canonical(pq)) {
-                self.store.mark_stale(&site.key(host, &target));
+                self.invalidate_target(site, host, &target);
             }
         }
     }

@@ -13,6 +13,7 @@ mod forward;
 pub mod forwarding;
 mod headers;
 pub mod respond;
+mod tls;
 mod whole;
 
 use std::borrow::Cow;
@@ -79,6 +80,8 @@ pub struct Site {
 pub struct Client {
     pub peer: SocketAddr,
     pub proto: &'static str,
+    /// The TLS server name the connection was opened for (HTTPS only).
+    pub sni: Option<crate::tls::SniName>,
 }
 
 /// One GET/HEAD on its way through the cache: owned, so background work can keep it.
@@ -257,6 +260,9 @@ impl Proxy {
                 &method,
             );
         };
+        if let Some(refused) = tls::misdirected(&client, &authority, &method) {
+            return refused;
+        }
         let default_port = default_port(client.proto);
         let Some(index) = self.router.route(&authority, default_port) else {
             return refuse(
@@ -289,8 +295,14 @@ impl Proxy {
                 )
             }
         }
+        let site = &self.sites[index].config;
+        if let Some(redirect) = tls::redirect(site, &client, &authority, request.uri(), &method) {
+            return redirect;
+        }
         let host = authority.normalised(default_port);
-        self.serve(index, request, client, host).await
+        let mut served = self.serve(index, request, client, host).await;
+        tls::add_hsts(&self.sites[index].config, &client, &mut served.0);
+        served
     }
 
     /// Admits a request under the global in-flight cap.
@@ -363,7 +375,7 @@ impl Proxy {
     /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
     async fn lookup(self: &Arc<Self>, req: Req) -> Served {
         let site = &self.sites[req.site];
-        let key = site.key(&req.host, path_and_query(&req.parts));
+        let key = site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
         let (stale, phase) = match self.store.lookup(&key, &req.sent) {
             Lookup::Found(entry) if entry.serves_fresh(now) => {

@@ -1,6 +1,7 @@
 //! Listeners and connections: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, with the
 //! header-read (slowloris) and idle timeouts, the connection caps (overall and per client
-//! address), and graceful shutdown.
+//! address), and graceful shutdown. HTTPS listeners (`tls`) add a TLS handshake in front of the
+//! same connection handling.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::atomic::Ordering;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ServerConfig};
 use crate::limit::TrustedProxies;
@@ -21,6 +23,7 @@ use crate::proxy::{BuildError, Client, Proxy};
 
 mod idle;
 mod per_client;
+mod tls;
 
 use per_client::{ClientConnection, PerClient};
 
@@ -33,11 +36,17 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A running Kagami: its bound addresses and the means to stop it.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// The bound HTTPS addresses (also in `addrs`, after the plain ones).
+    pub tls_addrs: Vec<SocketAddr>,
+    /// Where HTTPS listeners get certificates; its table can be replaced while serving.
+    pub certificates: Option<Arc<crate::tls::SniResolver>>,
     pub proxy: Arc<Proxy>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -69,7 +78,17 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         config.server.max_connections_per_client,
         TrustedProxies::new(config.limits.trusted_proxies.clone()),
     ));
-    for addr in &config.server.listen {
+    let (acceptor, certificates) = match config.server.listen_tls.is_empty() {
+        true => (None, None),
+        false => {
+            let (acceptor, resolver) = crate::tls::acceptor(config)?;
+            (Some(acceptor), Some(resolver))
+        }
+    };
+    let mut tls_addrs = Vec::new();
+    let plain = config.server.listen.iter().map(|addr| (addr, None));
+    let secure = (config.server.listen_tls.iter()).map(|addr| (addr, acceptor.clone()));
+    for (addr, tls) in plain.chain(secure) {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -81,7 +100,10 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             source,
         })?;
         addrs.push(local);
-        tracing::info!(%local, "listening");
+        if tls.is_some() {
+            tls_addrs.push(local);
+        }
+        tracing::info!(%local, https = tls.is_some(), "listening");
         tasks.push(tokio::spawn(accept_loop(
             listener,
             proxy.clone(),
@@ -89,10 +111,13 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             connections.clone(),
             per_client.clone(),
             stopped.clone(),
+            tls,
         )));
     }
     Ok(Running {
         addrs,
+        tls_addrs,
+        certificates,
         proxy,
         stop,
         tasks,
@@ -129,6 +154,7 @@ async fn accept_loop(
     connections: Arc<Semaphore>,
     per_client: Arc<PerClient>,
     mut stopped: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
     let builder = Arc::new(builder(&server));
     let graceful = GracefulShutdown::new();
@@ -170,6 +196,7 @@ async fn accept_loop(
             proxy.clone(),
             &server,
             (permit, counted),
+            tls.clone(),
         );
     }
     drop(listener);
@@ -179,6 +206,9 @@ async fn accept_loop(
     }
 }
 
+// One more than clippy likes since HTTPS: every argument is per listener or per connection, and
+// bundling them would only move the list elsewhere.
+#[allow(clippy::too_many_arguments)]
 fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -187,36 +217,50 @@ fn serve_connection(
     proxy: Arc<Proxy>,
     server: &ServerConfig,
     permit: (OwnedSemaphorePermit, ClientConnection),
+    tls: Option<TlsAcceptor>,
 ) {
     let _ = stream.set_nodelay(true);
     let stats = proxy.stats.clone();
     stats.add(&stats.connections_total);
     stats.connections_open.fetch_add(1, Ordering::Relaxed);
-    let client = Client {
+    let mut client = Client {
         peer,
-        proto: "http",
+        proto: if tls.is_some() { "https" } else { "http" },
+        sni: None,
     };
     let activity = idle::Activity::new();
     let tracker = activity.clone();
-    let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        let tracker = tracker.clone();
-        let guard = tracker.request_started();
-        async move {
-            let response = proxy.handle(request, client).await;
-            drop(guard);
-            Ok::<_, std::convert::Infallible>(response.map(|body| tracker.track(body)))
-        }
-    });
     let builder = builder.clone();
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    let connection = graceful.watch(connection);
+    // Taken now, so that a shutdown that starts during a TLS handshake still waits for it.
+    let watcher = graceful.watcher();
     let (header_timeout, idle_timeout) = (server.header_read_timeout, server.idle_timeout);
+    let serve = async move {
+        let io = match tls {
+            None => tls::Io::Plain(stream),
+            Some(acceptor) => {
+                let (io, sni) = tls::handshake(&acceptor, stream, header_timeout).await?;
+                client.sni = sni;
+                io
+            }
+        };
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let tracker = tracker.clone();
+            let guard = tracker.request_started();
+            async move {
+                let response = proxy.handle(request, client).await;
+                drop(guard);
+                Ok::<_, std::convert::Infallible>(response.map(|body| tracker.track(body)))
+            }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        watcher.watch(connection).await
+    };
     tokio::spawn(async move {
         tokio::select! {
-            result = connection => {
+            result = serve => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
                 }
