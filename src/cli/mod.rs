@@ -1,0 +1,3 @@
+//! Pieces of the `kagami` command that are not the command definitions themselves.
+
+pub mod startup;
