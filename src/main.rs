@@ -167,7 +167,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(sites = config.sites.len(), "kagami is serving");
     signal.await;
     tracing::info!("shutting down");
-    running.shutdown(Duration::from_secs(10)).await;
+    running.shutdown(config.server.drain_timeout).await;
     Ok(())
 }
 
@@ -192,7 +192,10 @@ fn demo_site(listen: SocketAddr, origin: &str) -> anyhow::Result<SiteConfig> {
 fn demo_config(listen: SocketAddr) -> anyhow::Result<Config> {
     // The origin address is only known once bound; the site is rebuilt in `demo`.
     let site = demo_site(listen, "http://127.0.0.1:1")?;
-    Ok(Config::new(vec![listen], vec![site]))
+    let mut config = Config::new(vec![listen], vec![site]);
+    // Ctrl-C in a demo should not wait long.
+    config.server.drain_timeout = Duration::from_secs(2);
+    Ok(config)
 }
 
 async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
@@ -260,6 +263,6 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
         "  origin served {} request(s); shutting down",
         state.requests.load(Ordering::Relaxed)
     );
-    running.shutdown(Duration::from_secs(2)).await;
+    running.shutdown(config.server.drain_timeout).await;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! in a plain origin fetch or a clear error status, never a panic.
 
 pub mod body;
+mod drain;
 mod fill;
 mod forward;
 pub mod forwarding;
@@ -38,6 +39,7 @@ use crate::metrics::Stats;
 use crate::origin::Origin;
 use crate::routing::{target, Authority, Router};
 use body::Body;
+pub use drain::shutting_down;
 use respond::{from_entry, Canned};
 
 /// What a coalesced fetch ended with, as seen by the requests that waited for it.

@@ -44,11 +44,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets requests in progress finish (at most `grace`), then returns.
+    /// Stops accepting, lets requests in progress finish (at most `grace`, which should be
+    /// the config's `server.drain_timeout`: the listeners use that), answers the rest 503,
+    /// then returns.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
+        let limit = grace + OVERDUE_ANSWER_TIME + Duration::from_millis(100);
         for task in self.tasks {
-            let _ = tokio::time::timeout(grace + Duration::from_millis(100), task).await;
+            let _ = tokio::time::timeout(limit, task).await;
         }
     }
 
@@ -99,6 +102,9 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     })
 }
 
+/// After the drain time, how long overdue requests get to receive their 503.
+const OVERDUE_ANSWER_TIME: Duration = Duration::from_secs(1);
+
 fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let header_size = server.max_header_size as usize;
@@ -132,6 +138,8 @@ async fn accept_loop(
 ) {
     let builder = Arc::new(builder(&server));
     let graceful = GracefulShutdown::new();
+    // Set once the drain time is over: requests still in flight then answer 503.
+    let (overdue_tx, overdue) = watch::channel(false);
     loop {
         // At the connection cap, stop accepting: new clients wait in the kernel's backlog
         // instead of costing memory and file descriptors here.
@@ -170,13 +178,22 @@ async fn accept_loop(
             proxy.clone(),
             &server,
             (permit, counted),
+            overdue.clone(),
         );
     }
     drop(listener);
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        _ = &mut drained => return,
+        _ = tokio::time::sleep(server.drain_timeout) => {}
     }
+    tracing::info!(
+        drain_timeout = ?server.drain_timeout,
+        "drain time over: answering the requests still in flight 503"
+    );
+    let _ = overdue_tx.send(true);
+    let _ = tokio::time::timeout(OVERDUE_ANSWER_TIME, drained).await;
 }
 
 fn serve_connection(
@@ -187,6 +204,7 @@ fn serve_connection(
     proxy: Arc<Proxy>,
     server: &ServerConfig,
     permit: (OwnedSemaphorePermit, ClientConnection),
+    overdue: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let stats = proxy.stats.clone();
@@ -198,12 +216,20 @@ fn serve_connection(
     };
     let activity = idle::Activity::new();
     let tracker = activity.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let tracker = tracker.clone();
         let guard = tracker.request_started();
+        let mut overdue = overdue.clone();
         async move {
-            let response = proxy.handle(request, client).await;
+            let (method, version) = (request.method().clone(), request.version());
+            let response = tokio::select! {
+                response = proxy.handle(request, client) => response,
+                // Only a sent `true` counts: a closed channel means the listener is gone.
+                Ok(_) = overdue.wait_for(|over| *over) => {
+                    crate::proxy::shutting_down(&method, version)
+                }
+            };
             drop(guard);
             Ok::<_, std::convert::Infallible>(response.map(|body| tracker.track(body)))
         }
