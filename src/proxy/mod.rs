@@ -80,6 +80,9 @@ pub struct Site {
 pub struct Client {
     pub peer: SocketAddr,
     pub proto: &'static str,
+    /// The port of the listener the request came in on: a Host naming it means the same page as
+    /// a Host naming no port (`Authority::normalised_on`).
+    pub local_port: u16,
 }
 
 /// One GET/HEAD on its way through the cache: owned, so background work can keep it.
@@ -275,7 +278,7 @@ impl Proxy {
                 )
             }
         }
-        let host = authority.normalised(default_port);
+        let host = authority.normalised_on(default_port, client.local_port);
         self.serve(index, request, client, host).await
     }
 

@@ -210,9 +210,11 @@ fn serve_connection(
     let stats = proxy.stats.clone();
     stats.add(&stats.connections_total);
     stats.connections_open.fetch_add(1, Ordering::Relaxed);
+    let local_port = stream.local_addr().map_or(0, |a| a.port());
     let client = Client {
         peer,
         proto: "http",
+        local_port,
     };
     let activity = idle::Activity::new();
     let tracker = activity.clone();
