@@ -186,7 +186,9 @@ fn demo_hosts(listen: SocketAddr) -> Vec<String> {
 fn demo_site(listen: SocketAddr, origin: &str) -> anyhow::Result<SiteConfig> {
     let hosts = demo_hosts(listen);
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    Ok(SiteConfig::new("demo", &hosts, origin)?)
+    let mut site = SiteConfig::new("demo", &hosts, origin)?;
+    cli::demo::tune(&mut site);
+    Ok(site)
 }
 
 fn demo_config(listen: SocketAddr) -> anyhow::Result<Config> {
@@ -217,6 +219,7 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
     config.sites[0] = demo_site(config.server.listen[0], &format!("http://{origin_addr}"))?;
     let running = kagami::server::start(&config).await?;
     let kagami = running.addr();
+    cli::demo::warm(kagami).await;
     println!();
     println!("  Kagami demo is running.");
     println!(
@@ -226,7 +229,7 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
     println!();
     println!("  Take the origin down:  curl -X POST -H 'X-Kagami-Demo: 1' http://{origin_addr}/_demo/outage   (or type o + Enter)");
     println!("  Bring it back:         curl -X POST -H 'X-Kagami-Demo: 1' http://{origin_addr}/_demo/recover  (or type o + Enter again)");
-    println!("  Watch the headers:     curl -sI http://{kagami}/status.html | grep -iE 'cache-status|age'");
+    println!("  Watch the headers:     curl -s -o /dev/null -D - http://{kagami}/status.html | grep -iE '^HTTP|cache-status'");
     println!("  Stop: Ctrl-C (or q + Enter)");
     println!();
 

@@ -46,6 +46,8 @@ const FDS_PER_CONNECTION: u64 = 2;
 /// `max_connections` allows, and running out shows only as `accept failed` warnings under load.
 /// Warns when the limit stays below what `max_connections` needs.
 #[cfg(unix)]
+// `rlim_t` is u64 on most targets but not all (32-bit Linux), hence the casts.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_open_files_limit(max_connections: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
