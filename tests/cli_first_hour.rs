@@ -314,3 +314,35 @@ fn the_soft_open_files_limit_is_raised_to_the_hard_limit() {
         kagami.seen
     );
 }
+
+#[test]
+fn common_config_mistakes_say_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = "name = \"iwate\"\nhosts = [\"a.example\"]\norigin = \"http://127.0.0.1:9\"\n";
+    for (file, contents, expected) in [
+        ("single.toml", format!("[site]\n{site}"), "[[site]]"),
+        (
+            "number.toml",
+            format!("[[site]]\n{site}default_ttl = 60\n"),
+            "default_ttl = \"60s\"",
+        ),
+        (
+            "typo.toml",
+            format!("[[site]]\n{site}default_tll = \"60s\"\n"),
+            "did you mean `default_ttl`?",
+        ),
+        (
+            "bad.toml",
+            format!("[[site]]\n{site}default_ttl = \"sixty\"\n"),
+            "site[0].default_ttl (site \"iwate\"): \"sixty\" is not a duration",
+        ),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, contents).unwrap();
+        let output = run_in(dir.path(), &["check-config", path.to_str().unwrap()]);
+        assert!(!output.status.success());
+        let err = text(&output.stderr);
+        assert!(err.contains(expected), "{file}: {err}");
+        assert!(err.contains(file), "{file}: {err}");
+    }
+}
