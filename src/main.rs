@@ -8,29 +8,87 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kagami::config::{Config, SiteConfig};
+
+mod cli;
+
+use cli::startup::{init_logging, raise_open_files_limit, report, shutdown_signal};
+
+/// Where `run` and `check-config` look when no file is named.
+const DEFAULT_CONFIG: &str = "kagami.toml";
+
+const AFTER_HELP: &str = "\
+Config file:
+  run and check-config read the file named by --config FILE (or given as FILE), else
+  ./kagami.toml. deploy/kagami.example.toml shows every key with its default.
+
+Environment:
+  RUST_LOG   log filter, default \"info\"; e.g. RUST_LOG=info,kagami::access=off silences the
+             access log, RUST_LOG=debug shows every decision
+  NO_COLOR   any non-empty value turns off coloured logs (colour is only used on a terminal)
+
+Signals (run):
+  SIGTERM, SIGINT (Ctrl-C)  stop accepting, let requests in flight finish (server.drain_timeout),
+                            answer the rest 503 with Retry-After, exit 0
+  SIGHUP                    logged and ignored: reloading the config is not supported yet";
 
 #[derive(Parser)]
 #[command(
     name = "kagami",
     version,
-    about = "A caching reverse proxy that keeps municipal websites reachable during disasters"
+    about = "A caching reverse proxy that keeps municipal websites reachable during disasters",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// The config file: `--config FILE` or a plain `FILE`, on `run` and `check-config` alike.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The config file [default: ./kagami.toml]
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The config file, as an alternative to --config
+    #[arg(value_name = "FILE", conflicts_with = "config")]
+    file: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The named file, or the default one when it exists.
+    fn path(self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = self.config.or(self.file) {
+            return Ok(path);
+        }
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        if default.exists() {
+            return Ok(default);
+        }
+        anyhow::bail!(
+            "no config file: none was named and there is no {DEFAULT_CONFIG} in the current \
+             directory; pass one with --config FILE (or as FILE), e.g. \
+             `kagami run --config /etc/kagami/kagami.toml` (deploy/kagami.example.toml is a \
+             starting point)"
+        )
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve every site in a config file.
+    /// Serve every site in a config file until SIGTERM or Ctrl-C.
+    #[command(after_help = AFTER_HELP)]
     Run {
-        #[arg(long, short, default_value = "kagami.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a config file, print every problem and exit non-zero if there is any.
-    CheckConfig { file: PathBuf },
+    #[command(after_help = AFTER_HELP)]
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Start a built-in demo origin on 127.0.0.1 with Kagami in front of it.
     Demo {
         /// Where Kagami listens.
@@ -53,17 +111,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true)
-        .init();
+    init_logging();
 
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
-        Command::Run { config } => load(&config).and_then(|c| runtime(&c)?.block_on(run(c))),
+    let Some(command) = cli.command else {
+        // A bare `kagami` is someone finding their way: help, and no error status.
+        let _ = Cli::command().print_help();
+        println!();
+        return ExitCode::SUCCESS;
+    };
+    let result = match command {
+        Command::CheckConfig { config } => config.path().and_then(|p| check_config(&p)),
+        Command::Run { config } => config.path().and_then(|p| load(&p)).and_then(|c| {
+            raise_open_files_limit(c.server.max_connections);
+            runtime(&c)?.block_on(run(c))
+        }),
         Command::GenCert { hosts, out } => gen_cert(&hosts, &out),
         Command::Demo { listen, origin } => {
             demo_config(listen).and_then(|c| runtime(&c)?.block_on(demo(c, origin)))
@@ -72,7 +134,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("kagami: {err:#}");
+            eprintln!("kagami: {}", report(&err));
             ExitCode::FAILURE
         }
     }
@@ -125,37 +187,18 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     let running = kagami::server::start(&config).await?;
     tracing::info!(sites = config.sites.len(), "kagami is serving");
-    shutdown_signal().await;
+    signal.await;
     let store = &running.proxy.store;
     tracing::info!(
         entries = store.entry_count(),
         weighted_bytes = store.weighted_size(),
         "shutting down"
     );
-    running.shutdown(Duration::from_secs(10)).await;
+    running.shutdown(config.server.drain_timeout).await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The names the demo site answers to: the loopback names, on Kagami's own port when it is
@@ -173,13 +216,18 @@ fn demo_hosts(listen: SocketAddr) -> Vec<String> {
 fn demo_site(listen: SocketAddr, origin: &str) -> anyhow::Result<SiteConfig> {
     let hosts = demo_hosts(listen);
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    Ok(SiteConfig::new("demo", &hosts, origin)?)
+    let mut site = SiteConfig::new("demo", &hosts, origin)?;
+    cli::demo::tune(&mut site);
+    Ok(site)
 }
 
 fn demo_config(listen: SocketAddr) -> anyhow::Result<Config> {
     // The origin address is only known once bound; the site is rebuilt in `demo`.
     let site = demo_site(listen, "http://127.0.0.1:1")?;
-    Ok(Config::new(vec![listen], vec![site]))
+    let mut config = Config::new(vec![listen], vec![site]);
+    // Ctrl-C in a demo should not wait long.
+    config.server.drain_timeout = Duration::from_secs(2);
+    Ok(config)
 }
 
 async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
@@ -201,6 +249,7 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
     config.sites[0] = demo_site(config.server.listen[0], &format!("http://{origin_addr}"))?;
     let running = kagami::server::start(&config).await?;
     let kagami = running.addr();
+    cli::demo::warm(kagami).await;
     println!();
     println!("  Kagami demo is running.");
     println!(
@@ -210,7 +259,7 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
     println!();
     println!("  Take the origin down:  curl -X POST -H 'X-Kagami-Demo: 1' http://{origin_addr}/_demo/outage   (or type o + Enter)");
     println!("  Bring it back:         curl -X POST -H 'X-Kagami-Demo: 1' http://{origin_addr}/_demo/recover  (or type o + Enter again)");
-    println!("  Watch the headers:     curl -sI http://{kagami}/status.html | grep -iE 'cache-status|age'");
+    println!("  Watch the headers:     curl -s -o /dev/null -D - http://{kagami}/status.html | grep -iE '^HTTP|cache-status'");
     println!("  Stop: Ctrl-C (or q + Enter)");
     println!();
 
@@ -247,6 +296,6 @@ async fn demo(mut config: Config, origin: SocketAddr) -> anyhow::Result<()> {
         "  origin served {} request(s); shutting down",
         state.requests.load(Ordering::Relaxed)
     );
-    running.shutdown(Duration::from_secs(2)).await;
+    running.shutdown(config.server.drain_timeout).await;
     Ok(())
 }

@@ -206,7 +206,7 @@ fn check_config_reports_certificate_problems_with_file_key_and_reason() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = format!("{}: site[0].tls_cert: ", path.display());
+    let line = format!("{}: site[0].tls_cert (site \"a\"): ", path.display());
     assert!(stderr.contains(&line), "{stderr}");
     assert!(
         stderr.contains("a.pem: the certificate expired on"),

@@ -3,6 +3,9 @@
 //! Validation collects every problem with its key, so that `kagami check-config` can list them all
 //! at once: municipal staff fix a file in one pass instead of one error per run.
 
+#[cfg(test)]
+mod example;
+mod hints;
 mod raw;
 mod site;
 mod tls;
@@ -63,6 +66,9 @@ pub struct ServerConfig {
     pub max_requests_in_flight: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
+    /// On SIGTERM, how long requests in flight may take to finish; those still running then
+    /// are answered 503 with Retry-After.
+    pub drain_timeout: Duration,
 }
 
 /// Upper bound for counts such as connection caps (far above any real need, far below what
@@ -141,6 +147,7 @@ impl Config {
                 max_connections_per_client: 1_000,
                 max_requests_in_flight: 10_000,
                 h2_max_concurrent_streams: 100,
+                drain_timeout: Duration::from_secs(10),
             },
             cache: CacheConfig {
                 memory: 256 << 20,
@@ -174,7 +181,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: hints::explain(text, &e),
         })?;
         validate(raw, path)
     }
@@ -185,6 +192,8 @@ impl Config {
 pub struct Problem {
     pub key: String,
     pub reason: String,
+    /// The `name` of the site a `site[i]` key is about, for people who think in names.
+    pub site: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,14 +216,17 @@ pub enum ConfigError {
 fn format_problems(path: &Path, problems: &[Problem]) -> String {
     let mut out = format!("{}: {} problem(s):", path.display(), problems.len());
     for p in problems {
-        out.push_str(&format!("\n  {}: {}: {}", path.display(), p.key, p.reason));
+        out.push_str(&format!("\n  {}: {p}", path.display()));
     }
     out
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
+        match &self.site {
+            Some(name) => write!(f, "{} (site {name:?}): {}", self.key, self.reason),
+            None => write!(f, "{}: {}", self.key, self.reason),
+        }
     }
 }
 
@@ -226,6 +238,7 @@ impl Problems {
         self.0.push(Problem {
             key: key.into(),
             reason: reason.into(),
+            site: None,
         });
     }
 
@@ -323,6 +336,11 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         "server.header_read_timeout".into(),
         &server.header_read_timeout,
         config.server.header_read_timeout,
+    );
+    config.server.drain_timeout = problems.duration(
+        "server.drain_timeout".into(),
+        &server.drain_timeout,
+        config.server.drain_timeout,
     );
     config.server.idle_timeout = problems.duration(
         "server.idle_timeout".into(),
@@ -509,6 +527,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     tls::finish(&mut config, &mut problems);
+    hints::name_sites(&mut problems.0, &raw.site);
     problems.into_result(path)?;
     Ok(config)
 }

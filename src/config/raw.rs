@@ -29,6 +29,7 @@ pub struct RawServer {
     pub max_connections_per_client: Option<usize>,
     pub max_requests_in_flight: Option<usize>,
     pub h2_max_concurrent_streams: Option<u32>,
+    pub drain_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

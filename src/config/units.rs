@@ -8,8 +8,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if trimmed.is_empty() {
         return Err("empty duration; write e.g. \"30s\", \"5m\" or \"7d\"".into());
     }
-    humantime::parse_duration(trimmed)
-        .map_err(|e| format!("{e}; write e.g. \"30s\", \"5m\" or \"7d\""))
+    // humantime's own words ("expected number at 0") mean little without the value.
+    humantime::parse_duration(trimmed).map_err(|e| {
+        format!("{trimmed:?} is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"7d\"")
+    })
 }
 
 /// Parses a byte size such as `"256MiB"`, `"1GiB"`, `"512KB"`, `"1048576"`.

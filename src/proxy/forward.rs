@@ -411,7 +411,8 @@ impl Proxy {
         let status = response.status();
         let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         if unsafe_method && (status.is_success() || status.is_redirection()) {
-            self.invalidate_after_unsafe(site, path_and_query(&parts), host, response.headers());
+            let same = (host, client.local_port);
+            self.invalidate_after_unsafe(site, path_and_query(&parts), same, response.headers());
         }
         let mut response_headers = response.headers().clone();
         headers::strip_hop_by_hop(&mut response_headers);
@@ -442,7 +443,15 @@ impl Proxy {
         }
     }
 
-    fn invalidate_after_unsafe(&self, site: &Site, path: &str, host: &str, response: &HeaderMap) {
+    /// `host` is the request's key host and the port of the listener it came in on, which a
+    /// `Location` naming that port means too (`Authority::normalised_on`).
+    fn invalidate_after_unsafe(
+        &self,
+        site: &Site,
+        path: &str,
+        (host, local_port): (&str, u16),
+        response: &HeaderMap,
+    ) {
         self.invalidate_target(site, host, path);
         for field in [LOCATION, CONTENT_LOCATION] {
             let Some(location) = response.get(field).and_then(|v| v.to_str().ok()) else {
@@ -455,7 +464,8 @@ impl Proxy {
             let same_origin = match uri.authority() {
                 None => location.starts_with('/'),
                 Some(a) => Authority::parse(a.as_str()).is_ok_and(|a| {
-                    a.normalised(default_port(uri.scheme_str().unwrap_or("http"))) == host
+                    let default = default_port(uri.scheme_str().unwrap_or("http"));
+                    a.normalised_on(default, local_port) == host
                 }),
             };
             let pq = uri.path_and_query().map_or("/", |p| p.as_str());

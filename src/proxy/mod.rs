@@ -8,6 +8,7 @@
 
 pub mod body;
 mod budget;
+mod drain;
 mod fill;
 mod forward;
 pub mod forwarding;
@@ -40,6 +41,7 @@ use crate::metrics::Stats;
 use crate::origin::Origin;
 use crate::routing::{target, Authority, Router};
 use body::Body;
+pub use drain::shutting_down;
 use respond::{from_entry, Canned};
 
 /// What a coalesced fetch ended with, as seen by the requests that waited for it.
@@ -82,6 +84,9 @@ pub struct Client {
     pub proto: &'static str,
     /// The TLS server name the connection was opened for (HTTPS only).
     pub sni: Option<crate::tls::SniName>,
+    /// The port of the listener the request came in on: a Host naming it means the same page as
+    /// a Host naming no port (`Authority::normalised_on`).
+    pub local_port: u16,
 }
 
 /// One GET/HEAD on its way through the cache: owned, so background work can keep it.
@@ -299,7 +304,7 @@ impl Proxy {
         if let Some(redirect) = tls::redirect(site, &client, &authority, request.uri(), &method) {
             return redirect;
         }
-        let host = authority.normalised(default_port);
+        let host = authority.normalised_on(default_port, client.local_port);
         let mut served = self.serve(index, request, client, host).await;
         tls::add_hsts(&self.sites[index].config, &client, &mut served.0);
         served

@@ -76,6 +76,20 @@ impl Authority {
             (true, Some(p)) => format!("[{}]:{p}", self.host),
         }
     }
+
+    /// [`Authority::normalised`], also leaving out the port when it is `listener_port`, the port
+    /// the request arrived on: `www.example.jp:8080` and `www.example.jp` sent to a listener on
+    /// 8080 are one page to the cache and to the origin (as nginx's `$host` has no port).
+    pub fn normalised_on(&self, default_port: u16, listener_port: u16) -> String {
+        match self.port {
+            Some(port) if port == listener_port => Authority {
+                host: self.host.clone(),
+                port: None,
+            }
+            .normalised(default_port),
+            _ => self.normalised(default_port),
+        }
+    }
 }
 
 impl fmt::Display for Authority {
@@ -160,6 +174,16 @@ mod tests {
             Authority::parse("a.example:443").unwrap().normalised(443),
             "a.example"
         );
+    }
+
+    #[test]
+    fn the_listener_port_is_implied() {
+        let on = |text: &str, listener| Authority::parse(text).unwrap().normalised_on(80, listener);
+        assert_eq!(on("www.pref.test:8080", 8080), "www.pref.test");
+        assert_eq!(on("www.pref.test", 8080), "www.pref.test");
+        assert_eq!(on("www.pref.test:80", 8080), "www.pref.test");
+        assert_eq!(on("www.pref.test:9090", 8080), "www.pref.test:9090");
+        assert_eq!(on("[::1]:8080", 8080), "[::1]");
     }
 
     #[test]

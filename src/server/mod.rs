@@ -53,11 +53,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets requests in progress finish (at most `grace`), then returns.
+    /// Stops accepting, lets requests in progress finish (at most `grace`, which should be
+    /// the config's `server.drain_timeout`: the listeners use that), answers the rest 503,
+    /// then returns.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
+        let limit = grace + OVERDUE_ANSWER_TIME + Duration::from_millis(100);
         for task in self.tasks {
-            let _ = tokio::time::timeout(grace + Duration::from_millis(100), task).await;
+            let _ = tokio::time::timeout(limit, task).await;
         }
     }
 
@@ -124,6 +127,9 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
     })
 }
 
+/// After the drain time, how long overdue requests get to receive their 503.
+const OVERDUE_ANSWER_TIME: Duration = Duration::from_secs(1);
+
 fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let header_size = server.max_header_size as usize;
@@ -158,6 +164,8 @@ async fn accept_loop(
 ) {
     let builder = Arc::new(builder(&server));
     let graceful = GracefulShutdown::new();
+    // Set once the drain time is over: requests still in flight then answer 503.
+    let (overdue_tx, overdue) = watch::channel(false);
     loop {
         // At the connection cap, stop accepting: new clients wait in the kernel's backlog
         // instead of costing memory and file descriptors here.
@@ -197,17 +205,26 @@ async fn accept_loop(
             &server,
             (permit, counted),
             tls.clone(),
+            overdue.clone(),
         );
     }
     drop(listener);
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        _ = &mut drained => return,
+        _ = tokio::time::sleep(server.drain_timeout) => {}
     }
+    tracing::info!(
+        drain_timeout = ?server.drain_timeout,
+        "drain time over: answering the requests still in flight 503"
+    );
+    let _ = overdue_tx.send(true);
+    let _ = tokio::time::timeout(OVERDUE_ANSWER_TIME, drained).await;
 }
 
-// One more than clippy likes since HTTPS: every argument is per listener or per connection, and
-// bundling them would only move the list elsewhere.
+// Each argument is one concern of the listener or the connection; a struct would only rename
+// them.
 #[allow(clippy::too_many_arguments)]
 fn serve_connection(
     stream: TcpStream,
@@ -218,15 +235,18 @@ fn serve_connection(
     server: &ServerConfig,
     permit: (OwnedSemaphorePermit, ClientConnection),
     tls: Option<TlsAcceptor>,
+    overdue: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let stats = proxy.stats.clone();
     stats.add(&stats.connections_total);
     stats.connections_open.fetch_add(1, Ordering::Relaxed);
+    let local_port = stream.local_addr().map_or(0, |a| a.port());
     let mut client = Client {
         peer,
         proto: if tls.is_some() { "https" } else { "http" },
         sni: None,
+        local_port,
     };
     let activity = idle::Activity::new();
     let tracker = activity.clone();
@@ -243,12 +263,20 @@ fn serve_connection(
                 io
             }
         };
-        let service = service_fn(move |request| {
+        let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let proxy = proxy.clone();
             let tracker = tracker.clone();
             let guard = tracker.request_started();
+            let mut overdue = overdue.clone();
             async move {
-                let response = proxy.handle(request, client).await;
+                let (method, version) = (request.method().clone(), request.version());
+                let response = tokio::select! {
+                    response = proxy.handle(request, client) => response,
+                    // Only a sent `true` counts: a closed channel means the listener is gone.
+                    Ok(_) = overdue.wait_for(|over| *over) => {
+                        crate::proxy::shutting_down(&method, version)
+                    }
+                };
                 drop(guard);
                 Ok::<_, std::convert::Infallible>(response.map(|body| tracker.track(body)))
             }

@@ -1,0 +1,4 @@
+//! Pieces of the `kagami` command that are not the command definitions themselves.
+
+pub mod demo;
+pub mod startup;

@@ -1,0 +1,205 @@
+//! Friendlier messages for the mistakes people make in their first config file: TOML errors
+//! from serde rewritten to say what to write instead (`[[site]]`, `"60s"`, the nearest valid
+//! key), and the site a validation problem is about named by its `name`.
+
+use std::ops::Range;
+
+/// Keys whose value is a duration string such as `"30s"`.
+pub(crate) const DURATION_KEYS: &[&str] = &[
+    "header_read_timeout",
+    "idle_timeout",
+    "drain_timeout",
+    "grace",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "heuristic_max",
+    "default_ttl",
+    "negative_ttl",
+    "connect_timeout",
+    "response_timeout",
+    "read_timeout",
+    "failure_backoff",
+    "coalesce_timeout",
+    "origin_queue_timeout",
+    "circuit_open",
+    "health_interval",
+];
+
+/// Keys whose value is a size string such as `"256MiB"`.
+pub(crate) const SIZE_KEYS: &[&str] = &[
+    "memory",
+    "max_header_size",
+    "max_request_body",
+    "max_object_size",
+];
+
+/// Keys whose value is a rate string such as `"50/s"`.
+pub(crate) const RATE_KEYS: &[&str] = &["hits", "misses", "limit_hits", "limit_misses"];
+
+/// The message for a TOML/serde error in `text`: serde's own, with what to write instead when
+/// the mistake is a common one.
+pub(crate) fn explain(text: &str, err: &toml::de::Error) -> String {
+    let full = err.to_string().trim_end().to_string();
+    let message = err.message().trim_end();
+    let Some(hint) = hint(text, err.span(), message) else {
+        return full;
+    };
+    // Keep toml's line, column and source excerpt; replace only its closing sentence.
+    match full.rfind(message) {
+        Some(at) => format!("{}{hint}", &full[..at]),
+        None => format!("{full}\n{hint}"),
+    }
+}
+
+fn hint(text: &str, span: Option<Range<usize>>, message: &str) -> Option<String> {
+    let spanned = span
+        .clone()
+        .and_then(|s| text.get(s))
+        .map(str::trim)
+        .unwrap_or_default();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (unknown, rest) = rest.split_once('`')?;
+        let valid: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+        return Some(match nearest(unknown, &valid) {
+            Some(best) => format!("unknown key `{unknown}`: did you mean `{best}`?"),
+            None => format!(
+                "unknown key `{unknown}`; valid keys here: {}",
+                valid.join(", ")
+            ),
+        });
+    }
+    if message.contains("expected a sequence") && spanned.starts_with("[site") {
+        return Some(
+            "`[site]` must be written `[[site]]` (two brackets): each website is one \
+             [[site]] table, repeated once per site"
+                .to_string(),
+        );
+    }
+    if let Some(rest) = message
+        .strip_prefix("invalid type: integer `")
+        .or_else(|| message.strip_prefix("invalid type: floating point `"))
+    {
+        let (number, _) = rest.split_once('`')?;
+        if !message.ends_with("expected a string") {
+            return None;
+        }
+        let key = span.and_then(|s| key_on_line(text, s.start))?;
+        let example = if DURATION_KEYS.contains(&key) {
+            format!("a duration in quotes with a unit: {key} = \"{number}s\"")
+        } else if SIZE_KEYS.contains(&key) {
+            format!("a size in quotes with a unit: {key} = \"{number}MiB\"")
+        } else if RATE_KEYS.contains(&key) {
+            format!("a rate in quotes: {key} = \"{number}/s\"")
+        } else {
+            format!("the value in quotes: {key} = \"{number}\"")
+        };
+        return Some(format!(
+            "{key} = {number} is a bare number; write {example}"
+        ));
+    }
+    None
+}
+
+/// The key of the `key = value` line holding byte `at`.
+fn key_on_line(text: &str, at: usize) -> Option<&str> {
+    let start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[start..];
+    let (key, _) = line.split_once('=')?;
+    Some(key.trim().trim_matches('"'))
+}
+
+/// The valid key closest to a misspelt one, if any is close enough to be a likely typo.
+fn nearest<'a>(unknown: &str, valid: &[&'a str]) -> Option<&'a str> {
+    valid
+        .iter()
+        .map(|v| (strsim::damerau_levenshtein(unknown, v), *v))
+        .filter(|(distance, v)| *distance <= 2.max(v.len() / 4))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, v)| v)
+        .or_else(|| {
+            // A prefix or suffix dropped or added (`ttl` for `default_ttl`, `site_name`).
+            valid
+                .iter()
+                .find(|v| unknown.len() >= 3 && (v.contains(unknown) || unknown.contains(**v)))
+                .copied()
+        })
+}
+
+/// Labels each `site[i]…` problem with that site's `name`, when it has one.
+pub(crate) fn name_sites(problems: &mut [super::Problem], sites: &[super::raw::RawSite]) {
+    for problem in problems {
+        let index = problem
+            .key
+            .strip_prefix("site[")
+            .and_then(|rest| rest.split_once(']'))
+            .and_then(|(i, _)| i.parse::<usize>().ok());
+        let name = index
+            .and_then(|i| sites.get(i))
+            .and_then(|site| site.name.as_deref())
+            .map(str::trim)
+            .filter(|name| !name.is_empty());
+        problem.site = name.map(str::to_string);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+    use std::path::Path;
+
+    fn error_of(text: &str) -> String {
+        match Config::parse(text, Path::new("k.toml")) {
+            Err(ConfigError::Syntax { message, .. }) => message,
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    const SITE: &str =
+        "name = \"iwate\"\nhosts = [\"a.example\"]\norigin = \"http://127.0.0.1:1\"\n";
+
+    #[test]
+    fn a_bad_value_names_the_site_and_is_quoted() {
+        let text = format!("[[site]]\n{SITE}default_ttl = \"sixty\"\n");
+        let message = Config::parse(&text, Path::new("k.toml"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("site[0].default_ttl (site \"iwate\"): \"sixty\" is not a duration"),
+            "{message}"
+        );
+        assert!(message.contains("write e.g. \"30s\""), "{message}");
+    }
+
+    #[test]
+    fn a_single_bracket_site_table_says_to_write_two() {
+        let message = error_of(&format!("[site]\n{SITE}"));
+        assert!(message.contains("[[site]]"), "{message}");
+        assert!(message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn a_bare_number_for_a_duration_says_to_quote_it_with_a_unit() {
+        let message = error_of(&format!("[[site]]\n{SITE}default_ttl = 60\n"));
+        assert!(message.contains("default_ttl = \"60s\""), "{message}");
+        assert!(message.contains("line 5"), "{message}");
+        let message = error_of("[cache]\nmemory = 256\n");
+        assert!(message.contains("memory = \"256MiB\""), "{message}");
+        let message = error_of("[limits]\nmisses = 50\n");
+        assert!(message.contains("misses = \"50/s\""), "{message}");
+    }
+
+    #[test]
+    fn unknown_keys_get_the_nearest_valid_one() {
+        let message = error_of(&format!("[[site]]\n{SITE}default_tll = \"60s\"\n"));
+        assert!(message.contains("did you mean `default_ttl`?"), "{message}");
+        let message = error_of("[server]\nlisten_on = [\"127.0.0.1:80\"]\n");
+        assert!(message.contains("did you mean `listen`?"), "{message}");
+        let message = error_of("[cache]\nmemroy = \"1GiB\"\n");
+        assert!(message.contains("did you mean `memory`?"), "{message}");
+        // Nothing close: the valid keys instead of a wild guess.
+        let message = error_of("[log]\nzzzzzz = true\n");
+        assert!(!message.contains("did you mean"), "{message}");
+        assert!(message.contains("access"), "{message}");
+    }
+}
