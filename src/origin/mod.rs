@@ -1,6 +1,8 @@
 //! The origin side of a site: the HTTP client, the origin servers (primary and backups) with
 //! their circuit breakers, the cap on concurrent origin requests, and active health checks.
 
+pub mod adaptive;
+mod capacity;
 mod framing;
 mod health;
 mod judge;
@@ -116,6 +118,8 @@ pub struct Origin {
     /// Probed to confirm a suspect failure (`judge`): the health path, else `/`.
     confirm_path: String,
     slots: slots::Slots,
+    /// The adaptive limit on `slots` (`capacity`).
+    capacity: capacity::Capacity,
     queue_timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -154,6 +158,13 @@ impl Origin {
                 .clone()
                 .unwrap_or_else(|| "/".to_string()),
             slots: slots::Slots::new(protection.concurrency, protection.concurrency_per_client),
+            capacity: capacity::Capacity::new(
+                protection.concurrency,
+                protection.adaptive,
+                stats
+                    .origin_limits
+                    .register(&site.name, protection.concurrency as u64),
+            ),
             queue_timeout: protection.queue_timeout,
             stats,
         })
@@ -163,6 +174,17 @@ impl Origin {
     /// the origin: just after a failure, or while every circuit is open.
     pub fn avoid(&self) -> bool {
         self.backoff.is_failing() || self.servers.iter().all(|s| s.breaker.rejecting())
+    }
+
+    /// Is the origin under stress: every slot of its adaptive limit taken, or its latency far
+    /// above its own baseline? Expired pages are then served from their copies at once.
+    pub fn stressed(&self) -> bool {
+        self.capacity.stressed(&self.slots)
+    }
+
+    /// The adaptive origin concurrency limit now (the ceiling when adaptation is off).
+    pub fn limit(&self) -> usize {
+        self.slots.limit()
     }
 
     /// A free origin slot for `client` (its rate-limit key; None for Kagami's own work), if
@@ -223,6 +245,7 @@ impl Origin {
             if last.is_some() {
                 self.stats.add(&self.stats.failovers);
             }
+            let started = std::time::Instant::now();
             let result = {
                 let _in_flight = self.stats.origin_started();
                 self.send_to(
@@ -234,6 +257,11 @@ impl Origin {
                 )
                 .await
             };
+            if upload_state.is_none() {
+                if let Some(sample) = capacity::Capacity::sample(&result, started.elapsed()) {
+                    self.capacity.observe(&self.site, sample, &self.slots);
+                }
+            }
             // The client's side failed: not the origin's fault, so no verdict on its health.
             match upload_state.as_ref().map(|s| s.client_side()) {
                 Some(ClientSide::TooLarge) => return Err(OriginError::TooLarge),
