@@ -453,6 +453,24 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_concurrency_and_origin_patience_have_defaults_and_can_be_set() {
+        let config = site("").unwrap();
+        assert!(config.sites[0].protection.adaptive);
+        assert_eq!(
+            config.sites[0].origin_patience,
+            std::time::Duration::from_millis(500)
+        );
+        let set = site_with("adaptive_concurrency = false\norigin_patience = \"2s\"").unwrap();
+        assert!(!set.sites[0].protection.adaptive);
+        assert_eq!(
+            set.sites[0].origin_patience,
+            std::time::Duration::from_secs(2)
+        );
+        let keys = problem_keys(site_with("origin_patience = \"soon\""));
+        assert_eq!(keys, vec!["site[0].origin_patience"]);
+    }
+
+    #[test]
     fn per_client_caps_are_validated() {
         let keys = problem_keys(site_with(
             "origin_concurrency = 4\norigin_concurrency_per_client = 5",

@@ -4,8 +4,8 @@
 //! and applies the limit to the site's origin slots (`slots::Slots::set_limit`).
 //!
 //! The rules, one origin exchange at a time:
-//! 1. **Overload.** A timeout, 503 or 429 multiplies the limit by `DROP_FACTOR`: the origin said
-//!    it cannot keep up.
+//! 1. **Overload.** A timeout or 503 that was the origin's own failure (see `capacity`)
+//!    multiplies the limit by `DROP_FACTOR`: the origin said it cannot keep up.
 //! 2. **Queueing.** Latency is compared as a short moving average (`smoothed`, so one slow URL
 //!    among fast ones is not a trend) against its own minimum over the last one to two
 //!    `BASELINE_WINDOW`s (`baseline`, so the reference follows an origin whose pages really got
@@ -44,7 +44,7 @@ pub enum Sample {
     /// The origin answered (its head) after this long, with a status that says nothing about
     /// overload.
     Answered(Duration),
-    /// Timeout, 503 or 429: the origin cannot keep up.
+    /// A timeout or 503 of the origin itself: it cannot keep up.
     Overloaded,
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::adaptive::{Limit, Sample};
-use super::{health, slots::Slots, OriginError};
+use super::{health, slots::Slots, Origin, OriginError};
 
 /// One site's adaptive limit and what it drives.
 pub(super) struct Capacity {
@@ -32,23 +32,23 @@ impl Capacity {
         }
     }
 
-    /// What an origin exchange says about capacity: only requests without a body (an upload's
-    /// pace is the client's) and only answers that bear on load.
+    /// What an origin exchange says about capacity, once `judge` has ruled on it: a healthy
+    /// answer gives its latency; a timeout or 503 counts as overload only when it was judged
+    /// the origin's own failure (confirmed by a probe), so a client repeating a broken or
+    /// deliberately slow-to-fail URL cannot talk the limit down. Other failures (refused
+    /// connections, 500, 502) are the circuit breaker's business.
     pub(super) fn sample(
         result: &Result<reqwest::Response, OriginError>,
         took: Duration,
+        origin_failed: bool,
     ) -> Option<Sample> {
         match result {
-            Ok(r)
-                if r.status() == StatusCode::SERVICE_UNAVAILABLE
-                    || r.status() == StatusCode::TOO_MANY_REQUESTS =>
-            {
-                Some(Sample::Overloaded)
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                origin_failed.then_some(Sample::Overloaded)
             }
-            Ok(_) => Some(Sample::Answered(took)),
-            Err(OriginError::Timeout(_)) => Some(Sample::Overloaded),
-            // Refused connections and broken exchanges are the circuit breaker's business.
-            Err(_) => None,
+            Ok(_) if !origin_failed => Some(Sample::Answered(took)),
+            Err(OriginError::Timeout(_)) if origin_failed => Some(Sample::Overloaded),
+            _ => None,
         }
     }
 
@@ -84,5 +84,74 @@ impl Capacity {
     /// Every slot of the (adaptive) limit taken, or latency far above its baseline.
     pub(super) fn stressed(&self, slots: &Slots) -> bool {
         self.slow.load(Ordering::Relaxed) || slots.held() >= slots.limit()
+    }
+}
+
+impl Origin {
+    /// Feeds one judged exchange to the adaptive limit. Requests with a body are left out: an
+    /// upload goes at the client's pace, not the origin's.
+    pub(super) fn learn(
+        &self,
+        result: &Result<reqwest::Response, OriginError>,
+        took: Duration,
+        origin_failed: bool,
+        without_body: bool,
+    ) {
+        if !without_body {
+            return;
+        }
+        if let Some(sample) = Capacity::sample(result, took, origin_failed) {
+            self.capacity.observe(&self.site, sample, &self.slots);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16) -> Result<reqwest::Response, OriginError> {
+        let response = http::Response::builder()
+            .status(status)
+            .body(reqwest::Body::from(""))
+            .map_err(|e| OriginError::Other(e.to_string()))?;
+        Ok(reqwest::Response::from(response))
+    }
+
+    const TOOK: Duration = Duration::from_millis(40);
+
+    #[test]
+    fn healthy_answers_give_their_latency() {
+        for status in [200, 304, 404, 429] {
+            assert_eq!(
+                Capacity::sample(&answer(status), TOOK, false),
+                Some(Sample::Answered(TOOK)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_origins_own_timeouts_and_503s_are_overload() {
+        let timeout = || Err(OriginError::Timeout(TOOK));
+        assert_eq!(
+            Capacity::sample(&answer(503), TOOK, true),
+            Some(Sample::Overloaded)
+        );
+        assert_eq!(
+            Capacity::sample(&timeout(), TOOK, true),
+            Some(Sample::Overloaded)
+        );
+        // One URL's 503 or timeout (not confirmed by a probe) says nothing about capacity.
+        assert_eq!(Capacity::sample(&answer(503), TOOK, false), None);
+        assert_eq!(Capacity::sample(&timeout(), TOOK, false), None);
+    }
+
+    #[test]
+    fn other_failures_are_left_to_the_circuit_breaker() {
+        assert_eq!(Capacity::sample(&answer(500), TOOK, true), None);
+        assert_eq!(Capacity::sample(&answer(502), TOOK, true), None);
+        let refused = Err(OriginError::Connect("refused".into()));
+        assert_eq!(Capacity::sample(&refused, TOOK, true), None);
     }
 }

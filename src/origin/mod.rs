@@ -257,11 +257,7 @@ impl Origin {
                 )
                 .await
             };
-            if upload_state.is_none() {
-                if let Some(sample) = capacity::Capacity::sample(&result, started.elapsed()) {
-                    self.capacity.observe(&self.site, sample, &self.slots);
-                }
-            }
+            let took = started.elapsed();
             // The client's side failed: not the origin's fault, so no verdict on its health.
             match upload_state.as_ref().map(|s| s.client_side()) {
                 Some(ClientSide::TooLarge) => return Err(OriginError::TooLarge),
@@ -279,6 +275,7 @@ impl Origin {
                 Evidence::Healthy => {
                     self.note(server, ticket.success());
                     self.backoff.record_success();
+                    self.learn(&result, took, false, upload_state.is_none());
                     return result;
                 }
                 // The origin was left waiting for a body the client never finished sending.
@@ -291,6 +288,7 @@ impl Origin {
                 // the origin, no back-off and no second try on a backup.
                 return result;
             }
+            self.learn(&result, took, true, upload_state.is_none());
             self.stats.add(&self.stats.origin_failures);
             self.note(server, ticket.failure());
             self.backoff.record_failure(self.failure_backoff);
