@@ -7,7 +7,9 @@
 //!
 //! The site's cap moves with the adaptive limit (`adaptive`): `set_limit` adds permits to the
 //! site semaphore, or withdraws them, at once when free and otherwise as slots are given back,
-//! so waiting requests keep their place in line whatever the limit does.
+//! so waiting requests keep their place in line whatever the limit does. A client's share
+//! shrinks with it in proportion (`weight`), so that one client (sending requests for a slow
+//! URL, say) cannot hold most of a limit its own requests talked down.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -115,10 +117,11 @@ impl ClientSlots {
         }
     }
 
-    /// A slot of `ip`'s share if one is free right now.
-    fn try_take(&self, ip: IpAddr) -> Option<ClientPermit> {
+    /// A slot of `ip`'s share if one is free right now; it costs `weight` of the client's
+    /// permits (`Slots::weight`).
+    fn try_take(&self, ip: IpAddr, weight: u32) -> Option<ClientPermit> {
         let semaphore = self.semaphore(ip)?;
-        let permit = semaphore.clone().try_acquire_owned();
+        let permit = semaphore.clone().try_acquire_many_owned(weight);
         // Build the guard even on failure so an unused entry is cleaned up on drop.
         match permit {
             Ok(permit) => Some(self.wrap(ip, semaphore, permit)),
@@ -130,9 +133,9 @@ impl ClientSlots {
         }
     }
 
-    async fn take(&self, ip: IpAddr) -> Option<ClientPermit> {
+    async fn take(&self, ip: IpAddr, weight: u32) -> Option<ClientPermit> {
         let semaphore = self.semaphore(ip)?;
-        let permit = semaphore.clone().acquire_owned().await.ok()?;
+        let permit = semaphore.clone().acquire_many_owned(weight).await.ok()?;
         Some(self.wrap(ip, semaphore, permit))
     }
 
@@ -154,6 +157,8 @@ impl ClientSlots {
 /// The site's slots and the per-client share of them.
 pub(super) struct Slots {
     site: Arc<Semaphore>,
+    /// The configured cap, which the adaptive limit never exceeds.
+    ceiling: usize,
     cap: Arc<Cap>,
     clients: ClientSlots,
 }
@@ -164,6 +169,7 @@ impl Slots {
         cap.limit.store(site, Ordering::Release);
         Slots {
             site: Arc::new(Semaphore::new(site)),
+            ceiling: site.max(1),
             cap: Arc::new(cap),
             clients: ClientSlots::new(per_client),
         }
@@ -203,6 +209,17 @@ impl Slots {
         }
     }
 
+    /// How many of a client's permits one slot costs now: 1 at the ceiling; as the limit falls,
+    /// more, so that a client holds about the same fraction of the limit as of the ceiling
+    /// (and always at least one slot).
+    fn weight(&self) -> u32 {
+        let per_client = self.clients.per_client;
+        let share = (self.limit() * per_client)
+            .div_ceil(self.ceiling)
+            .clamp(1, per_client);
+        u32::try_from(per_client.div_ceil(share)).unwrap_or(1)
+    }
+
     fn site_permit(&self, permit: OwnedSemaphorePermit) -> SitePermit {
         self.cap.held.fetch_add(1, Ordering::AcqRel);
         SitePermit {
@@ -215,7 +232,7 @@ impl Slots {
     /// is free.
     pub(super) fn try_take(&self, client: Option<IpAddr>) -> Option<Slot> {
         let client = match client {
-            Some(ip) => Some(self.clients.try_take(ip)?),
+            Some(ip) => Some(self.clients.try_take(ip, self.weight())?),
             None => None,
         };
         let site = self.site.clone().try_acquire_owned().ok()?;
@@ -228,7 +245,7 @@ impl Slots {
     /// A slot, waiting as long as the caller lets this future run.
     pub(super) async fn take(&self, client: Option<IpAddr>) -> Option<Slot> {
         let client = match client {
-            Some(ip) => Some(self.clients.take(ip).await?),
+            Some(ip) => Some(self.clients.take(ip, self.weight()).await?),
             None => None,
         };
         let site = self.site.clone().acquire_owned().await.ok()?;
@@ -301,6 +318,31 @@ mod tests {
         let all: Vec<Slot> = (0..3).filter_map(|_| slots.try_take(None)).collect();
         assert_eq!(all.len(), 3);
         assert!(slots.try_take(None).is_none());
+    }
+
+    #[test]
+    fn a_clients_share_shrinks_with_the_limit() {
+        let slots = Slots::new(32, 8);
+        let full: Vec<Slot> = (0..9).filter_map(|_| slots.try_take(ip(1))).collect();
+        assert_eq!(full.len(), 8, "a quarter of 32");
+        drop(full);
+        slots.set_limit(16);
+        let half: Vec<Slot> = (0..9).filter_map(|_| slots.try_take(ip(1))).collect();
+        assert_eq!(half.len(), 4, "a quarter of 16");
+        drop(half);
+        slots.set_limit(4);
+        let low: Vec<Slot> = (0..9).filter_map(|_| slots.try_take(ip(1))).collect();
+        assert_eq!(low.len(), 1, "at least one, never more than its share");
+        let others: Vec<Slot> = (2..9).filter_map(|c| slots.try_take(ip(c))).collect();
+        assert_eq!(
+            others.len(),
+            3,
+            "the rest of the limit is for other clients"
+        );
+        drop((low, others));
+        slots.set_limit(32);
+        let back: Vec<Slot> = (0..9).filter_map(|_| slots.try_take(ip(1))).collect();
+        assert_eq!(back.len(), 8);
     }
 
     #[test]
