@@ -168,3 +168,70 @@ async fn a_strict_site_waits_for_the_origin() {
         reply.cache_status()
     );
 }
+
+#[tokio::test]
+async fn coalesced_waiters_get_the_copy_within_patience_and_the_origin_one_fetch() {
+    let origin = Origin::start().await;
+    pages(&origin, 1, "v1", Duration::ZERO);
+    let kagami = patient(&origin, false).await;
+    kagami.get("/p0").await;
+    expire().await;
+
+    pages(&origin, 1, "v2", Duration::from_millis(400));
+    let started = Instant::now();
+    let replies = futures_util::future::join_all((0..10).map(|_| kagami.get("/p0"))).await;
+    assert!(started.elapsed() < PATIENCE + Duration::from_millis(200));
+    for reply in &replies {
+        assert_eq!(reply.text(), "v1");
+        assert!(
+            reply.cache_status().contains("origin-slow"),
+            "{}",
+            reply.cache_status()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(origin.hits("/p0"), 2, "one fetch for all of them");
+    assert_eq!(kagami.get("/p0").await.text(), "v2");
+}
+
+#[tokio::test]
+async fn under_stress_expired_pages_are_answered_at_once_and_refreshed_in_the_background() {
+    let origin = Origin::start().await;
+    pages(&origin, 2, "v1", Duration::from_millis(10));
+    let kagami = patient(&origin, false).await;
+    kagami.get("/p0").await;
+    kagami.get("/p1").await;
+    expire().await;
+
+    // The first revalidation shows the origin at 500 ms, fifty times its usual latency.
+    pages(&origin, 2, "v2", Duration::from_millis(500));
+    let first = kagami.get("/p0").await;
+    assert!(
+        first.cache_status().contains("fwd=stale"),
+        "{}",
+        first.cache_status()
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while origin.hits("/p0") < 2 || kagami.get("/p0").await.text() != "v2" {
+        assert!(Instant::now() < deadline, "the slow revalidation finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = Instant::now();
+    let second = kagami.get("/p1").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "no wait at all under stress: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(second.text(), "v1");
+    assert!(
+        second.cache_status().starts_with("kagami; hit")
+            && second.cache_status().contains("detail=\"origin-slow\""),
+        "{}",
+        second.cache_status()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(origin.hits("/p1"), 2, "one background refresh");
+    assert_eq!(kagami.get("/p1").await.text(), "v2");
+}
