@@ -10,9 +10,11 @@
 //!    among fast ones is not a trend) against its own minimum over the last one to two
 //!    `BASELINE_WINDOW`s (`baseline`, so the reference follows an origin whose pages really got
 //!    slower). Above `TOLERANCE` times the baseline (and `SLACK` more, so that jitter of a
-//!    1 ms origin is not queueing) the limit moves towards `limit × gradient + √limit`, where
-//!    the gradient is `baseline × TOLERANCE / smoothed` (at least ½), by `SMOOTHING` per
-//!    exchange: it settles where latency is back within tolerance, and near 4 at worst.
+//!    1 ms origin is not queueing) the limit moves towards `limit × gradient + HEADROOM`,
+//!    where the gradient is `baseline × TOLERANCE / smoothed` (at least ½), by `SMOOTHING` per
+//!    exchange. By Little's law an origin with C workers answers L requests in flight in about
+//!    `baseline × L / C`, so the limit settles near `TOLERANCE × C + HEADROOM`: 6 for an
+//!    origin that takes 4 at once, and 2 at worst.
 //! 3. **Growth.** Within tolerance, and only while the limit is really used (at least half of
 //!    it in flight: a light load says nothing about capacity), the limit grows by
 //!    `SMOOTHING × √limit` per exchange, so it finds its way back from 1 to 32 in about fifty
@@ -27,8 +29,12 @@ use std::time::Duration;
 
 /// Multiplier applied to the limit for each overload answer (rule 1).
 pub const DROP_FACTOR: f64 = 0.9;
-/// Smoothed latency up to this multiple of the baseline is normal (rule 2).
-pub const TOLERANCE: f64 = 2.0;
+/// Smoothed latency up to this multiple of the baseline is normal (rule 2). Low, so that the
+/// limit settles close to what the origin can take at once; `SLACK` keeps jitter out.
+pub const TOLERANCE: f64 = 1.25;
+/// Requests the limit keeps beyond what the gradient allows (rule 2), so that it keeps probing
+/// an origin that merely got slower rather than falling to 1 until the baseline catches up.
+pub const HEADROOM: f64 = 1.0;
 /// Latency this far over the baseline (in absolute terms) is never counted as queueing.
 pub const SLACK: Duration = Duration::from_millis(5);
 /// Smoothed latency this many times the baseline means the origin is under stress (rule 5).
@@ -127,11 +133,8 @@ impl Limit {
                 let base = self.baseline().map_or(smoothed, |b| b.as_secs_f64());
                 let allowed = base * TOLERANCE + SLACK.as_secs_f64();
                 if smoothed > allowed {
-                    // The √limit headroom keeps a few requests probing even when latency stays
-                    // high: the limit settles near 4 rather than 1 (an origin that merely got
-                    // slower is not starved until the baseline window catches up).
                     let gradient = (base * TOLERANCE / smoothed).clamp(0.5, 1.0);
-                    let target = self.limit * gradient + self.limit.sqrt();
+                    let target = self.limit * gradient + HEADROOM;
                     self.limit += (target - self.limit) * SMOOTHING;
                 } else if in_flight * 2 >= self.get() {
                     self.limit += SMOOTHING * self.limit.sqrt();
@@ -209,8 +212,23 @@ mod tests {
         feed(&mut l, 50, 10, 32, &mut t);
         assert_eq!(l.get(), 32);
         feed(&mut l, 60, 500, 32, &mut t);
-        assert!((3..=6).contains(&l.get()), "fell to {}", l.get());
+        assert_eq!(l.get(), 2, "fifty times slower: the floor of rule 2");
         assert!(l.stressed());
+    }
+
+    #[test]
+    fn an_origin_that_takes_four_at_once_settles_near_six() {
+        // Little's law: 4 workers at 200 ms answer L requests in flight in 50 ms × L.
+        let mut l = Limit::new(32);
+        let mut t = 0;
+        feed(&mut l, 20, 200, 4, &mut t);
+        for _ in 0..400 {
+            let in_flight = l.get();
+            let latency = 200.max(50 * in_flight as u64);
+            t += 1;
+            l.observe(ms(latency), in_flight, t);
+        }
+        assert!((5..=7).contains(&l.get()), "settled at {}", l.get());
     }
 
     #[test]
@@ -218,7 +236,7 @@ mod tests {
         let mut l = Limit::new(32);
         let mut t = 0;
         feed(&mut l, 50, 10, 32, &mut t);
-        feed(&mut l, 1, 40, 32, &mut t);
+        feed(&mut l, 1, 30, 32, &mut t);
         assert_eq!(l.get(), 32);
         assert!(!l.stressed());
     }
