@@ -197,10 +197,12 @@ async fn coalesced_waiters_get_the_copy_within_patience_and_the_origin_one_fetch
 #[tokio::test]
 async fn under_stress_expired_pages_are_answered_at_once_and_refreshed_in_the_background() {
     let origin = Origin::start().await;
-    pages(&origin, 2, "v1", Duration::from_millis(10));
+    // Enough answers for the origin's usual latency to be known (`adaptive::WARM_UP`).
+    pages(&origin, 12, "v1", Duration::from_millis(10));
     let kagami = patient(&origin, false).await;
-    kagami.get("/p0").await;
-    kagami.get("/p1").await;
+    for i in 0..12 {
+        kagami.get(&format!("/p{i}")).await;
+    }
     expire().await;
 
     // The first revalidation shows the origin at 500 ms, fifty times its usual latency.

@@ -7,9 +7,9 @@
 //! 1. **Overload.** A timeout or 503 that was the origin's own failure (see `capacity`)
 //!    multiplies the limit by `DROP_FACTOR`: the origin said it cannot keep up.
 //! 2. **Queueing.** Latency is compared as a short moving average (`smoothed`, so one slow URL
-//!    among fast ones is not a trend) against its own minimum over the last one to two
-//!    `BASELINE_WINDOW`s (`baseline`, so the reference follows an origin whose pages really got
-//!    slower). Above `TOLERANCE` times the baseline (and `SLACK` more, so that jitter of a
+//!    among fast ones is not a trend) against its own minimum (once `WARM_UP` answers have
+//!    been averaged) over the last one to two `BASELINE_WINDOW`s (`baseline`, so the reference
+//!    follows an origin whose pages really got slower). Above `TOLERANCE` times the baseline (and `SLACK` more, so that jitter of a
 //!    1 ms origin is not queueing) the limit moves towards `limit × gradient + HEADROOM`,
 //!    where the gradient is `baseline × TOLERANCE / smoothed` (at least ½), by `SMOOTHING` per
 //!    exchange. By Little's law an origin with C workers answers L requests in flight in about
@@ -39,8 +39,15 @@ pub const HEADROOM: f64 = 1.0;
 pub const SLACK: Duration = Duration::from_millis(5);
 /// Smoothed latency this many times the baseline means the origin is under stress (rule 5).
 pub const STRESS: f64 = 4.0;
-/// Weight of each exchange in the limit's and the latency's moving averages.
+/// Weight of each exchange in the limit's moving average.
 pub const SMOOTHING: f64 = 0.2;
+/// Weight of each exchange in the latency's moving average: over about ten exchanges, so that
+/// a site's mix of fast and slow pages reads as one steady level.
+pub const LATENCY_SMOOTHING: f64 = 0.1;
+/// Latencies averaged before the average may become the baseline: the first answers alone
+/// (fast pages of a site with slow ones too) would make everything after them look like
+/// queueing. Until then the average is a plain mean, so it has no start-up lag.
+pub const WARM_UP: u32 = 10;
 /// The baseline is the smallest smoothed latency over one to two of these windows (rule 2).
 pub const BASELINE_WINDOW: Duration = Duration::from_secs(30);
 
@@ -72,6 +79,8 @@ pub struct Limit {
     current_min: Option<f64>,
     previous_min: Option<f64>,
     window_started_ms: u64,
+    /// Latencies seen; the baseline is kept only once the average has settled (`WARM_UP`).
+    seen: u32,
     reported: usize,
 }
 
@@ -86,6 +95,7 @@ impl Limit {
             current_min: None,
             previous_min: None,
             window_started_ms: 0,
+            seen: 0,
             reported: ceiling,
         }
     }
@@ -124,12 +134,16 @@ impl Limit {
             Sample::Overloaded => self.limit *= DROP_FACTOR,
             Sample::Answered(latency) => {
                 let latency = latency.as_secs_f64();
+                self.seen = self.seen.saturating_add(1);
+                let weight = (1.0 / f64::from(self.seen)).max(LATENCY_SMOOTHING);
                 let smoothed = match self.smoothed {
                     None => latency,
-                    Some(s) => s + (latency - s) * SMOOTHING,
+                    Some(s) => s + (latency - s) * weight,
                 };
                 self.smoothed = Some(smoothed);
-                self.track_baseline(smoothed, now_ms);
+                if self.seen >= WARM_UP {
+                    self.track_baseline(smoothed, now_ms);
+                }
                 let base = self.baseline().map_or(smoothed, |b| b.as_secs_f64());
                 let allowed = base * TOLERANCE + SLACK.as_secs_f64();
                 if smoothed > allowed {
@@ -239,6 +253,20 @@ mod tests {
         feed(&mut l, 1, 30, 32, &mut t);
         assert_eq!(l.get(), 32);
         assert!(!l.stressed());
+    }
+
+    #[test]
+    fn a_mix_of_fast_and_slow_pages_is_not_queueing() {
+        let mut l = Limit::new(32);
+        let mut t = 0;
+        for i in 0..400 {
+            t += 1;
+            l.observe(ms(if i % 2 == 0 { 5 } else { 100 }), 32, t);
+        }
+        assert_eq!(l.get(), 32);
+        assert!(!l.stressed());
+        let base = l.baseline().unwrap();
+        assert!(base > Duration::from_millis(40), "baseline {base:?}");
     }
 
     #[test]
