@@ -2,6 +2,7 @@
 //! Prometheus exporter (planned) read a `Snapshot`; benches print it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::cache::Phase;
 
@@ -9,7 +10,11 @@ macro_rules! stats {
     ($($name:ident: $doc:literal),* $(,)?) => {
         /// Live counters; cheap relaxed atomics, safe to bump on the hot path.
         #[derive(Debug, Default)]
-        pub struct Stats { $(#[doc = $doc] pub $name: AtomicU64,)* }
+        pub struct Stats {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+            /// Each site's adaptive origin concurrency limit now.
+            pub origin_limits: OriginLimits,
+        }
 
         /// A copy of every counter at one moment.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +48,7 @@ stats! {
     origin_in_flight: "Origin requests under way now.",
     origin_peak_in_flight: "Most origin requests ever under way at once.",
     origin_busy: "Requests that found every origin slot taken.",
+    origin_slow: "Stored copies served because the origin was slow or under stress (origin_patience).",
     circuit_opened: "Times an origin circuit opened.",
     failovers: "Requests retried on a backup origin.",
     rate_limited: "429 answers.",
@@ -85,6 +91,33 @@ impl Stats {
         let now = self.origin_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.origin_peak_in_flight.fetch_max(now, Ordering::Relaxed);
         InFlight(&self.origin_in_flight)
+    }
+}
+
+/// Gauges of the adaptive origin concurrency limits (`origin::adaptive`), one per site.
+#[derive(Debug, Default)]
+pub struct OriginLimits(Mutex<Vec<(String, Arc<AtomicU64>)>>);
+
+impl OriginLimits {
+    /// A gauge for `site`'s limit, starting at `limit`; its origin keeps it current.
+    pub fn register(&self, site: &str, limit: u64) -> Arc<AtomicU64> {
+        let gauge = Arc::new(AtomicU64::new(limit));
+        if let Ok(mut all) = self.0.lock() {
+            all.push((site.to_string(), gauge.clone()));
+        }
+        gauge
+    }
+
+    /// `(site, limit)` for every site, in the order they were configured.
+    pub fn now(&self) -> Vec<(String, u64)> {
+        self.0.lock().map_or_else(
+            |_| Vec::new(),
+            |all| {
+                all.iter()
+                    .map(|(site, gauge)| (site.clone(), gauge.load(Ordering::Relaxed)))
+                    .collect()
+            },
+        )
     }
 }
 

@@ -164,8 +164,9 @@ async fn with_every_slot_taken_a_stale_copy_is_served_at_once() {
         took < Duration::from_millis(500),
         "served at once, not queued: {took:?}"
     );
+    // Every slot of the limit taken is stress (issue 9): the copy now, a refresh queued.
     assert!(
-        reply.cache_status().contains("fwd=stale"),
+        reply.cache_status().contains("detail=\"origin-slow\""),
         "{}",
         reply.cache_status()
     );
@@ -173,6 +174,14 @@ async fn with_every_slot_taken_a_stale_copy_is_served_at_once() {
 
     let slow = bounded("slow request", holder).await.unwrap();
     assert_eq!(slow.status, 200);
+    // The refresh ran once the slot was free, and updated the store.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while origin.hits("/news") < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(kagami.get("/news").await.text(), "new news");
+    assert_eq!(origin.hits("/news"), 2, "one refresh");
 }
 
 #[tokio::test]

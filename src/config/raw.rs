@@ -83,6 +83,8 @@ pub struct RawSite {
     pub origin_concurrency: Option<usize>,
     pub origin_concurrency_per_client: Option<usize>,
     pub origin_queue_timeout: Option<String>,
+    pub adaptive_concurrency: Option<bool>,
+    pub origin_patience: Option<String>,
     pub circuit_failures: Option<u32>,
     pub circuit_open: Option<String>,
     pub health_path: Option<String>,

@@ -47,6 +47,9 @@ pub struct OriginProtection {
     /// Path probed on every origin at `health_interval` (active health checks), if any.
     pub health_path: Option<String>,
     pub health_interval: Duration,
+    /// Adapt the cap to the origin's real capacity (`origin::adaptive`); `concurrency` stays
+    /// the ceiling.
+    pub adaptive: bool,
 }
 
 /// One `[[site]]`: the hostnames Kagami answers for, where their origin is, and how to cache it.
@@ -87,6 +90,9 @@ pub struct SiteConfig {
     pub failure_backoff: Duration,
     /// How long a request waits for another request's fetch of the same page.
     pub coalesce_timeout: Duration,
+    /// How long a visitor with a servable stored copy waits for its revalidation before being
+    /// given the copy while the fetch finishes in the background (zero: as long as it takes).
+    pub origin_patience: Duration,
     pub protection: OriginProtection,
     /// Served with 503 when nothing is cached and the origin is unavailable. Loaded at start, so
     /// it never depends on the origin.
@@ -276,6 +282,8 @@ pub(super) fn validate_site(
         },
         failure_backoff: d(problems, "failure_backoff", &raw.failure_backoff, 2),
         coalesce_timeout: d(problems, "coalesce_timeout", &raw.coalesce_timeout, 10),
+        // Ten times what a fast (< 50 ms) origin takes: only a struggling origin ever hits it.
+        origin_patience: ms(problems, "origin_patience", &raw.origin_patience, 500),
         protection: OriginProtection {
             concurrency: raw.origin_concurrency.unwrap_or(32),
             // A quarter of the site's slots: a browser's parallel misses fit, and one client can
@@ -293,6 +301,7 @@ pub(super) fn validate_site(
             circuit_open: d(problems, "circuit_open", &raw.circuit_open, 10),
             health_path,
             health_interval: d(problems, "health_interval", &raw.health_interval, 5),
+            adaptive: raw.adaptive_concurrency.unwrap_or(true),
         },
         emergency_page,
         limit_hits: problems.rate(
@@ -445,6 +454,24 @@ mod tests {
         assert_eq!(config.sites[0].protection.concurrency_per_client, 8);
         let small = site_with("origin_concurrency = 6").unwrap();
         assert_eq!(small.sites[0].protection.concurrency_per_client, 2);
+    }
+
+    #[test]
+    fn adaptive_concurrency_and_origin_patience_have_defaults_and_can_be_set() {
+        let config = site("").unwrap();
+        assert!(config.sites[0].protection.adaptive);
+        assert_eq!(
+            config.sites[0].origin_patience,
+            std::time::Duration::from_millis(500)
+        );
+        let set = site_with("adaptive_concurrency = false\norigin_patience = \"2s\"").unwrap();
+        assert!(!set.sites[0].protection.adaptive);
+        assert_eq!(
+            set.sites[0].origin_patience,
+            std::time::Duration::from_secs(2)
+        );
+        let keys = problem_keys(site_with("origin_patience = \"soon\""));
+        assert_eq!(keys, vec!["site[0].origin_patience"]);
     }
 
     #[test]

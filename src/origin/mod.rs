@@ -1,6 +1,8 @@
 //! The origin side of a site: the HTTP client, the origin servers (primary and backups) with
 //! their circuit breakers, the cap on concurrent origin requests, and active health checks.
 
+pub mod adaptive;
+mod capacity;
 mod framing;
 mod health;
 mod judge;
@@ -120,6 +122,8 @@ pub struct Origin {
     /// virtual host the origin does not serve cannot get the whole site judged sick.
     probe_host: Option<http::HeaderValue>,
     slots: slots::Slots,
+    /// The adaptive limit on `slots` (`capacity`).
+    capacity: capacity::Capacity,
     queue_timeout: Duration,
     stats: Arc<Stats>,
 }
@@ -171,6 +175,13 @@ impl Origin {
                 })
             }),
             slots: slots::Slots::new(protection.concurrency, protection.concurrency_per_client),
+            capacity: capacity::Capacity::new(
+                protection.concurrency,
+                protection.adaptive,
+                stats
+                    .origin_limits
+                    .register(&site.name, protection.concurrency as u64),
+            ),
             queue_timeout: protection.queue_timeout,
             stats,
         })
@@ -180,6 +191,17 @@ impl Origin {
     /// the origin: just after a failure, or while every circuit is open.
     pub fn avoid(&self) -> bool {
         self.backoff.is_failing() || self.servers.iter().all(|s| s.breaker.rejecting())
+    }
+
+    /// Is the origin under stress: every slot of its adaptive limit taken, or its latency far
+    /// above its own baseline? Expired pages are then served from their copies at once.
+    pub fn stressed(&self) -> bool {
+        self.capacity.stressed(&self.slots)
+    }
+
+    /// The adaptive origin concurrency limit now (the ceiling when adaptation is off).
+    pub fn limit(&self) -> usize {
+        self.slots.limit()
     }
 
     /// A free origin slot for `client` (its rate-limit key; None for Kagami's own work), if
@@ -240,6 +262,7 @@ impl Origin {
             if last.is_some() {
                 self.stats.add(&self.stats.failovers);
             }
+            let started = std::time::Instant::now();
             let result = {
                 let _in_flight = self.stats.origin_started();
                 self.send_to(
@@ -251,6 +274,7 @@ impl Origin {
                 )
                 .await
             };
+            let took = started.elapsed();
             // The client's side failed: not the origin's fault, so no verdict on its health.
             match upload_state.as_ref().map(|s| s.client_side()) {
                 Some(ClientSide::TooLarge) => return Err(OriginError::TooLarge),
@@ -268,6 +292,7 @@ impl Origin {
                 Evidence::Healthy => {
                     self.note(server, ticket.success());
                     self.backoff.record_success();
+                    self.learn(&result, took, false, upload_state.is_none());
                     return result;
                 }
                 // The origin was left waiting for a body the client never finished sending.
@@ -280,6 +305,7 @@ impl Origin {
                 // the origin, no back-off and no second try on a backup.
                 return result;
             }
+            self.learn(&result, took, true, upload_state.is_none());
             self.stats.add(&self.stats.origin_failures);
             self.note(server, ticket.failure());
             self.backoff.record_failure(self.failure_backoff);

@@ -4,17 +4,54 @@
 //!
 //! A request takes its client's slot first, then a site slot: a client over its own cap waits
 //! without holding a site slot that someone else could use.
+//!
+//! The site's cap moves with the adaptive limit (`adaptive`): `set_limit` adds permits to the
+//! site semaphore, or withdraws them, at once when free and otherwise as slots are given back,
+//! so waiting requests keep their place in line whatever the limit does. A client's share
+//! shrinks with it in proportion (`weight`), so that one client (sending requests for a slow
+//! URL, say) cannot hold most of a limit its own requests talked down.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One origin slot; released when dropped.
 pub struct Slot {
-    _site: OwnedSemaphorePermit,
+    _site: SitePermit,
     _client: Option<ClientPermit>,
+}
+
+/// A site permit that is withdrawn instead of returned while the limit owes permits.
+struct SitePermit {
+    permit: Option<OwnedSemaphorePermit>,
+    cap: Arc<Cap>,
+}
+
+/// The site semaphore's bookkeeping for the adaptive limit.
+#[derive(Default)]
+struct Cap {
+    /// Permits to withdraw as soon as slots are given back (the limit fell below what is held).
+    owed: AtomicUsize,
+    /// Site slots held now.
+    held: AtomicUsize,
+    /// The limit now.
+    limit: AtomicUsize,
+}
+
+impl Drop for SitePermit {
+    fn drop(&mut self) {
+        self.cap.held.fetch_sub(1, Ordering::AcqRel);
+        let owed = self
+            .cap
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
+        if let (Ok(_), Some(permit)) = (owed, self.permit.take()) {
+            permit.forget();
+        }
+    }
 }
 
 /// The per-client semaphores, created on first use and removed when their client holds and
@@ -80,10 +117,11 @@ impl ClientSlots {
         }
     }
 
-    /// A slot of `ip`'s share if one is free right now.
-    fn try_take(&self, ip: IpAddr) -> Option<ClientPermit> {
+    /// A slot of `ip`'s share if one is free right now; it costs `weight` of the client's
+    /// permits (`Slots::weight`).
+    fn try_take(&self, ip: IpAddr, weight: u32) -> Option<ClientPermit> {
         let semaphore = self.semaphore(ip)?;
-        let permit = semaphore.clone().try_acquire_owned();
+        let permit = semaphore.clone().try_acquire_many_owned(weight);
         // Build the guard even on failure so an unused entry is cleaned up on drop.
         match permit {
             Ok(permit) => Some(self.wrap(ip, semaphore, permit)),
@@ -95,9 +133,9 @@ impl ClientSlots {
         }
     }
 
-    async fn take(&self, ip: IpAddr) -> Option<ClientPermit> {
+    async fn take(&self, ip: IpAddr, weight: u32) -> Option<ClientPermit> {
         let semaphore = self.semaphore(ip)?;
-        let permit = semaphore.clone().acquire_owned().await.ok()?;
+        let permit = semaphore.clone().acquire_many_owned(weight).await.ok()?;
         Some(self.wrap(ip, semaphore, permit))
     }
 
@@ -119,14 +157,74 @@ impl ClientSlots {
 /// The site's slots and the per-client share of them.
 pub(super) struct Slots {
     site: Arc<Semaphore>,
+    /// The configured cap, which the adaptive limit never exceeds.
+    ceiling: usize,
+    cap: Arc<Cap>,
     clients: ClientSlots,
 }
 
 impl Slots {
     pub(super) fn new(site: usize, per_client: usize) -> Slots {
+        let cap = Cap::default();
+        cap.limit.store(site, Ordering::Release);
         Slots {
             site: Arc::new(Semaphore::new(site)),
+            ceiling: site.max(1),
+            cap: Arc::new(cap),
             clients: ClientSlots::new(per_client),
+        }
+    }
+
+    /// Site slots held now.
+    pub(super) fn held(&self) -> usize {
+        self.cap.held.load(Ordering::Acquire)
+    }
+
+    /// The site's cap now.
+    pub(super) fn limit(&self) -> usize {
+        self.cap.limit.load(Ordering::Acquire)
+    }
+
+    /// Moves the site's cap to `limit` (the caller keeps it between 1 and the configured
+    /// ceiling). Called under the adaptive limit's lock, so changes never interleave.
+    pub(super) fn set_limit(&self, limit: usize) {
+        let old = self.cap.limit.swap(limit, Ordering::AcqRel);
+        if limit > old {
+            // Cancel withdrawals still owed before adding permits.
+            let mut more = limit - old;
+            let cancelled = self
+                .cap
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| {
+                    Some(o.saturating_sub(more))
+                })
+                .map_or(0, |o| o.min(more));
+            more -= cancelled;
+            self.site.add_permits(more);
+        } else if limit < old {
+            let fewer = old - limit;
+            let withdrawn = self.site.forget_permits(fewer);
+            // The rest are held now: withdrawn when given back.
+            self.cap.owed.fetch_add(fewer - withdrawn, Ordering::AcqRel);
+        }
+    }
+
+    /// How many of a client's permits one slot costs now: 1 at the ceiling; as the limit falls,
+    /// more, so that a client holds about the same fraction of the limit as of the ceiling
+    /// (and always at least one slot).
+    fn weight(&self) -> u32 {
+        let per_client = self.clients.per_client;
+        let share = (self.limit() * per_client)
+            .div_ceil(self.ceiling)
+            .clamp(1, per_client);
+        u32::try_from(per_client.div_ceil(share)).unwrap_or(1)
+    }
+
+    fn site_permit(&self, permit: OwnedSemaphorePermit) -> SitePermit {
+        self.cap.held.fetch_add(1, Ordering::AcqRel);
+        SitePermit {
+            permit: Some(permit),
+            cap: self.cap.clone(),
         }
     }
 
@@ -134,12 +232,12 @@ impl Slots {
     /// is free.
     pub(super) fn try_take(&self, client: Option<IpAddr>) -> Option<Slot> {
         let client = match client {
-            Some(ip) => Some(self.clients.try_take(ip)?),
+            Some(ip) => Some(self.clients.try_take(ip, self.weight())?),
             None => None,
         };
         let site = self.site.clone().try_acquire_owned().ok()?;
         Some(Slot {
-            _site: site,
+            _site: self.site_permit(site),
             _client: client,
         })
     }
@@ -147,12 +245,12 @@ impl Slots {
     /// A slot, waiting as long as the caller lets this future run.
     pub(super) async fn take(&self, client: Option<IpAddr>) -> Option<Slot> {
         let client = match client {
-            Some(ip) => Some(self.clients.take(ip).await?),
+            Some(ip) => Some(self.clients.take(ip, self.weight()).await?),
             None => None,
         };
         let site = self.site.clone().acquire_owned().await.ok()?;
         Some(Slot {
-            _site: site,
+            _site: self.site_permit(site),
             _client: client,
         })
     }
@@ -192,6 +290,71 @@ mod tests {
         assert_eq!(slots.clients.tracked(), 1, "client 2 released at once");
         drop(a);
         assert_eq!(slots.clients.tracked(), 0);
+    }
+
+    #[test]
+    fn the_cap_follows_the_limit_even_while_slots_are_held() {
+        let slots = Slots::new(4, 4);
+        let held: Vec<Slot> = (0..4).map(|_| slots.try_take(None).unwrap()).collect();
+        assert_eq!(slots.held(), 4);
+        slots.set_limit(2);
+        assert!(slots.try_take(None).is_none());
+        let mut held = held.into_iter();
+        drop(held.next());
+        drop(held.next());
+        assert!(
+            slots.try_take(None).is_none(),
+            "two given back, both withdrawn"
+        );
+        drop(held.next());
+        let again = slots.try_take(None).expect("below the new cap of 2");
+        assert!(slots.try_take(None).is_none());
+        assert_eq!(slots.held(), 2);
+        slots.set_limit(3);
+        let third = slots.try_take(None).expect("the cap grew");
+        assert!(slots.try_take(None).is_none());
+        drop((again, third, held));
+        assert_eq!(slots.held(), 0);
+        let all: Vec<Slot> = (0..3).filter_map(|_| slots.try_take(None)).collect();
+        assert_eq!(all.len(), 3);
+        assert!(slots.try_take(None).is_none());
+    }
+
+    #[test]
+    fn a_clients_share_shrinks_with_the_limit() {
+        let slots = Slots::new(32, 8);
+        let full: Vec<Slot> = (0..9).filter_map(|_| slots.try_take(ip(1))).collect();
+        assert_eq!(full.len(), 8, "a quarter of 32");
+        drop(full);
+        slots.set_limit(16);
+        let half: Vec<Slot> = (0..9).filter_map(|_| slots.try_take(ip(1))).collect();
+        assert_eq!(half.len(), 4, "a quarter of 16");
+        drop(half);
+        slots.set_limit(4);
+        let low: Vec<Slot> = (0..9).filter_map(|_| slots.try_take(ip(1))).collect();
+        assert_eq!(low.len(), 1, "at least one, never more than its share");
+        let others: Vec<Slot> = (2..9).filter_map(|c| slots.try_take(ip(c))).collect();
+        assert_eq!(
+            others.len(),
+            3,
+            "the rest of the limit is for other clients"
+        );
+        drop((low, others));
+        slots.set_limit(32);
+        let back: Vec<Slot> = (0..9).filter_map(|_| slots.try_take(ip(1))).collect();
+        assert_eq!(back.len(), 8);
+    }
+
+    #[test]
+    fn raising_the_limit_first_cancels_withdrawals_still_owed() {
+        let slots = Slots::new(4, 4);
+        let held: Vec<Slot> = (0..4).map(|_| slots.try_take(None).unwrap()).collect();
+        slots.set_limit(1);
+        slots.set_limit(4);
+        drop(held);
+        let all: Vec<Slot> = (0..5).filter_map(|_| slots.try_take(None)).collect();
+        assert_eq!(all.len(), 4, "exactly the limit, no more, no less");
+        assert_eq!(slots.limit(), 4);
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ mod fill;
 mod forward;
 pub mod forwarding;
 mod headers;
+mod patience;
 pub mod respond;
 mod tls;
 mod whole;
@@ -422,7 +423,7 @@ impl Proxy {
             Lookup::VaryMiss => (None, Phase::VaryMiss),
             Lookup::Miss => (None, Phase::Miss),
         };
-        self.fetch_coalesced(req, key, stale, phase).await
+        self.fetch_patiently(req, key, stale, phase).await
     }
 
     /// Charges a request that will reach the origin to the client's origin budget. Over it, a
