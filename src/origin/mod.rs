@@ -264,7 +264,11 @@ impl Origin {
                 return result;
             }
             self.stats.add(&self.stats.origin_failures);
-            self.note(server, ticket.failure());
+            let transition = match exchange {
+                Exchange::ConnectFailed => ticket.unreachable(),
+                _ => ticket.failure(),
+            };
+            self.note(server, transition);
             self.backoff.record_failure(self.failure_backoff);
             if !repeatable {
                 return result;
