@@ -4,12 +4,14 @@
 mod framing;
 mod health;
 mod judge;
+mod pool;
 mod slots;
 mod upload;
 
 use framing::Outgoing;
 pub use health::{Backoff, Breaker, Transition};
 use judge::{Confirm, Confirmation, Evidence, Exchange};
+pub use pool::Clients;
 pub use slots::Slot;
 use upload::ClientSide;
 pub use upload::Upload;
@@ -121,20 +123,17 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A site's origins with a client of their own (see `Clients` for sharing one).
     pub fn new(site: &SiteConfig, stats: Arc<Stats>) -> Result<Origin, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            // Redirects are the client's business: a proxy relays them.
-            .redirect(reqwest::redirect::Policy::none())
-            // Never route origin traffic through an environment proxy.
-            .no_proxy()
-            .connect_timeout(site.timeouts.connect)
-            .read_timeout(site.timeouts.read)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(site.protection.concurrency.max(8))
-            .tcp_nodelay(true)
-            .build()?;
+        let client = Clients::for_sites(std::slice::from_ref(site)).client(site)?;
+        Ok(Origin::with_client(site, client, stats))
+    }
+
+    /// A site's origins using `client`, which may be shared with other sites on the same
+    /// origins (`Clients`).
+    pub fn with_client(site: &SiteConfig, client: reqwest::Client, stats: Arc<Stats>) -> Origin {
         let protection = &site.protection;
-        Ok(Origin {
+        Origin {
             site: site.name.clone(),
             client,
             servers: site
@@ -156,7 +155,7 @@ impl Origin {
             slots: slots::Slots::new(protection.concurrency, protection.concurrency_per_client),
             queue_timeout: protection.queue_timeout,
             stats,
-        })
+        }
     }
 
     /// True when requests that have a stale copy should be answered from it without asking

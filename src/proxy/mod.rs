@@ -136,11 +136,14 @@ impl Proxy {
         let stats = Arc::new(Stats::default());
         let mut background = Vec::new();
         let mut sites = Vec::new();
+        // Sites on the same origin share its connection pool.
+        let mut clients = crate::origin::Clients::for_sites(&config.sites);
         for c in &config.sites {
-            let origin = Arc::new(Origin::new(c, stats.clone()).map_err(|source| BuildError {
+            let client = clients.client(c).map_err(|source| BuildError {
                 site: c.name.clone(),
                 source,
-            })?);
+            })?;
+            let origin = Arc::new(Origin::with_client(c, client, stats.clone()));
             if let Some(path) = &c.protection.health_path {
                 background.extend(origin.spawn_health_checks(path, c.protection.health_interval));
             }
