@@ -102,6 +102,7 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let running = kagami::server::start(&config).await?;
     tracing::info!(sites = config.sites.len(), "kagami is serving");
+    kagami::limit::log_budgets(&config);
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown(Duration::from_secs(10)).await;
