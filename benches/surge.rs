@@ -511,10 +511,9 @@ fn close_phase(
 ) {
     let c = &origin.counters;
     let requests = c.requests.load(Ordering::Relaxed);
-    // The next phase's peak starts from what is in flight now.
-    let peak = c
-        .peak
-        .swap(c.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+    // The peak is taken at each arrival (counting what is already in flight), so a phase in
+    // which nothing arrives, such as the outage, shows 0 rather than the previous phase's load.
+    let peak = c.peak.swap(0, Ordering::Relaxed);
     let mut phase = crowd.phase.lock().unwrap();
     {
         let mut stats = crowd.stats.lock().unwrap();

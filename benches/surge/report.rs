@@ -72,7 +72,7 @@ pub fn report(
     println!(
         "origin requests: {all_origin} of {all_requests} client requests ({:.2} %); the origin \
          takes {ORIGIN_WORKERS} at once, Kagami's cap is {origin_cap}; peak: most origin requests \
-         in flight during the phase; limit: Kagami's adaptive origin limit at the phase's end",
+         in flight when one arrived during the phase; limit: Kagami's adaptive origin limit at the phase's end",
         pct(all_origin, all_requests),
     );
     println!(
