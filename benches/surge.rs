@@ -1,6 +1,8 @@
 //! The 3.11 surge bench: a fragile municipal origin, Kagami in front of it, a crowd that ramps
-//! from tens to thousands of visitors, and an origin outage in the middle. Everything runs on
-//! 127.0.0.0/8 and stops by itself.
+//! from tens to thousands of visitors, then stays at its peak while the origin, alive, is
+//! saturated (issue 9: overloaded, not dead), then an origin outage, then recovery. Everything
+//! runs on 127.0.0.0/8 and stops by itself. Kagami runs with its default settings (origin cap
+//! 32 against an origin that takes 4), plus an active health check.
 //!
 //!     cargo bench --bench surge
 //!     KAGAMI_SURGE_SECS=60 KAGAMI_SURGE_CLIENTS=3000 cargo bench --bench surge
@@ -8,6 +10,9 @@
 //! Environment: KAGAMI_SURGE_SECS (whole run, default 30), KAGAMI_SURGE_CLIENTS (peak virtual
 //! clients, default 2000), KAGAMI_SURGE_PAGES (default 300), KAGAMI_SURGE_JSON (where the JSON
 //! report goes, default target/surge.json). It reports; it never asserts.
+
+#[path = "surge/report.rs"]
+mod report;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -199,8 +204,10 @@ impl FragileOrigin {
                 let mut r = Response::new(Full::new(body.clone()));
                 r.headers_mut()
                     .insert("content-type", kind.parse().unwrap());
+                // Short, so that at the crowd's peak the revalidations alone exceed what the
+                // origin can do (300 pages / 5 s = 60 a second against 20).
                 r.headers_mut()
-                    .insert("cache-control", "max-age=10".parse().unwrap());
+                    .insert("cache-control", "max-age=5".parse().unwrap());
                 r
             }
             None => {
@@ -226,11 +233,18 @@ fn bind_reusable(addr: SocketAddr) -> TcpListener {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Ramp,
+    /// The crowd at its peak, the origin alive but saturated.
+    Overloaded,
     Outage,
     Recovery,
 }
 
-const PHASES: [Phase; 3] = [Phase::Ramp, Phase::Outage, Phase::Recovery];
+const PHASES: [Phase; 4] = [
+    Phase::Ramp,
+    Phase::Overloaded,
+    Phase::Outage,
+    Phase::Recovery,
+];
 
 #[derive(Default)]
 struct PhaseStats {
@@ -243,23 +257,30 @@ struct PhaseStats {
     visited_requests: u64,
     visited_ok: u64,
     latencies_us: Vec<u64>,
+    /// The `Age` of every 200 served (0 when absent: fetched just now).
+    ages: Vec<u64>,
     origin_requests: u64,
+    /// Most origin requests in flight at once during the phase.
+    origin_peak: usize,
+    /// Kagami's adaptive origin limit at the end of the phase, if it has one.
+    adaptive_limit: Option<u64>,
+    seconds: f64,
 }
 
 struct Crowd {
     phase: Mutex<Phase>,
-    stats: Mutex<[PhaseStats; 3]>,
+    stats: Mutex<[PhaseStats; 4]>,
     /// Pages that had been answered 200 before the outage began.
     visited: Mutex<HashSet<usize>>,
     stop: AtomicBool,
 }
 
 impl Crowd {
-    fn record(&self, page: usize, status: u16, stale: bool, latency: Duration) {
+    fn record(&self, page: usize, status: u16, stale: bool, age: u64, latency: Duration) {
         let phase = *self.phase.lock().unwrap();
         let visited = {
             let mut visited = self.visited.lock().unwrap();
-            if phase == Phase::Ramp && status == 200 {
+            if matches!(phase, Phase::Ramp | Phase::Overloaded) && status == 200 {
                 visited.insert(page);
             }
             visited.contains(&page)
@@ -272,7 +293,10 @@ impl Crowd {
         s.limited += u64::from(status == 429);
         s.unavailable += u64::from(status == 503);
         s.errors += u64::from(status == 0);
-        if visited && phase != Phase::Ramp {
+        if status == 200 {
+            s.ages.push(age);
+        }
+        if visited && matches!(phase, Phase::Outage | Phase::Recovery) {
             s.visited_requests += 1;
             s.visited_ok += u64::from(status == 200);
         }
@@ -321,18 +345,24 @@ async fn visitor(
                 .get("cache-status")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("ttl=-"));
+            let age = response
+                .headers()
+                .get("age")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             response.into_body().collect().await.ok()?;
-            Some((status, stale))
+            Some((status, stale, age))
         })
         .await;
-        let (status, stale) = match outcome {
+        let (status, stale, age) = match outcome {
             Ok(Some(result)) => result,
             _ => {
                 sender = None;
-                (0, false)
+                (0, false, 0)
             }
         };
-        crowd.record(page, status, stale, started.elapsed());
+        crowd.record(page, status, stale, age, started.elapsed());
     }
 }
 
@@ -367,14 +397,6 @@ fn raise_fd_limit() {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index] as f64 / 1000.0
-}
-
 fn main() {
     raise_fd_limit();
     let secs = env_or("KAGAMI_SURGE_SECS", 30).max(6);
@@ -398,13 +420,14 @@ fn main() {
     let site = Arc::new(Site::new(page_count));
     let origin = crowd_rt.block_on(FragileOrigin::start(site.clone()));
 
+    // Default settings (origin cap 32 against an origin that takes 4, no stale-while-revalidate
+    // override): what a new operator runs.
     let mut site_config =
         SiteConfig::new("surge", &["127.0.0.1"], &format!("http://{}", origin.addr)).unwrap();
-    site_config.protection.concurrency = ORIGIN_WORKERS;
-    site_config.stale_while_revalidate = Duration::from_secs(10);
     // Active health checks close the circuit soon after the origin is back.
     site_config.protection.health_path = Some("/pages/0.html".into());
     site_config.protection.health_interval = Duration::from_secs(1);
+    let origin_cap = site_config.protection.concurrency;
     let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site_config]);
     config.log.access = false;
     config.server.max_connections = peak_clients + 100;
@@ -412,11 +435,12 @@ fn main() {
     let kagami_addr = running.addr();
     let stats = running.proxy.stats.clone();
 
-    let (ramp, outage) = (secs * 2 / 5, secs * 3 / 10);
+    let (ramp, overloaded, outage) = (secs * 3 / 10, secs / 4, secs / 4);
     println!(
-        "surge: {peak_clients} clients at peak, {page_count} pages, {secs} s \
-         (ramp {ramp} s, origin down {outage} s, recovery {} s); origin ≈ {} pages/s",
-        secs - ramp - outage,
+        "surge: {peak_clients} clients at peak, {page_count} pages, {secs} s (ramp {ramp} s, \
+         overloaded {overloaded} s, origin down {outage} s, recovery {} s); origin ≈ {} pages/s, \
+         Kagami's origin cap {origin_cap}",
+        secs - ramp - overloaded - outage,
         ORIGIN_WORKERS as f64 / ORIGIN_SERVICE_TIME.as_secs_f64()
     );
 
@@ -427,12 +451,11 @@ fn main() {
         stop: AtomicBool::new(false),
     });
     let zipf = Arc::new(Zipf::new(page_count));
-    let origin_requests = || origin.counters.requests.load(Ordering::Relaxed);
 
     crowd_rt.block_on(async {
         let mut visitors = JoinSet::new();
         let started = Instant::now();
-        let mut marks = vec![origin_requests()];
+        let mut since = (started, origin.counters.requests.load(Ordering::Relaxed));
         let grow = |visitors: &mut JoinSet<()>, target: usize| {
             while visitors.len() < target {
                 let n = visitors.len();
@@ -452,14 +475,16 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        *crowd.phase.lock().unwrap() = Phase::Outage;
-        marks.push(origin_requests());
+        // The whole crowd, the origin alive: every expired page's refresh competes for it.
+        close_phase(&crowd, &origin, &stats, &mut since, Some(Phase::Overloaded));
+        tokio::time::sleep(Duration::from_secs(overloaded)).await;
+        close_phase(&crowd, &origin, &stats, &mut since, Some(Phase::Outage));
         origin.down();
         tokio::time::sleep(Duration::from_secs(outage)).await;
-        *crowd.phase.lock().unwrap() = Phase::Recovery;
-        marks.push(origin_requests());
+        close_phase(&crowd, &origin, &stats, &mut since, Some(Phase::Recovery));
         origin.up().await;
-        tokio::time::sleep(Duration::from_secs(secs - ramp - outage)).await;
+        tokio::time::sleep(Duration::from_secs(secs - ramp - overloaded - outage)).await;
+        close_phase(&crowd, &origin, &stats, &mut since, None);
         crowd.stop.store(true, Ordering::Relaxed);
         // Visitors finish their current request (bounded by their 10 s timeout), then stop.
         let _ = tokio::time::timeout(Duration::from_secs(12), async {
@@ -467,147 +492,44 @@ fn main() {
         })
         .await;
         visitors.abort_all();
-        let end = origin.counters.requests.load(Ordering::Relaxed);
-        let mut stats = crowd.stats.lock().unwrap();
-        for (i, at) in marks.iter().enumerate() {
-            let next = marks.get(i + 1).copied().unwrap_or(end);
-            stats[i].origin_requests = next - at;
-        }
     });
 
     let kagami_stats = stats.snapshot();
     kagami_rt.block_on(running.shutdown(Duration::from_secs(1)));
-    report(&crowd, &origin, kagami_stats, &json_path);
+    report::report(&crowd, &origin, origin_cap, kagami_stats, &json_path);
     origin.down();
 }
 
-fn report(
+/// Closes the current phase's origin figures (requests, peak in flight, Kagami's adaptive limit,
+/// duration) and moves the crowd on to `next`.
+fn close_phase(
     crowd: &Crowd,
     origin: &FragileOrigin,
-    kagami: kagami::metrics::Snapshot,
-    json_path: &str,
+    kagami: &kagami::metrics::Stats,
+    since: &mut (Instant, u64),
+    next: Option<Phase>,
 ) {
-    let mut stats = crowd.stats.lock().unwrap();
-    println!();
-    println!(
-        "{:<9} {:>9} {:>7} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>6} {:>7}",
-        "phase",
-        "requests",
-        "2xx %",
-        "stale %",
-        "visited %",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "origin",
-        "429",
-        "503",
-        "errors"
-    );
-    let mut rows = Vec::new();
-    let (mut all_requests, mut all_origin) = (0u64, 0u64);
-    for phase in PHASES {
-        let s = &mut stats[phase as usize];
-        s.latencies_us.sort_unstable();
-        let row = Row::of(phase, s);
-        println!(
-            "{:<9} {:>9} {:>7.2} {:>7.2} {:>9} {:>8.2} {:>8.2} {:>9.2} {:>8} {:>6} {:>6} {:>7}",
-            row.phase,
-            s.requests,
-            row.ok_pct,
-            row.stale_pct,
-            if s.visited_requests == 0 {
-                "-".to_string()
-            } else {
-                format!("{:.3}", row.visited_pct)
-            },
-            row.p50,
-            row.p99,
-            row.p999,
-            s.origin_requests,
-            s.limited,
-            s.unavailable,
-            s.errors,
-        );
-        rows.push(row.json(s));
-        all_requests += s.requests;
-        all_origin += s.origin_requests;
+    let c = &origin.counters;
+    let requests = c.requests.load(Ordering::Relaxed);
+    // The peak is taken at each arrival (counting what is already in flight), so a phase in
+    // which nothing arrives, such as the outage, shows 0 rather than the previous phase's load.
+    let peak = c.peak.swap(0, Ordering::Relaxed);
+    let mut phase = crowd.phase.lock().unwrap();
+    {
+        let mut stats = crowd.stats.lock().unwrap();
+        let s = &mut stats[*phase as usize];
+        s.origin_requests = requests - since.1;
+        s.origin_peak = peak;
+        s.adaptive_limit = adaptive_limit(kagami);
+        s.seconds = since.0.elapsed().as_secs_f64();
     }
-    let peak = origin.counters.peak.load(Ordering::Relaxed);
-    println!();
-    println!(
-        "origin requests: {all_origin} of {all_requests} client requests ({:.2} %); origin peak concurrency {peak} (Kagami cap {ORIGIN_WORKERS})",
-        pct(all_origin, all_requests)
-    );
-    println!(
-        "visited %: share of requests for pages first answered before the outage that got 200"
-    );
-    println!(
-        "kagami: hits {} stale {} misses {} collapsed {} origin_busy {} circuit_opened {} rate_limited {} emergency_pages {}",
-        kagami.hits, kagami.stale_served, kagami.misses, kagami.collapsed, kagami.origin_busy, kagami.circuit_opened,
-        kagami.rate_limited, kagami.emergency_pages
-    );
-    let json = format!(
-        "{{\"phases\":[{}],\"client_requests\":{all_requests},\"origin_requests\":{all_origin},\"origin_share_pct\":{:.4},\"origin_peak_concurrency\":{peak},\"origin_cap\":{ORIGIN_WORKERS},\"kagami\":{{{}}}}}\n",
-        rows.join(","),
-        pct(all_origin, all_requests),
-        kagami.pairs().iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
-    );
-    match std::fs::write(json_path, json) {
-        Ok(()) => println!("JSON report: {json_path}"),
-        Err(err) => println!("could not write {json_path}: {err}"),
+    if let Some(next) = next {
+        *phase = next;
     }
+    *since = (Instant::now(), requests);
 }
 
-/// The derived figures of one phase, computed once for the table and the JSON.
-struct Row {
-    phase: String,
-    ok_pct: f64,
-    stale_pct: f64,
-    visited_pct: f64,
-    p50: f64,
-    p99: f64,
-    p999: f64,
-}
-
-fn pct(a: u64, b: u64) -> f64 {
-    if b == 0 {
-        0.0
-    } else {
-        100.0 * a as f64 / b as f64
-    }
-}
-
-impl Row {
-    /// `s.latencies_us` must be sorted.
-    fn of(phase: Phase, s: &PhaseStats) -> Row {
-        Row {
-            phase: format!("{phase:?}").to_lowercase(),
-            ok_pct: pct(s.ok, s.requests),
-            stale_pct: pct(s.stale, s.requests),
-            visited_pct: pct(s.visited_ok, s.visited_requests),
-            p50: percentile(&s.latencies_us, 0.50),
-            p99: percentile(&s.latencies_us, 0.99),
-            p999: percentile(&s.latencies_us, 0.999),
-        }
-    }
-
-    fn json(&self, s: &PhaseStats) -> String {
-        format!(
-            "{{\"phase\":\"{}\",\"requests\":{},\"ok_pct\":{:.4},\"stale_pct\":{:.4},\"visited_ok_pct\":{:.4},\"visited_requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"origin_requests\":{},\"status_429\":{},\"status_503\":{},\"errors\":{}}}",
-            self.phase,
-            s.requests,
-            self.ok_pct,
-            self.stale_pct,
-            self.visited_pct,
-            s.visited_requests,
-            self.p50,
-            self.p99,
-            self.p999,
-            s.origin_requests,
-            s.limited,
-            s.unavailable,
-            s.errors
-        )
-    }
+/// Kagami's adaptive origin concurrency limit (the bench has one site), from its `Stats` gauge.
+fn adaptive_limit(stats: &kagami::metrics::Stats) -> Option<u64> {
+    stats.origin_limits.now().first().map(|(_, limit)| *limit)
 }

@@ -190,6 +190,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let signal = shutdown_signal();
     let running = kagami::server::start(&config).await?;
     tracing::info!(sites = config.sites.len(), "kagami is serving");
+    kagami::limit::log_budgets(&config);
     signal.await;
     let store = &running.proxy.store;
     tracing::info!(

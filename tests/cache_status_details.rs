@@ -57,6 +57,9 @@ fn emitted() -> BTreeSet<String> {
     let origin = read("src/origin/mod.rs");
     let detail_fn = block(&origin, "pub fn detail(&self)", "\n    }\n");
     details.extend(quoted_after(detail_fn, "=> \""));
+    // Details kept in a named constant.
+    let patience = read("src/proxy/patience.rs");
+    details.extend(quoted_after(&patience, "pub const ORIGIN_SLOW: &str = \""));
     let proxy = read("src/proxy/mod.rs");
     details.extend(quoted_after(
         block(&proxy, "let detail = if", "} else if"),

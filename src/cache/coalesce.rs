@@ -37,6 +37,8 @@ pub struct Leader<T> {
     id: u64,
     tx: watch::Sender<Option<T>>,
     slots: Arc<Slots<T>>,
+    /// This fetch replaces one that failed: see `set_retry`.
+    retry: bool,
 }
 
 pub struct Waiter<T> {
@@ -84,6 +86,7 @@ impl<T: Clone> Coalescer<T> {
             id,
             tx,
             slots: self.slots.clone(),
+            retry: false,
         }
     }
 
@@ -94,6 +97,16 @@ impl<T: Clone> Coalescer<T> {
 }
 
 impl<T> Leader<T> {
+    /// Marks this fetch as the retry of one that failed, so that its waiters can tell that the
+    /// key's retry has been spent (the caller decides what a failure and a retry are).
+    pub fn set_retry(&mut self) {
+        self.retry = true;
+    }
+
+    pub fn is_retry(&self) -> bool {
+        self.retry
+    }
+
     /// Publishes the outcome to every waiter and releases the key.
     pub fn finish(self, outcome: T) {
         self.tx.send_replace(Some(outcome));

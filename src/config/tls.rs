@@ -30,6 +30,8 @@ pub struct SiteTls {
     pub hsts: Option<HeaderValue>,
     /// Extra trust anchors for this site's `https://` origins.
     pub origin_ca: Vec<reqwest::Certificate>,
+    /// Where they came from: sites share an origin client only with the same trust.
+    pub origin_ca_file: Option<PathBuf>,
     /// The port https redirects name (`None`: the default, 443).
     pub https_port: Option<u16>,
 }
@@ -115,6 +117,7 @@ pub(super) fn site(
     }
     if let Some(file) = &raw.origin_ca {
         tls.origin_ca = origin_ca(&key("origin_ca"), &base.join(file), problems);
+        tls.origin_ca_file = Some(base.join(file));
         let https = origins.is_some_and(|o| o.iter().any(|u| u.scheme() == "https"));
         if origins.is_some() && !https {
             problems.add(

@@ -1,6 +1,7 @@
 //! Rate limits: per-client budgets (governor's GCRA, keyed by client address) for cache hits and
 //! for requests that would reach the origin, kept bounded in memory.
 
+mod budgets;
 pub mod client_ip;
 
 use std::net::IpAddr;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
+pub use budgets::log_budgets;
 pub use client_ip::{client_ip, limit_key, TrustedProxies};
 
 /// A budget: `per_second` sustained, up to `burst` at once.

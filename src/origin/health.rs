@@ -5,12 +5,22 @@
 //! nginx weakness).
 //!
 //! `Breaker`: a circuit per origin server. Consecutive failures open it; while open, nothing is
-//! sent there; once `open_for` has passed, exactly one request at a time is let through as a
+//! sent there; once its wait has passed, exactly one request at a time is let through as a
 //! probe, and the first success closes the circuit.
+//!
+//! The wait starts short (`FIRST_OPEN`) so that cold pages work again soon after the origin is
+//! back (issue 9: a fixed `circuit_open` kept them on the emergency page for ~10 s). A probe
+//! that the origin answered badly or left hanging doubles the wait, up to `circuit_open`: that
+//! origin is alive and struggling, and every probe costs it work. A probe whose connection was
+//! refused (or never completed) costs the origin nothing, so a dead origin keeps being probed
+//! every `FIRST_OPEN`, still one probe at a time.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// The wait before the first probe of a freshly opened circuit (or `circuit_open` if shorter).
+pub const FIRST_OPEN: Duration = Duration::from_secs(1);
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -47,7 +57,13 @@ impl Backoff {
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
+    /// The longest wait between probes (`circuit_open`).
     open_for: Duration,
+    /// The first wait: `FIRST_OPEN`, or `open_for` when that is shorter.
+    first_open: Duration,
+    /// Probes in a row that the origin answered badly (or left hanging) since the circuit last
+    /// closed; each doubles the wait before the next one.
+    failed_probes: AtomicU32,
     failures: AtomicU32,
     /// 0 while closed; otherwise when the next probe may go.
     open_until: AtomicU64,
@@ -74,6 +90,8 @@ impl Breaker {
         Breaker {
             threshold: threshold.max(1),
             open_for,
+            first_open: open_for.min(FIRST_OPEN),
+            failed_probes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
@@ -115,6 +133,7 @@ impl Breaker {
     /// A success seen outside a ticket (an active health check).
     pub fn record_success(&self) -> Transition {
         self.failures.store(0, Ordering::Release);
+        self.failed_probes.store(0, Ordering::Release);
         let was = self.open_until.swap(0, Ordering::AcqRel);
         self.probing.store(false, Ordering::Release);
         if was != 0 {
@@ -126,13 +145,27 @@ impl Breaker {
 
     /// A failure seen outside a ticket (an active health check).
     pub fn record_failure(&self) -> Transition {
-        self.fail(false)
+        self.fail(false, false)
     }
 
-    fn fail(&self, probe: bool) -> Transition {
+    /// How long the circuit stays open after `failed_probes` probes failed in a row.
+    fn wait(&self, failed_probes: u32) -> Duration {
+        let doubled = self
+            .first_open
+            .saturating_mul(1u32.checked_shl(failed_probes.min(31)).unwrap_or(u32::MAX));
+        doubled.min(self.open_for)
+    }
+
+    /// `unreachable`: the connection itself failed, which costs the origin nothing.
+    fn fail(&self, probe: bool, unreachable: bool) -> Transition {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let transition = if probe || failures >= self.threshold {
-            let until = now_ms() + self.open_for.as_millis() as u64;
+            let wait = match (probe, unreachable) {
+                (true, true) => self.first_open,
+                (true, false) => self.wait(self.failed_probes.fetch_add(1, Ordering::AcqRel) + 1),
+                (false, _) => self.wait(self.failed_probes.load(Ordering::Acquire)),
+            };
+            let until = now_ms() + wait.as_millis() as u64;
             let was = self.open_until.swap(until, Ordering::AcqRel);
             if was == 0 {
                 Transition::Opened
@@ -157,7 +190,15 @@ impl Ticket<'_> {
     }
 
     pub fn failure(self) -> Transition {
-        let transition = self.breaker.fail(self.probe);
+        let transition = self.breaker.fail(self.probe, false);
+        std::mem::forget(self);
+        transition
+    }
+
+    /// A failure to connect at all: as `failure`, but a failed probe does not lengthen the
+    /// wait before the next one (see the module comment).
+    pub fn unreachable(self) -> Transition {
+        let transition = self.breaker.fail(self.probe, true);
         std::mem::forget(self);
         transition
     }
@@ -205,6 +246,55 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(b.admit().unwrap().success(), Transition::Closed);
         assert!(b.admit().is_some() && b.admit().is_some());
+    }
+
+    #[test]
+    fn failed_probes_double_the_wait_up_to_circuit_open_unless_unreachable() {
+        let b = Breaker::new(1, Duration::from_secs(10));
+        let open_ms = |b: &Breaker| {
+            b.open_until
+                .load(Ordering::Acquire)
+                .saturating_sub(now_ms())
+        };
+        assert_eq!(b.admit().unwrap().failure(), Transition::Opened);
+        assert!((900..=1000).contains(&open_ms(&b)), "first wait is 1 s");
+        fn probe(b: &Breaker) -> Ticket<'_> {
+            // Pretend the wait has passed.
+            b.open_until.store(1, Ordering::Release);
+            b.admit().expect("half-open")
+        }
+        let _ = probe(&b).failure();
+        assert!(
+            (1900..=2000).contains(&open_ms(&b)),
+            "doubled: {}",
+            open_ms(&b)
+        );
+        let _ = probe(&b).failure();
+        assert!((3900..=4000).contains(&open_ms(&b)));
+        let _ = probe(&b).unreachable();
+        assert!(
+            (900..=1000).contains(&open_ms(&b)),
+            "refused: probe again soon"
+        );
+        for _ in 0..40 {
+            let _ = probe(&b).failure();
+        }
+        assert!(
+            (9900..=10_000).contains(&open_ms(&b)),
+            "capped at circuit_open"
+        );
+        assert_eq!(probe(&b).success(), Transition::Closed);
+        assert_eq!(b.admit().unwrap().failure(), Transition::Opened);
+        assert!(
+            (900..=1000).contains(&open_ms(&b)),
+            "a closed circuit starts over"
+        );
+        assert_eq!(
+            Breaker::new(1, Duration::from_millis(300))
+                .wait(0)
+                .as_millis(),
+            300
+        );
     }
 
     #[test]

@@ -6,12 +6,14 @@ mod capacity;
 mod framing;
 mod health;
 mod judge;
+mod pool;
 mod slots;
 mod upload;
 
 use framing::Outgoing;
 pub use health::{Backoff, Breaker, Transition};
 use judge::{Confirm, Confirmation, Evidence, Exchange};
+pub use pool::Clients;
 pub use slots::Slot;
 use upload::ClientSide;
 pub use upload::Upload;
@@ -129,25 +131,17 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A site's origins with a client of their own (see `Clients` for sharing one).
     pub fn new(site: &SiteConfig, stats: Arc<Stats>) -> Result<Origin, reqwest::Error> {
-        let mut client = reqwest::Client::builder()
-            // Redirects are the client's business: a proxy relays them.
-            .redirect(reqwest::redirect::Policy::none())
-            // Never route origin traffic through an environment proxy.
-            .no_proxy()
-            .connect_timeout(site.timeouts.connect)
-            .read_timeout(site.timeouts.read)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(site.protection.concurrency.max(8))
-            .tcp_nodelay(true);
-        // `origin_ca`: a private CA trusted in addition to the public roots, for this site's
-        // origins only. The origin URL's host is what the certificate must name (and the SNI).
-        for ca in &site.tls.origin_ca {
-            client = client.add_root_certificate(ca.clone());
-        }
-        let client = client.build()?;
+        let client = Clients::for_sites(std::slice::from_ref(site)).client(site)?;
+        Ok(Origin::with_client(site, client, stats))
+    }
+
+    /// A site's origins using `client`, which may be shared with other sites on the same
+    /// origins (`Clients`).
+    pub fn with_client(site: &SiteConfig, client: reqwest::Client, stats: Arc<Stats>) -> Origin {
         let protection = &site.protection;
-        Ok(Origin {
+        Origin {
             site: site.name.clone(),
             client,
             servers: site
@@ -184,7 +178,7 @@ impl Origin {
             ),
             queue_timeout: protection.queue_timeout,
             stats,
-        })
+        }
     }
 
     /// True when requests that have a stale copy should be answered from it without asking
@@ -307,7 +301,11 @@ impl Origin {
             }
             self.learn(&result, took, true, upload_state.is_none());
             self.stats.add(&self.stats.origin_failures);
-            self.note(server, ticket.failure());
+            let transition = match exchange {
+                Exchange::ConnectFailed => ticket.unreachable(),
+                _ => ticket.failure(),
+            };
+            self.note(server, transition);
             self.backoff.record_failure(self.failure_backoff);
             if !repeatable {
                 return result;

@@ -353,8 +353,8 @@ async fn pump(
             Some(Err(err)) => {
                 origin_slot.take();
                 tracing::warn!(error = %err, received, "origin body failed; not storing");
-                // `leader` is dropped: waiters wake as abandoned and try again.
-                drop(leader);
+                // Waiters take a stale copy, retry once, or share the failure (`cut`).
+                super::cut::publish(leader);
                 drop(job);
                 client.finish(Some(Truncated(err.to_string()))).await;
                 return;
@@ -370,7 +370,7 @@ async fn pump(
             ?expected,
             "origin body length mismatch; not storing"
         );
-        drop(leader);
+        super::cut::publish(leader);
         drop(job);
         let cut = Truncated(format!("{received} of {expected:?} bytes"));
         client.finish(Some(cut)).await;

@@ -8,6 +8,7 @@
 
 pub mod body;
 mod budget;
+mod cut;
 mod drain;
 mod fill;
 mod forward;
@@ -53,6 +54,11 @@ pub enum Outcome {
     Uncacheable,
     /// The origin failed: waiters use a stale copy if they may, else this answer.
     Failed(Arc<Failure>),
+    /// The origin cut the body short (`cut`): waiters use a stale copy if they may; else one
+    /// of them retries, unless this fetch was the retry already.
+    Cut {
+        retried: bool,
+    },
 }
 
 /// An origin failure shared with coalesced waiters.
@@ -142,11 +148,14 @@ impl Proxy {
         let stats = Arc::new(Stats::default());
         let mut background = Vec::new();
         let mut sites = Vec::new();
+        // Sites on the same origin share its connection pool.
+        let mut clients = crate::origin::Clients::for_sites(&config.sites);
         for c in &config.sites {
-            let origin = Arc::new(Origin::new(c, stats.clone()).map_err(|source| BuildError {
+            let client = clients.client(c).map_err(|source| BuildError {
                 site: c.name.clone(),
                 source,
-            })?);
+            })?;
+            let origin = Arc::new(Origin::with_client(c, client, stats.clone()));
             if let Some(path) = &c.protection.health_path {
                 background.extend(origin.spawn_health_checks(path, c.protection.health_interval));
             }
@@ -446,9 +455,14 @@ impl Proxy {
     ) -> Served {
         let site = &self.sites[req.site];
         // Two rounds at most: a leader that vanished gets one replacement, then we fetch alone.
-        for _ in 0..2 {
+        // A leader whose body was cut gets one retry, then its waiters share the failure.
+        let mut retry = false;
+        for round in 0..2 {
             match self.coalescer.join(&key) {
-                Role::Leader(leader) => {
+                Role::Leader(mut leader) => {
+                    if retry {
+                        leader.set_retry();
+                    }
                     // Another leader may have stored the page between our lookup and now.
                     if let Lookup::Found(entry) = self.store.lookup(&key, &req.sent) {
                         let now = SystemTime::now();
@@ -496,6 +510,13 @@ impl Proxy {
                                 return (response, status.collapsed(true));
                             }
                             return self.failed(&req, phase, &failure, true);
+                        }
+                        Wait::Done(Outcome::Cut { retried }) => {
+                            let spent = retried || round > 0;
+                            if let Some(served) = self.after_cut(&req, &stale, phase, spent) {
+                                return served;
+                            }
+                            retry = true;
                         }
                         Wait::Abandoned | Wait::TimedOut => {
                             if let Some((response, status)) =

@@ -49,7 +49,7 @@ pub async fn fill(
 /// Reads the whole body, stores it, and returns the client's body and whether it was stored.
 /// A body cut short is not stored: the client gets what came and then an error, so that its
 /// connection is aborted rather than given a short answer (as when relaying), and the waiters
-/// wake as abandoned and try again.
+/// are told (`cut`).
 async fn read_and_store(
     response: reqwest::Response,
     job: StoreJob,
@@ -80,7 +80,7 @@ async fn read_and_store(
     }
     if let Some(reason) = cut {
         tracing::warn!(received, ?expected, %reason, "origin body cut short; not storing");
-        drop(leader);
+        super::cut::publish(leader);
         return (cut_short(chunks, reason, want_body), false);
     }
     let mut body = BytesMut::with_capacity(received as usize);
