@@ -1,0 +1,238 @@
+//! The front door of the request path: the global in-flight cap, request-loop detection, the
+//! Host and request target validated and normalised once, routing to a site, and the label
+//! every response leaves with (`Cache-Status`, `Via`, the access log). What is behind the door
+//! (`Proxy::serve` onwards) only ever sees the normalised values.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, RETRY_AFTER};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::Body;
+use super::respond::{self, Canned};
+use super::{budget, headers, tls, Client, Proxy, Served};
+use crate::cache::{CacheStatus, Phase};
+use crate::limit::{client_ip, limit_key};
+use crate::routing::{target, Authority};
+
+impl Proxy {
+    /// Handles one request from `client`.
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        client: Client,
+    ) -> Response<Body> {
+        // Only the access log needs these; the hit path should not pay for them otherwise.
+        let logged = self
+            .access_log
+            .then(|| (Instant::now(), request.uri().path().to_string()));
+        let method = request.method().clone();
+        let authority = authority_of(&request);
+        let owner = budget::Owner::Client(limit_key(client_ip(
+            client.peer.ip(),
+            request.headers(),
+            &self.trusted,
+        )));
+
+        let (response, status) = match self.enter() {
+            None => {
+                self.stats.add(&self.stats.overloaded);
+                overloaded(&method)
+            }
+            Some(_guard) if headers::looped(request.headers(), &self.via) => {
+                // Once a minute is enough to tell staff; a loop (or a forged header) repeats fast.
+                if self.loop_logged.every(Duration::from_secs(60)) {
+                    tracing::error!(
+                        host = authority.as_deref().unwrap_or("-"),
+                        "request loop: a site's origin points back at this Kagami; configure \
+                         the origin by IP address or an internal name, not the public one"
+                    );
+                }
+                refuse(
+                    StatusCode::LOOP_DETECTED,
+                    "kagami: request loop (an origin points back at Kagami)",
+                    &method,
+                )
+            }
+            Some(_guard) => self.admit(request, client, authority.as_deref()).await,
+        };
+
+        self.stats.record(status.phase, status.collapsed);
+        // A large body that shares a stored entry's buffer must not pin it uncounted once the
+        // entry is evicted (see `body::Held`).
+        let mut response = response.map(|body| body.guarded(&self.budget, owner, self.held_stall));
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&status.member()) {
+            headers.append("cache-status", v);
+        }
+        headers::append_via(headers);
+        if let Some((started, path)) = logged {
+            tracing::info!(
+                target: "kagami::access",
+                client = %client.peer.ip(),
+                method = %method,
+                host = authority.as_deref().unwrap_or("-"),
+                path = %path,
+                status = response.status().as_u16(),
+                cache = status.phase.label(),
+                bytes = response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            );
+        }
+        response
+    }
+
+    /// Validates and normalises the request's authority and target once, routes it, and
+    /// serves it. Everything after this uses only the normalised values, so the cache key, the
+    /// origin's `Host` and the origin's request target always agree.
+    async fn admit(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+        client: Client,
+        authority: Option<&str>,
+    ) -> Served {
+        let method = request.method().clone();
+        let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "kagami: the request needs exactly one valid Host",
+                &method,
+            );
+        };
+        if let Some(refused) = tls::misdirected(&client, &authority, &method) {
+            return refused;
+        }
+        let default_port = default_port(client.proto);
+        let Some(index) = self.router.route(&authority, default_port) else {
+            return refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!(
+                    "kagami: no site is configured for host {:?}",
+                    authority.to_string()
+                ),
+                &method,
+            );
+        };
+        let raw_target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if raw_target == "*" {
+            return asterisk(&method);
+        }
+        let canonical = match target::canonical(raw_target) {
+            // Nearly always: the target is canonical already.
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(t)) => Some(http::Uri::try_from(t).ok()),
+            Err(_) => Some(None),
+        };
+        match canonical {
+            None => {}
+            Some(Some(uri)) => *request.uri_mut() = uri,
+            Some(None) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "kagami: the request target must be an absolute path, with % followed by two hex digits",
+                    &method,
+                )
+            }
+        }
+        let site = &self.sites[index].config;
+        if let Some(redirect) = tls::redirect(site, &client, &authority, request.uri(), &method) {
+            return redirect;
+        }
+        let host = authority.normalised_on(default_port, client.local_port);
+        let mut served = self.serve(index, request, client, host).await;
+        tls::add_hsts(&self.sites[index].config, &client, &mut served.0);
+        served
+    }
+
+    /// Admits a request under the global in-flight cap.
+    fn enter(&self) -> Option<InFlightGuard<'_>> {
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let guard = InFlightGuard(self);
+        self.stats
+            .requests_in_flight
+            .store(now as u64, Ordering::Relaxed);
+        (now <= self.max_in_flight).then_some(guard)
+    }
+}
+
+struct InFlightGuard<'a>(&'a Proxy);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let now = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.0
+            .stats
+            .requests_in_flight
+            .store(now as u64, Ordering::Relaxed);
+    }
+}
+
+/// The request's authority: the URI's (absolute form, HTTP/2 :authority), else `Host`.
+fn authority_of<B>(request: &Request<B>) -> Option<String> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.as_str().to_string());
+    }
+    // Two Host lines: which one counts is exactly what cache-poisoning attacks play on.
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next()?;
+    if hosts.next().is_some() {
+        return None;
+    }
+    host.to_str()
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .map(|h| h.trim().to_string())
+}
+
+/// The port a client means when it names none.
+pub(super) fn default_port(proto: &str) -> u16 {
+    match proto {
+        "https" => 443,
+        _ => 80,
+    }
+}
+
+/// `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7): Kagami answers it. The asterisk
+/// form is meaningless with any other method.
+fn asterisk(method: &Method) -> Served {
+    if method != Method::OPTIONS {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "kagami: the asterisk target is only for OPTIONS",
+            method,
+        );
+    }
+    let mut response = respond::build(StatusCode::OK, HeaderMap::new(), Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+    );
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    (response, CacheStatus::new(Phase::Error))
+}
+
+pub(super) fn refuse(status: StatusCode, text: &str, method: &Method) -> Served {
+    (
+        Canned::error(status, text).response(method),
+        CacheStatus::new(Phase::Error),
+    )
+}
+
+fn overloaded(method: &Method) -> Served {
+    let mut canned = Canned::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "kagami: too many requests at once, try again",
+    );
+    canned
+        .headers
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    (
+        canned.response(method),
+        CacheStatus::new(Phase::Error).detail("overloaded"),
+    )
+}
