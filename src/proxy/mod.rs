@@ -32,7 +32,7 @@ use http::{request, HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::task::AbortHandle;
 
-use crate::cache::coalesce::{Coalescer, Role, Wait};
+use crate::cache::coalesce::{Coalescer, Leader, Role, Wait};
 use crate::cache::control::parse_cache_control;
 use crate::cache::key::primary_key;
 use crate::cache::policy::{serve_while_revalidating, stale_on_error, Grace};
@@ -40,7 +40,7 @@ use crate::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings
 use crate::config::{Config, SiteConfig};
 use crate::limit::{client_ip, limit_key, Limiter, TrustedProxies};
 use crate::metrics::Stats;
-use crate::origin::Origin;
+use crate::origin::{Origin, Slot};
 use crate::routing::Router;
 use body::Body;
 pub use drain::shutting_down;
@@ -459,31 +459,33 @@ impl Proxy {
         let Some(permit) = self.sites[req.site].origin.try_slot(Some(req.ip)) else {
             return;
         };
-        let proxy = self.clone();
-        let mut parts = head_copy(&req.parts);
-        parts.method = Method::GET;
-        let req = Req {
-            site: req.site,
-            parts,
-            sent: req.sent.clone(),
-            client: req.client,
-            host: req.host.clone(),
-            ip: req.ip,
-        };
-        tokio::spawn(async move {
-            let (response, _) = proxy
-                .fetch(
-                    &req,
-                    key,
-                    Some(stale),
-                    Phase::Revalidated,
-                    Some(leader),
-                    Some(permit),
-                )
-                .await;
-            // The body task keeps storing without a reader.
-            drop(response);
-        });
+        tokio::spawn(
+            self.clone()
+                .refresh(req.copy_as(Method::GET), key, stale, leader, permit),
+        );
+    }
+
+    /// Revalidates `key` for nobody in particular (stale-while-revalidate, `origin_patience`):
+    /// the body task keeps storing without a reader, and errors never touch the stored copy.
+    async fn refresh(
+        self: Arc<Self>,
+        req: Req,
+        key: String,
+        stale: Arc<Entry>,
+        leader: Leader<Outcome>,
+        permit: Slot,
+    ) {
+        let (response, _) = self
+            .fetch(
+                &req,
+                key,
+                Some(stale),
+                Phase::Revalidated,
+                Some(leader),
+                Some(permit),
+            )
+            .await;
+        drop(response);
     }
 
     /// 429 with Retry-After and the configured page.
@@ -508,6 +510,23 @@ impl Proxy {
             canned.response(method),
             CacheStatus::new(Phase::Limited).detail("rate-limited"),
         )
+    }
+}
+
+impl Req {
+    /// An owned copy as `method`, for work that outlives this request (a background refresh
+    /// is a GET).
+    fn copy_as(&self, method: Method) -> Req {
+        let mut parts = head_copy(&self.parts);
+        parts.method = method;
+        Req {
+            site: self.site,
+            parts,
+            sent: self.sent.clone(),
+            client: self.client,
+            host: self.host.clone(),
+            ip: self.ip,
+        }
     }
 }
 

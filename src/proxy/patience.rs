@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use http::Method;
 
 use super::respond::from_entry;
-use super::{check, head_copy, request_sie, Proxy, Req, Served};
+use super::{check, request_sie, Proxy, Req, Served};
 use crate::cache::policy::stale_on_error;
 use crate::cache::{CacheStatus, Entry, Phase};
 
@@ -56,7 +56,7 @@ impl Proxy {
         }
         // The fetch runs in its own task so that it outlives this visitor's patience.
         let proxy = self.clone();
-        let background = owned(&req, req.parts.method.clone());
+        let background = req.copy_as(req.parts.method.clone());
         let fetch =
             tokio::spawn(async move { proxy.fetch_coalesced(background, key, stale, phase).await });
         match tokio::time::timeout(patience, fetch).await {
@@ -94,39 +94,14 @@ impl Proxy {
             return;
         };
         let proxy = self.clone();
-        let req = owned(req, Method::GET);
+        let req = req.copy_as(Method::GET);
         tokio::spawn(async move {
             let site = &proxy.sites[req.site];
             // No slot in time: the leader is dropped, and the next visitor may try again.
             let Ok(permit) = site.origin.slot(Some(req.ip)).await else {
                 return;
             };
-            let (response, _) = proxy
-                .fetch(
-                    &req,
-                    key,
-                    Some(stale),
-                    Phase::Revalidated,
-                    Some(leader),
-                    Some(permit),
-                )
-                .await;
-            // The body task keeps storing without a reader.
-            drop(response);
+            proxy.refresh(req, key, stale, leader, permit).await;
         });
-    }
-}
-
-/// An owned copy of a request for work that outlives it.
-fn owned(req: &Req, method: Method) -> Req {
-    let mut parts = head_copy(&req.parts);
-    parts.method = method;
-    Req {
-        site: req.site,
-        parts,
-        sent: req.sent.clone(),
-        client: req.client,
-        host: req.host.clone(),
-        ip: req.ip,
     }
 }
