@@ -3,13 +3,14 @@
 //! past it fills are relayed without being stored.
 mod common;
 
+use common::raw::silent_reader;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Kagami, Origin, Route};
 use kagami::config::{Config, SiteConfig};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const MIB: u64 = 1 << 20;
 
@@ -24,19 +25,6 @@ fn rss() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-/// A connection that sends `request` and then never reads; its receive buffer is kept small so
-/// the kernel does not quietly absorb the body for it.
-async fn silent_reader(addr: std::net::SocketAddr, request: String) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
-        .await
-        .expect("connected in time")
-        .expect("connected");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream
 }
 
 fn payload(len: usize) -> Bytes {

@@ -3,6 +3,8 @@
 //! site's `read_timeout`) is abandoned, its body ending in an error rather than a clean end.
 mod common;
 
+use common::raw::silent_reader;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,23 +12,8 @@ use common::raw::wait_for_close;
 use common::{Kagami, Origin, Route};
 use futures_util::future::join_all;
 use kagami::config::{Config, SiteConfig};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
 
 const BIG: usize = 64 << 20;
-
-/// Sends `request` and never reads; a small receive buffer keeps the kernel from absorbing the
-/// body on the client's behalf.
-async fn silent_reader(addr: std::net::SocketAddr, request: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
-        .await
-        .expect("connected in time")
-        .expect("connected");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream
-}
 
 async fn setup(adjust: impl FnOnce(&mut Config)) -> (Origin, Kagami) {
     let origin = Origin::start().await;

@@ -20,6 +20,24 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
         .expect("connected")
 }
 
+/// Connects, sends `request` and never reads; a small receive buffer keeps the kernel from
+/// absorbing the body on the client's behalf (a slow or stalled reader).
+pub async fn silent_reader(addr: SocketAddr, request: impl AsRef<[u8]>) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut stream = tokio::time::timeout(WITHIN, socket.connect(addr))
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    stream
+        .write_all(request.as_ref())
+        .await
+        .expect("request written");
+    stream
+}
+
 /// Reads until the server closes the connection (EOF or reset) and returns when that happened
 /// (measured from `since`) and what was read. Panics if the connection is still open at `limit`
 /// after `since`.
