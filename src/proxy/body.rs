@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Frame, SizeHint};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::budget::{Budget, Charge, Owner};
 
@@ -113,6 +113,9 @@ pub struct Held {
     budget: Arc<Budget>,
     owner: Owner,
     charge: Option<Charge>,
+    /// Tells the watchdog the body is done, so that it ends now, not a `stall` later (a
+    /// popular download must not leave a sleeping task per answer behind).
+    done: Arc<Notify>,
 }
 
 struct HeldState {
@@ -143,7 +146,13 @@ impl Body {
                     bytes: Some(bytes),
                     progress: 0,
                 }));
-                tokio::spawn(watch_held(Arc::downgrade(&state), budget.clone(), stall));
+                let done = Arc::new(Notify::new());
+                tokio::spawn(watch_held(
+                    Arc::downgrade(&state),
+                    done.clone(),
+                    budget.clone(),
+                    stall,
+                ));
                 Body::Held(Held {
                     state,
                     len,
@@ -151,6 +160,7 @@ impl Body {
                     budget: budget.clone(),
                     owner,
                     charge: None,
+                    done,
                 })
             }
             other => other,
@@ -160,10 +170,18 @@ impl Body {
 
 /// Lets go of a held buffer whose client took nothing for a whole `stall` while the buffer was
 /// the body's alone. Ends when the body is done or dropped.
-async fn watch_held(state: Weak<Mutex<HeldState>>, budget: Arc<Budget>, stall: Duration) {
+async fn watch_held(
+    state: Weak<Mutex<HeldState>>,
+    done: Arc<Notify>,
+    budget: Arc<Budget>,
+    stall: Duration,
+) {
     let mut seen = u64::MAX;
     loop {
-        tokio::time::sleep(stall).await;
+        tokio::select! {
+            _ = tokio::time::sleep(stall) => {}
+            _ = done.notified() => return,
+        }
         let Some(state) = state.upgrade() else { return };
         let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(bytes) = &state.bytes else { return };
@@ -215,6 +233,8 @@ impl Drop for Held {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .bytes = None;
+        // A permit is kept if the watchdog is not waiting yet, so it cannot miss this.
+        self.done.notify_one();
     }
 }
 
@@ -284,6 +304,12 @@ mod tests {
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(got, stored);
         assert_eq!(budget.used(), 0, "nothing charged while the store holds it");
+        // The watchdog ends with the body, not a minute later.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let metrics = tokio::runtime::Handle::current().metrics();
+        assert_eq!(metrics.num_alive_tasks(), 0, "no watchdog left sleeping");
         let small = Body::full(Bytes::from(vec![1u8; 10])).guarded(&budget, owner, Duration::ZERO);
         assert!(matches!(small, Body::Full(_)));
     }
