@@ -9,11 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::raw::read_to_close;
+use common::raw::{read_to_close, silent_reader};
 use common::{Kagami, Origin, Route};
 use kagami::config::{Config, SiteConfig};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpSocket;
 
 const KIB: usize = 1024;
 
@@ -23,7 +21,7 @@ async fn a_stalled_reader_of_a_replaced_entry_is_cut_off_past_its_share() {
     let first = Bytes::from(vec![b'a'; 24 * 1024 * KIB]);
     origin.route(
         "/big.pdf",
-        Route::ok(first.clone()).header("cache-control", "max-age=1"),
+        Route::ok(first.clone()).header("cache-control", "max-age=600"),
     );
     let mut site = SiteConfig::new("test", &["127.0.0.1"], &origin.url()).unwrap();
     site.limit_hits = None;
@@ -39,25 +37,33 @@ async fn a_stalled_reader_of_a_replaced_entry_is_cut_off_past_its_share() {
     let warm = kagami.get("/big.pdf").await;
     assert_eq!(warm.body.len(), first.len());
     // The fill is stored once the origin's body is all in, a moment after the client had it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while kagami.running.proxy.store.entry_count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A hit, read by a client that takes almost nothing.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(kagami.addr).await.unwrap();
     let request = format!(
         "GET /big.pdf HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         kagami.addr
     );
-    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut stalled = silent_reader(kagami.addr, request).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // The page changes and is fetched again: the old buffer is now the stalled answer's alone.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The page changes (a POST marks the copy stale) and is fetched again: the old buffer is now
+    // the stalled answer's alone.
     origin.route(
         "/big.pdf",
         Route::ok(Bytes::from(vec![b'b'; 24 * 1024 * KIB])).header("cache-control", "max-age=60"),
     );
+    let posted = kagami
+        .send(kagami.client.post(kagami.url("/big.pdf")).body("edit"))
+        .await;
+    assert_eq!(posted.status, 200);
     let fresh = kagami.get("/big.pdf").await;
     assert_eq!(fresh.body[0], b'b', "{}", fresh.cache_status());
 
