@@ -207,3 +207,35 @@ async fn metrics_move_as_requests_are_made() {
     assert_eq!(value(&after, "kagami_cache_entries"), 1);
     assert!(value(&after, "kagami_cache_bytes") > 0);
 }
+
+#[tokio::test]
+async fn readyz_answers_503_while_draining() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/slow",
+        Route::ok("slow").delay(Duration::from_millis(1500)),
+    );
+    let (kagami, base) = start(&origin, Some(TOKEN)).await;
+    let client = kagami.client.clone();
+    let url = kagami.url("/slow");
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Kagami {
+        running, client, ..
+    } = kagami;
+    let draining = tokio::spawn(running.shutdown(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get(format!("{base}/readyz")).send(),
+    )
+    .await
+    .expect("in time")
+    .expect("admin still answers while draining");
+    assert_eq!(response.status().as_u16(), 503);
+    let _ = in_flight.await;
+    tokio::time::timeout(Duration::from_secs(10), draining)
+        .await
+        .expect("shutdown in time")
+        .expect("shutdown task");
+}
