@@ -34,6 +34,7 @@ async fn purge(kagami: &Kagami, base: &str, body: &str, token: Option<&str>) -> 
     let mut request = kagami
         .client
         .post(format!("{base}/purge"))
+        .header("content-type", "application/json")
         .body(body.to_string());
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -74,6 +75,12 @@ async fn a_purge_without_the_token_does_nothing() {
     let body = r#"{"url": "http://127.0.0.1/p", "soft": false}"#;
     assert_eq!(purge(&kagami, &base, body, None).await.0, 401);
     assert_eq!(purge(&kagami, &base, body, Some("wrong")).await.0, 401);
+    // A form-like (cross-site "simple") POST is refused even with the token.
+    let simple = (kagami.client.post(format!("{base}/purge")))
+        .header("content-type", "text/plain")
+        .bearer_auth(TOKEN)
+        .body(body);
+    assert_eq!(admin(&kagami, simple).await.0, 415);
     origin.route("/p", Route::ok("v2").header("cache-control", "max-age=600"));
     assert_eq!(kagami.get("/p").await.text(), "v1");
     assert_eq!(origin.hits("/p"), 1);

@@ -122,6 +122,7 @@ impl Admin {
         }
         match &self.token {
             Some(token) if !auth::authorized(request.headers(), token) => {
+                tracing::warn!(%method, path, "admin request refused: no or wrong token");
                 let mut response = text(StatusCode::UNAUTHORIZED, "admin token required");
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -152,6 +153,18 @@ impl Admin {
     }
 
     async fn purge(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        // A JSON content type cannot be sent cross-site without a CORS preflight, so a page
+        // in an operator's browser cannot forge a purge (SECURITY-NOTES §6).
+        let is_json = (request.headers().get(header::CONTENT_TYPE))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the purge as Content-Type: application/json",
+            );
+        }
         let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable or too large body"),
@@ -182,10 +195,13 @@ impl Admin {
                     serde_json::json!({ "url": purge.url, "soft": soft, "purged": purged }),
                 )
             }
-            Err(error) => json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": error }),
-            ),
+            Err(error) => {
+                tracing::warn!(url = %purge.url, %error, "purge refused");
+                json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": error }),
+                )
+            }
         }
     }
 }
