@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use super::raw::RawAdmin;
 use super::Problems;
@@ -44,7 +45,8 @@ impl fmt::Debug for AdminConfig {
     }
 }
 
-pub(super) fn validate(raw: Option<RawAdmin>, problems: &mut Problems) -> AdminConfig {
+/// `base`: the config file's folder, against which a relative `token_file` is read.
+pub(super) fn validate(raw: Option<RawAdmin>, base: &Path, problems: &mut Problems) -> AdminConfig {
     let raw = raw.unwrap_or_default();
     let configured = raw.listen.is_some();
     let text = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
@@ -61,7 +63,7 @@ pub(super) fn validate(raw: Option<RawAdmin>, problems: &mut Problems) -> AdminC
             None
         }
         (Some(token), None) => Some(token),
-        (None, Some(file)) => match std::fs::read_to_string(&file) {
+        (None, Some(file)) => match std::fs::read_to_string(base.join(&file)) {
             Ok(text) => Some(text.trim().to_string()),
             Err(err) => {
                 problems.add("admin.token_file", format!("cannot read {file:?}: {err}"));
@@ -129,5 +131,19 @@ mod tests {
         );
         let err = parse("[admin]\ntoken_file = \"/nonexistent/kagami-token\"").expect_err("bad");
         assert!(err.to_string().contains("admin.token_file"), "{err}");
+    }
+
+    #[test]
+    fn token_file_is_read_next_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("kagami-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        std::fs::write(dir.join("admin-token"), "from-file\n").expect("written");
+        let text = format!("[admin]\ntoken_file = \"admin-token\"\n{}", SITE);
+        let config = Config::parse(&text, &dir.join("kagami.toml")).expect("valid");
+        assert_eq!(
+            config.admin.expect("admin").token.as_deref(),
+            Some("from-file")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

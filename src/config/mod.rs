@@ -484,7 +484,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         config.cache.inflight_memory = Some(inflight);
     }
     config.log.access = raw.log.and_then(|l| l.access).unwrap_or(true);
-    config.admin = Some(admin::validate(raw.admin, &mut problems));
+    config.admin = Some(admin::validate(raw.admin, base, &mut problems));
 
     if raw.site.is_empty() {
         problems.add(
