@@ -246,3 +246,20 @@ async fn readyz_answers_503_while_draining() {
         .expect("shutdown in time")
         .expect("shutdown task");
 }
+
+#[tokio::test]
+async fn the_proxy_listener_does_not_serve_the_admin_api() {
+    let origin = Origin::start().await;
+    origin.route("/p", Route::ok("v1").header("cache-control", "max-age=600"));
+    let (kagami, _base) = start(&origin, Some(TOKEN)).await;
+    kagami.get("/p").await;
+    // Sent to the public port, /purge is just a path relayed to the origin.
+    let request = (kagami.client.post(kagami.url("/purge")))
+        .header("content-type", "application/json")
+        .bearer_auth(TOKEN)
+        .body(r#"{"url": "http://127.0.0.1/p", "soft": false}"#);
+    kagami.send(request).await;
+    assert_eq!(origin.hits("/purge"), 1);
+    origin.route("/p", Route::ok("v2").header("cache-control", "max-age=600"));
+    assert_eq!(kagami.get("/p").await.text(), "v1");
+}
