@@ -213,6 +213,10 @@ async fn metrics_move_as_requests_are_made() {
     assert_eq!(value(&after, "kagami_misses_total"), 1);
     assert_eq!(value(&after, "kagami_cache_entries"), 1);
     assert!(value(&after, "kagami_cache_bytes") > 0);
+    assert!(
+        after.contains("kagami_origin_adaptive_limit{site=\"test\"} "),
+        "{after}"
+    );
 }
 
 #[tokio::test]

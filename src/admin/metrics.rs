@@ -30,6 +30,22 @@ pub fn render(proxy: &Proxy) -> String {
         };
         metric(&mut out, &full, kind, help, value);
     }
+    let limits = proxy.stats.origin_limits.now();
+    if !limits.is_empty() {
+        let name = "kagami_origin_adaptive_limit";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Each site's adaptive origin concurrency limit now."
+        );
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (site, limit) in limits {
+            let site = site
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(out, "{name}{{site=\"{site}\"}} {limit}");
+        }
+    }
     let (entries, bytes) = proxy.store_usage();
     metric(
         &mut out,
