@@ -3,6 +3,7 @@
 //! Follow a request from `server` (listeners) to `routing` (Host -> site) to `proxy` (the
 //! request path), which uses `cache` (rules, store, coalescing) and `origin` (fetching).
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;

@@ -21,6 +21,11 @@ macro_rules! stats {
         pub struct Snapshot { $(#[doc = $doc] pub $name: u64,)* }
 
         impl Stats {
+            /// `(name, description)` of every counter, for export.
+            pub fn docs() -> &'static [(&'static str, &'static str)] {
+                &[$((stringify!($name), $doc),)*]
+            }
+
             pub fn snapshot(&self) -> Snapshot {
                 Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
             }

@@ -124,10 +124,12 @@ impl MemoryStore {
     /// Marks every variant of a URI stale: it must be revalidated before it is served again,
     /// but stays for grace while the origin fails (RFC 9111 §4.4 invalidation that an
     /// anonymous POST cannot use to delete the outage copy).
-    pub fn mark_stale(&self, key: &str) {
+    /// Returns how many variants were marked.
+    pub fn mark_stale(&self, key: &str) -> usize {
         let Some(variants) = self.cache.get(key) else {
-            return;
+            return 0;
         };
+        let count = variants.entries.len();
         let now = SystemTime::now();
         let entries = variants
             .entries
@@ -136,6 +138,7 @@ impl MemoryStore {
             .collect();
         self.cache
             .insert(key.to_string(), Arc::new(Variants { entries }));
+        count
     }
 
     /// Removes one stored variant (the one `entry` was looked up as), keeping the others.
@@ -160,6 +163,11 @@ impl MemoryStore {
     /// Removes every variant of a URI (RFC 9111 §4.4 invalidation, purge).
     pub fn invalidate(&self, key: &str) {
         self.cache.invalidate(key);
+    }
+
+    /// Removes every variant of a URI; returns how many there were.
+    pub fn remove(&self, key: &str) -> usize {
+        self.cache.remove(key).map_or(0, |v| v.entries.len())
     }
 
     /// What the store counts as held, in bytes (the weigher's sum).

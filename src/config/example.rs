@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::hints::{DURATION_KEYS, RATE_KEYS, SIZE_KEYS};
-use super::raw::{RawCache, RawConfig, RawLimits, RawLog, RawServer, RawSite};
+use super::raw::{RawAdmin, RawCache, RawConfig, RawLimits, RawLog, RawServer, RawSite};
 use super::{Config, SiteConfig};
 
 /// The field names serde's derive gives `deserialize_struct` (serde has no public way to list
@@ -73,7 +73,7 @@ fn the_field_lists_are_read_from_the_structs() {
     assert!(fields_of::<RawSite>().contains(&"default_ttl"));
     assert_eq!(
         fields_of::<RawConfig>(),
-        ["server", "cache", "log", "limits", "site"]
+        ["server", "cache", "log", "limits", "admin", "site"]
     );
 }
 
@@ -88,6 +88,7 @@ fn the_example_shows_every_key() {
         ("cache", fields_of::<RawCache>()),
         ("log", fields_of::<RawLog>()),
         ("limits", fields_of::<RawLimits>()),
+        ("admin", fields_of::<RawAdmin>()),
     ] {
         for key in fields {
             if !shown(&text, value.get(table), key) {
@@ -124,6 +125,8 @@ fn the_example_sets_the_defaults() {
         format!("{:?}", config.limits),
         format!("{:?}", defaults.limits)
     );
+    let admin = config.admin.as_ref().expect("an admin listener");
+    assert_eq!(admin.listen.to_string(), super::admin::DEFAULT_ADMIN_LISTEN);
     // The first site shows the site defaults; only its name, hosts and origin are its own.
     let first = &config.sites[0];
     let hosts: Vec<String> = first.hosts.iter().map(|h| h.to_string()).collect();

@@ -3,6 +3,7 @@
 //! Validation collects every problem with its key, so that `kagami check-config` can list them all
 //! at once: municipal staff fix a file in one pass instead of one error per run.
 
+mod admin;
 #[cfg(test)]
 mod example;
 mod hints;
@@ -11,6 +12,7 @@ mod site;
 mod tls;
 pub mod units;
 
+pub use admin::AdminConfig;
 pub use site::{CookiePolicy, OriginProtection, OriginTimeouts, SiteConfig};
 pub use tls::{SiteTls, ACME_CHALLENGE_PREFIX};
 
@@ -34,6 +36,9 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    /// The admin API's listener; `None` (the default of `Config::new`, which tests use) starts
+    /// none. A config file gets one on 127.0.0.1:9901 unless it says otherwise.
+    pub admin: Option<AdminConfig>,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -155,6 +160,7 @@ impl Config {
             },
             log: LogConfig { access: true },
             limits: LimitsConfig::default(),
+            admin: None,
             sites,
         }
     }
@@ -478,6 +484,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         config.cache.inflight_memory = Some(inflight);
     }
     config.log.access = raw.log.and_then(|l| l.access).unwrap_or(true);
+    config.admin = Some(admin::validate(raw.admin, base, &mut problems));
 
     if raw.site.is_empty() {
         problems.add(

@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub cache: Option<RawCache>,
     pub log: Option<RawLog>,
     pub limits: Option<RawLimits>,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub site: Vec<RawSite>,
 }
@@ -100,4 +101,12 @@ pub struct RawSite {
     pub https_redirect: Option<bool>,
     pub hsts: Option<String>,
     pub origin_ca: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
 }

@@ -16,6 +16,7 @@ pub mod forwarding;
 mod front;
 mod headers;
 mod patience;
+mod purge;
 pub mod respond;
 mod tls;
 mod whole;

@@ -93,7 +93,7 @@ pub(super) fn add_hsts(site: &SiteConfig, client: &Client, response: &mut Respon
 /// (`X-Forwarded-Proto`, `Forwarded`) and may answer differently (a redirect to https,
 /// absolute links), so an answer fetched over one scheme must never be served over the other.
 /// A suffix after a NUL cannot be mistaken for anything else: targets never contain a NUL.
-const HTTPS_KEY_SUFFIX: &str = "\u{0}https";
+pub(super) const HTTPS_KEY_SUFFIX: &str = "\u{0}https";
 
 impl Site {
     /// The cache key of a request that came in over `proto` (see `Site::key`).

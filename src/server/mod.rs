@@ -48,8 +48,11 @@ pub struct Running {
     /// Where HTTPS listeners get certificates; its table can be replaced while serving.
     pub certificates: Option<Arc<crate::tls::SniResolver>>,
     pub proxy: Arc<Proxy>,
+    /// The admin API's bound address, when it runs (`Config::admin`).
+    pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    admin: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -61,6 +64,10 @@ impl Running {
         let limit = grace + OVERDUE_ANSWER_TIME + Duration::from_millis(100);
         for task in self.tasks {
             let _ = tokio::time::timeout(limit, task).await;
+        }
+        // The admin API answers (`/readyz`: 503) until the drain is over.
+        if let Some(admin) = self.admin {
+            admin.abort();
         }
     }
 
@@ -117,14 +124,55 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             tls,
         )));
     }
+    let (admin, admin_addr) = match start_admin(config, &proxy, &addrs, &stopped).await {
+        Ok(Some((task, addr))) => (Some(task), Some(addr)),
+        Ok(None) => (None, None),
+        Err(err) => {
+            let _ = stop.send(true);
+            return Err(err);
+        }
+    };
     Ok(Running {
         addrs,
         tls_addrs,
         certificates,
         proxy,
+        admin_addr,
         stop,
         tasks,
+        admin,
     })
+}
+
+/// Binds and starts the admin API when the config has one.
+async fn start_admin(
+    config: &Config,
+    proxy: &Arc<Proxy>,
+    addrs: &[SocketAddr],
+    stopped: &watch::Receiver<bool>,
+) -> Result<Option<(JoinHandle<()>, SocketAddr)>, ServerError> {
+    let Some(admin) = &config.admin else {
+        return Ok(None);
+    };
+    let bound = crate::admin::bind(admin)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: admin.listen,
+            source,
+        })?;
+    let Some((listener, local)) = bound else {
+        return Ok(None);
+    };
+    let state = Arc::new(crate::admin::Admin {
+        proxy: proxy.clone(),
+        token: admin.token.clone(),
+        listener_ports: addrs.iter().map(SocketAddr::port).collect(),
+        draining: stopped.clone(),
+    });
+    Ok(Some((
+        tokio::spawn(crate::admin::serve(listener, state)),
+        local,
+    )))
 }
 
 /// After the drain time, how long overdue requests get to receive their 503.

@@ -1,0 +1,207 @@
+//! The admin API, on its own listener (`[admin]`): `/healthz` and `/readyz` for everyone,
+//! `/metrics` (Prometheus text) and `POST /purge` behind the bearer token. Without a token
+//! (allowed on loopback only) `/metrics` is open and the actions answer 403.
+
+mod auth;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::AdminConfig;
+use crate::proxy::Proxy;
+
+pub use auth::constant_time_eq;
+
+/// Largest admin request body (purge requests are a few hundred bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the admin endpoints see of the running Kagami.
+pub struct Admin {
+    pub proxy: Arc<Proxy>,
+    pub token: Option<String>,
+    /// The proxy's bound listener ports (a Host naming one of them is keyed without it).
+    pub listener_ports: Vec<u16>,
+    /// `true` once shutdown (draining) has begun: `/readyz` answers 503.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// Serves the admin API on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::warn!(error = %err, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let admin = admin.clone();
+                async move { Ok::<_, std::convert::Infallible>(admin.handle(request).await) }
+            });
+            // One request per connection, and a bounded head: nothing lingers.
+            let result = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Binds the admin listener. A default (unconfigured) address that is taken is skipped with a
+/// warning, so that several Kagamis can share a machine; `Ok(None)` then.
+pub async fn bind(config: &AdminConfig) -> std::io::Result<Option<(TcpListener, SocketAddr)>> {
+    match TcpListener::bind(config.listen).await {
+        Ok(listener) => {
+            let local = listener.local_addr()?;
+            tracing::info!(%local, token = config.token.is_some(), "admin API listening");
+            Ok(Some((listener, local)))
+        }
+        Err(err) if !config.configured => {
+            tracing::warn!(addr = %config.listen, error = %err, "admin API not started");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_str(content_type).expect("a valid content type"),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    answer(status, "text/plain; charset=utf-8", format!("{body}\n"))
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    answer(status, "application/json", format!("{value}\n"))
+}
+
+impl Admin {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        match path.as_str() {
+            "/healthz" => return text(StatusCode::OK, "ok"),
+            "/readyz" => {
+                return match *self.draining.borrow() {
+                    true => text(StatusCode::SERVICE_UNAVAILABLE, "draining"),
+                    false => text(StatusCode::OK, "ready"),
+                }
+            }
+            _ => {}
+        }
+        match &self.token {
+            Some(token) if !auth::authorized(request.headers(), token) => {
+                tracing::warn!(%method, path, "admin request refused: no or wrong token");
+                let mut response = text(StatusCode::UNAUTHORIZED, "admin token required");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"kagami-admin\""),
+                );
+                return response;
+            }
+            Some(_) => {}
+            None if path == "/metrics" => {}
+            None => {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "no admin token is configured: set admin.token, admin.token_file or \
+                     KAGAMI_ADMIN_TOKEN",
+                )
+            }
+        }
+        match (method, path.as_str()) {
+            (Method::GET, "/metrics") => answer(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(&self.proxy),
+            ),
+            (Method::POST, "/purge") => self.purge(request).await,
+            (_, "/metrics" | "/purge") => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method"),
+            _ => text(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+
+    async fn purge(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        // A JSON content type cannot be sent cross-site without a CORS preflight, so a page
+        // in an operator's browser cannot forge a purge (SECURITY-NOTES §6).
+        let is_json = (request.headers().get(header::CONTENT_TYPE))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the purge as Content-Type: application/json",
+            );
+        }
+        let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable or too large body"),
+        };
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Purge {
+            url: String,
+            soft: Option<bool>,
+        }
+        let purge: Purge = match serde_json::from_slice(&body) {
+            Ok(purge) => purge,
+            Err(err) => {
+                let error =
+                    format!("expected {{\"url\": \"http://host/path\", \"soft\": true}}: {err}");
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": error }),
+                );
+            }
+        };
+        let soft = purge.soft.unwrap_or(true);
+        match self.proxy.purge_url(&purge.url, soft, &self.listener_ports) {
+            Ok(purged) => {
+                tracing::info!(url = %purge.url, soft, purged, "purged");
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({ "url": purge.url, "soft": soft, "purged": purged }),
+                )
+            }
+            Err(error) => {
+                tracing::warn!(url = %purge.url, %error, "purge refused");
+                json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": error }),
+                )
+            }
+        }
+    }
+}
