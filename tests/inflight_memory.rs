@@ -3,7 +3,7 @@
 //! past it fills are relayed without being stored.
 mod common;
 
-use common::raw::silent_reader;
+use common::raw::{read_one_response_bytes, silent_reader};
 
 use std::time::{Duration, Instant};
 
@@ -156,30 +156,8 @@ async fn one_client_with_many_silent_connections_holds_at_most_its_share() {
 
 /// Reads one response with a Content-Length body, slowly at first; returns the body.
 async fn read_body(stream: &mut TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .expect("a content-length");
-            if got.len() >= end + 4 + length {
-                return got[end + 4..end + 4 + length].to_vec();
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, stream.read(&mut buf))
-            .await
-            .expect("the whole body in time")
-            .expect("read");
-        assert!(n > 0, "closed after {} bytes", got.len());
-        got.extend_from_slice(&buf[..n]);
-    }
+    let (raw, body) = read_one_response_bytes(stream, Duration::from_secs(20)).await;
+    raw[body].to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,8 +83,18 @@ pub async fn exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> String {
 /// Reads one response with a Content-Length body off a keep-alive connection, all of it
 /// within `within`; returns it as text.
 pub async fn read_one_response(stream: &mut TcpStream, within: Duration) -> String {
+    let (raw, _) = read_one_response_bytes(stream, within).await;
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Reads one response with a Content-Length body, all of it within `within`; returns every byte
+/// read so far and where the body lies in it.
+pub async fn read_one_response_bytes(
+    stream: &mut TcpStream,
+    within: Duration,
+) -> (Vec<u8>, std::ops::Range<usize>) {
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + within;
     loop {
         if let Some(end) = header_end(&got) {
@@ -95,7 +105,7 @@ pub async fn read_one_response(stream: &mut TcpStream, within: Duration) -> Stri
                 .map(|v| v.trim().parse().unwrap())
                 .expect("a content-length");
             if got.len() >= end + 4 + length {
-                return String::from_utf8_lossy(&got).into_owned();
+                return (got, end + 4..end + 4 + length);
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -105,8 +115,9 @@ pub async fn read_one_response(stream: &mut TcpStream, within: Duration) -> Stri
             .expect("read");
         assert!(
             n > 0,
-            "closed before a full response: {:?}",
-            String::from_utf8_lossy(&got)
+            "closed before a full response ({} bytes): {:?}",
+            got.len(),
+            String::from_utf8_lossy(&got[..got.len().min(400)])
         );
         got.extend_from_slice(&buf[..n]);
     }
