@@ -13,6 +13,14 @@ use kagami::config::{Config, SiteConfig};
 
 mod cli;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cli::startup::{init_logging, raise_open_files_limit, report, shutdown_signal};
 
 /// Where `run` and `check-config` look when no file is named.

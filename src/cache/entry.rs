@@ -11,10 +11,10 @@ use http::header::{
 use http::StatusCode;
 
 use super::control::response_directives;
+use super::fields::Fields;
 use super::footprint;
 use super::policy::{
-    corrected_initial_age, freshness_lifetime, http_date, stale_rules, vary_names, Heuristic,
-    StaleRules,
+    corrected_initial_age, freshness_lifetime, stale_rules, vary_names, Heuristic, StaleRules,
 };
 use super::share::{explicitly_shareable, has_credentials, shareable};
 use crate::config::{CookiePolicy, SiteConfig};
@@ -70,7 +70,7 @@ impl StoreSettings {
 pub struct Entry {
     pub status: StatusCode,
     /// Headers as they will be sent, without hop-by-hop fields and without `Age`.
-    pub headers: HeaderMap,
+    pub headers: Fields,
     pub body: Bytes,
     pub variant: Variant,
     pub response_time: SystemTime,
@@ -186,7 +186,7 @@ impl Entry {
             status,
             // Own copies: the values parsed by hyper are slices of the origin connection's read
             // buffer, and would keep all of it alive for as long as the entry is stored.
-            headers: footprint::compact_headers(&headers),
+            headers: Fields::copy_of(&headers),
             body,
             variant,
             response_time,
@@ -210,7 +210,7 @@ impl Entry {
         response_time: SystemTime,
         settings: &StoreSettings,
     ) -> Entry {
-        let mut headers = self.headers.clone();
+        let mut headers = self.headers.to_map(0, None);
         for name in not_modified.keys() {
             if KEEP_ON_UPDATE.contains(name) {
                 continue;
@@ -287,15 +287,16 @@ impl Entry {
     }
 
     pub fn etag(&self) -> Option<&str> {
-        self.headers.get(ETAG).and_then(|v| v.to_str().ok())
+        self.headers.get(&ETAG).and_then(|v| v.to_str().ok())
     }
 
     pub fn last_modified(&self) -> Option<SystemTime> {
-        http_date(&self.headers, LAST_MODIFIED)
+        let text = self.headers.get(&LAST_MODIFIED)?.to_str().ok()?;
+        httpdate::parse_http_date(text.trim()).ok()
     }
 
     pub fn has_validator(&self) -> bool {
-        self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED)
+        self.headers.contains_key(&ETAG) || self.headers.contains_key(&LAST_MODIFIED)
     }
 
     /// Does this variant answer a request with these headers (RFC 9111 §4.1)?
@@ -312,7 +313,7 @@ impl Entry {
     /// hold several times its budget.
     pub fn weight(&self) -> u32 {
         let bytes = footprint::arc_footprint::<Entry>()
-            + footprint::headers_footprint(&self.headers)
+            + self.headers.footprint()
             + footprint::body_footprint(&self.body)
             + footprint::strings_footprint(&self.variant);
         bytes.min(u32::MAX as usize) as u32
@@ -321,6 +322,12 @@ impl Entry {
 
 #[cfg(test)]
 mod tests {
+    /// The first value of `name` (which must be there).
+    fn field<'a>(fields: &'a Fields, name: &str) -> &'a HeaderValue {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        fields.get(&name).unwrap()
+    }
+
     use super::*;
 
     fn settings() -> StoreSettings {
@@ -366,7 +373,7 @@ mod tests {
         let later = now + Duration::from_secs(20);
         assert_eq!(e.ttl(later), -14);
         assert_eq!(e.staleness(later).as_secs(), 14);
-        assert!(!e.headers.contains_key(AGE));
+        assert!(!e.headers.contains_key(&AGE));
     }
 
     #[test]
@@ -413,8 +420,8 @@ mod tests {
         let now = SystemTime::now();
         let r = e.refreshed(&not_modified, &HeaderMap::new(), now, now, &settings());
         assert_eq!(r.body, e.body);
-        assert_eq!(r.headers["x-a"], "new");
-        assert_eq!(r.headers[CONTENT_LENGTH], "4");
+        assert_eq!(field(&r.headers, "x-a"), "new");
+        assert_eq!(field(&r.headers, "content-length"), "4");
         assert_eq!(r.etag(), Some("\"v1\""));
         assert!(r.is_fresh(now));
     }
@@ -489,21 +496,24 @@ mod tests {
             now,
             &settings(),
         );
-        for (name, value) in &stored.headers {
+        for (name, value) in stored.headers.iter() {
             assert!(
                 !inside(value, &read_buffer),
                 "{name} still points into the read buffer"
             );
         }
-        assert_eq!(stored.headers["etag"], "\"v1\"");
-        assert_eq!(stored.headers["content-type"], "text/html");
+        assert_eq!(field(&stored.headers, "etag"), "\"v1\"");
+        assert_eq!(field(&stored.headers, "content-type"), "text/html");
 
         // The same after a 304 merges its own (buffer-backed) fields.
         let mut not_modified = HeaderMap::new();
         not_modified.insert("cache-control", slice(0..10));
         let refreshed = stored.refreshed(&not_modified, &HeaderMap::new(), now, now, &settings());
-        assert!(!inside(&refreshed.headers["cache-control"], &read_buffer));
-        assert_eq!(refreshed.headers["cache-control"], "max-age=60");
+        assert!(!inside(
+            field(&refreshed.headers, "cache-control"),
+            &read_buffer
+        ));
+        assert_eq!(field(&refreshed.headers, "cache-control"), "max-age=60");
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn arc_footprint<T>() -> usize {
 }
 
 /// Whether `name` is one of `http`'s standard names (stored inline, no allocation).
-fn is_standard(name: &HeaderName) -> bool {
+pub(super) fn is_standard(name: &HeaderName) -> bool {
     // `http` offers no query for it; the names origins commonly send are checked, and any other
     // name is counted as allocated (over, never under).
     KNOWN.iter().any(|k| k == name)

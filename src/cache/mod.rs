@@ -7,6 +7,7 @@ pub mod coalesce;
 pub mod conditional;
 pub mod control;
 pub mod entry;
+pub mod fields;
 pub mod footprint;
 pub mod key;
 pub mod memory;

@@ -1,8 +1,6 @@
 //! The cache phase of a response: one value that becomes the `Cache-Status` member (RFC 9211),
 //! the access-log label and, later, the metric label.
 
-use std::fmt::Write;
-
 /// How a response was produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -103,18 +101,24 @@ impl CacheStatus {
 
     /// The list member, e.g. `kagami; fwd=uri-miss; fwd-status=200; stored`.
     pub fn member(&self) -> String {
-        let mut out = String::from("kagami");
+        // Built on every answer: sized once, numbers written without the formatting machinery.
+        let mut out = String::with_capacity(64);
+        let mut number = itoa::Buffer::new();
+        out.push_str("kagami");
         if matches!(self.phase, Phase::Hit | Phase::StaleHit) {
             out.push_str("; hit");
         }
         if let Some(fwd) = self.fwd {
-            let _ = write!(out, "; fwd={fwd}");
+            out.push_str("; fwd=");
+            out.push_str(fwd);
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(out, "; fwd-status={status}");
+            out.push_str("; fwd-status=");
+            out.push_str(number.format(status));
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(out, "; ttl={ttl}");
+            out.push_str("; ttl=");
+            out.push_str(number.format(ttl));
         }
         if self.stored {
             out.push_str("; stored");
@@ -123,9 +127,16 @@ impl CacheStatus {
             out.push_str("; collapsed");
         }
         if let Some(detail) = self.detail {
-            let _ = write!(out, "; detail=\"{detail}\"");
+            out.push_str("; detail=\"");
+            out.push_str(detail);
+            out.push('"');
         }
         out
+    }
+
+    /// `member` as a header value, without copying it again.
+    pub fn header_value(&self) -> Option<http::HeaderValue> {
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(self.member())).ok()
     }
 }
 

@@ -68,15 +68,15 @@ impl Proxy {
             }
         };
 
-        let mut headers = req.sent.clone();
+        let mut headers = self.sent(req).clone();
         // Only a shared copy may be revalidated for this visitor: a 304 would hand them a copy
         // that may be another visitor's page (one fetched with their cookie).
         let base = stale.as_ref().filter(|entry| entry.shared);
         if let Some(entry) = base {
-            if let Some(etag) = entry.headers.get(http::header::ETAG) {
+            if let Some(etag) = entry.headers.get(&http::header::ETAG) {
                 headers.insert(IF_NONE_MATCH, etag.clone());
             }
-            if let Some(modified) = entry.headers.get(LAST_MODIFIED) {
+            if let Some(modified) = entry.headers.get(&LAST_MODIFIED) {
                 headers.insert(IF_MODIFIED_SINCE, modified.clone());
             }
         }
@@ -150,12 +150,13 @@ impl Proxy {
                     .ttl(refreshed.ttl(now));
                 // The merged headers decide: a 304 that makes the copy private, no-store,
                 // Vary: * ... removes it, and this visitor's answer is theirs alone.
+                let merged = refreshed.headers.to_map(0, None);
                 match storable(
                     &Method::GET,
                     &req.parts.headers,
                     refreshed.status,
-                    &refreshed.headers,
-                    &response_directives(&refreshed.headers),
+                    &merged,
+                    &response_directives(&merged),
                     site.settings.cookies,
                 ) {
                     Ok(()) => {
@@ -239,7 +240,7 @@ impl Proxy {
                     status,
                     headers: response_headers.clone(),
                     // Kept for as long as the fill runs: not the client's read buffer.
-                    request_headers: crate::cache::footprint::compact_headers(&req.sent),
+                    request_headers: crate::cache::footprint::compact_headers(self.sent(req)),
                     request_time,
                     response_time,
                     settings: site.settings,

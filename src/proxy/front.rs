@@ -15,6 +15,10 @@ use hyper::body::Incoming;
 use super::body::Body;
 use super::respond::{self, Canned};
 use super::{budget, headers, tls, Client, Proxy, Served};
+
+/// The Cache-Status field (RFC 9211), named once: a name made from a string is parsed again
+/// on every use.
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 use crate::cache::{CacheStatus, Phase};
 use crate::limit::{client_ip, limit_key};
 use crate::routing::{target, Authority};
@@ -66,8 +70,8 @@ impl Proxy {
         // entry is evicted (see `body::Held`).
         let mut response = response.map(|body| body.guarded(&self.budget, owner, self.held_stall));
         let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&status.member()) {
-            headers.append("cache-status", v);
+        if let Some(v) = status.header_value() {
+            headers.append(CACHE_STATUS, v);
         }
         headers::append_via(headers);
         if let Some((started, path)) = logged {

@@ -23,7 +23,7 @@ mod whole;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::header::{
@@ -102,10 +102,11 @@ pub struct Client {
 struct Req {
     site: usize,
     parts: request::Parts,
-    /// The header fields a fill sends the origin (see `Proxy::origin_headers`), computed once:
-    /// the Vary match on lookup, the stored variant and the origin request all use this map, so
-    /// a variant is keyed on exactly what the origin was sent.
-    sent: HeaderMap,
+    /// The header fields a fill sends the origin (see `Proxy::origin_headers`), computed once
+    /// when first needed (`Proxy::sent`): the Vary match on lookup, the stored variant and the
+    /// origin request all use this map, so a variant is keyed on exactly what the origin was
+    /// sent. A hit on a page without `Vary` never needs it.
+    sent: OnceLock<HeaderMap>,
     client: Client,
     host: String,
     /// The rate-limit key of the client.
@@ -219,12 +220,10 @@ impl Proxy {
                 if !request.headers().contains_key(AUTHORIZATION) && !unkeyed =>
             {
                 let (parts, _) = request.into_parts();
-                let sent =
-                    self.origin_headers(&self.sites[index], &parts.headers, client, &host, true);
                 let req = Req {
                     site: index,
                     parts,
-                    sent,
+                    sent: OnceLock::new(),
                     client,
                     host,
                     ip,
@@ -256,7 +255,7 @@ impl Proxy {
         let site = &self.sites[req.site];
         let key = site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
-        let (stale, phase) = match self.store.lookup(&key, &req.sent) {
+        let (stale, phase) = match self.store.lookup_with(&key, || self.sent(&req)) {
             Lookup::Found(entry) if entry.serves_fresh(now) => {
                 if let Err(wait) = check(&site.hits, req.ip) {
                     return self.too_many(wait, &req.parts.method);
@@ -328,7 +327,7 @@ impl Proxy {
                         leader.set_retry();
                     }
                     // Another leader may have stored the page between our lookup and now.
-                    if let Lookup::Found(entry) = self.store.lookup(&key, &req.sent) {
+                    if let Lookup::Found(entry) = self.store.lookup_with(&key, || self.sent(&req)) {
                         let now = SystemTime::now();
                         if entry.serves_fresh(now)
                             && stale.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &entry))
@@ -356,7 +355,7 @@ impl Proxy {
                         // Only a shareable copy goes to the waiters; another one may be the
                         // leader's visitor's own page, so each waiter fetches for itself.
                         Wait::Done(Outcome::Stored(entry))
-                            if entry.shared && entry.matches(&req.sent) =>
+                            if entry.shared && entry.matches(self.sent(&req)) =>
                         {
                             let now = SystemTime::now();
                             let status = CacheStatus::new(phase)
@@ -511,6 +510,16 @@ impl Proxy {
             canned.response(method),
             CacheStatus::new(Phase::Limited).detail("rate-limited"),
         )
+    }
+}
+
+impl Proxy {
+    /// The header fields a fill of `req` sends the origin, built on first use.
+    fn sent<'r>(&self, req: &'r Req) -> &'r HeaderMap {
+        req.sent.get_or_init(|| {
+            let site = &self.sites[req.site];
+            self.origin_headers(site, &req.parts.headers, req.client, &req.host, true)
+        })
     }
 }
 

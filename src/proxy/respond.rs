@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
-    CONTENT_TYPE, DATE, ETAG, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION,
+    CONTENT_RANGE, CONTENT_TYPE, DATE, ETAG, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, VARY,
 };
 use http::{request, Method, Response, StatusCode};
@@ -15,7 +15,7 @@ use super::body::Body;
 use crate::cache::conditional::{self, Precondition, RangeAnswer};
 use crate::cache::Entry;
 
-pub(super) const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
+pub(super) const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// A small complete response Kagami can hand to several clients (errors, shared origin errors).
 #[derive(Debug, Clone)]
@@ -60,11 +60,19 @@ pub fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Bod
     response
 }
 
+/// Fields every answer from the store gets besides the stored ones (Age, Cache-Status, Via,
+/// Strict-Transport-Security): room for them is made at once, so adding them never grows the map.
+const ANSWER_FIELDS: usize = 4;
+
 /// Answers a request from a stored entry, with a correct `Age` (RFC 9111 §5.1), client
 /// preconditions and single byte ranges.
 pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> Response<Body> {
     let age = HeaderValue::from(entry.age(now).as_secs());
     let head_only = request.method == Method::HEAD;
+    // CDN-Cache-Control is addressed to Kagami (RFC 9213): it is stored, not passed on.
+    let mut headers = entry
+        .headers
+        .to_map(ANSWER_FIELDS, Some(&CDN_CACHE_CONTROL));
 
     let conditional = [
         IF_MATCH,
@@ -75,9 +83,9 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
     .iter()
     .any(|name| request.headers.contains_key(name));
     if conditional && entry.status.is_success() {
-        match conditional::evaluate(&request.headers, &entry.headers) {
+        match conditional::evaluate(&request.headers, &headers) {
             Precondition::NotModified => {
-                let mut headers = HeaderMap::new();
+                let mut kept = HeaderMap::new();
                 for name in [
                     CACHE_CONTROL,
                     CONTENT_LOCATION,
@@ -87,12 +95,12 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
                     LAST_MODIFIED,
                     VARY,
                 ] {
-                    for value in entry.headers.get_all(&name) {
-                        headers.append(name.clone(), value.clone());
+                    for value in headers.get_all(&name) {
+                        kept.append(name.clone(), value.clone());
                     }
                 }
-                headers.insert(AGE, age);
-                return build(StatusCode::NOT_MODIFIED, headers, Body::empty());
+                kept.insert(AGE, age);
+                return build(StatusCode::NOT_MODIFIED, kept, Body::empty());
             }
             Precondition::Failed => {
                 let mut response =
@@ -105,13 +113,10 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
         }
     }
 
-    let mut headers = entry.headers.clone();
     headers.insert(AGE, age);
-    // CDN-Cache-Control is addressed to Kagami (RFC 9213); it is stored, not passed on.
-    headers.remove(CDN_CACHE_CONTROL);
     let length = entry.body.len() as u64;
     if entry.status == StatusCode::OK && request.headers.contains_key(RANGE) {
-        match conditional::range(&request.headers, &entry.headers, length) {
+        match conditional::range(&request.headers, &headers, length) {
             RangeAnswer::Full => {}
             RangeAnswer::Partial { start, end } => {
                 let part = entry.body.slice(start as usize..=end as usize);

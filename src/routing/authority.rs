@@ -123,20 +123,32 @@ fn parse_name(text: &str) -> Result<String, AuthorityError> {
     if name.len() > 253 {
         return Err(AuthorityError::BadHost);
     }
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if !name.split('.').all(label_ok) {
+    // One pass over the bytes (this runs for every request): labels of 1 to 63 allowed bytes.
+    let mut label = 0;
+    let mut last_label_digits = true;
+    for b in name.bytes() {
+        if b == b'.' {
+            if label == 0 {
+                return Err(AuthorityError::BadHost);
+            }
+            label = 0;
+            last_label_digits = true;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            last_label_digits &= b.is_ascii_digit();
+            if label > 63 {
+                return Err(AuthorityError::BadHost);
+            }
+        } else {
+            return Err(AuthorityError::BadHost);
+        }
+    }
+    if label == 0 {
         return Err(AuthorityError::BadHost);
     }
     // A name whose last label is all digits can only be an IPv4 address (no top-level domain
     // is numeric); it must then be one in its plain dotted form (no `127.1`, no `0177.0.0.1`).
-    let last = name.rsplit('.').next().unwrap_or(name);
-    if last.bytes().all(|b| b.is_ascii_digit()) {
+    if last_label_digits {
         let ip: Ipv4Addr = name.parse().map_err(|_| AuthorityError::BadHost)?;
         return Ok(ip.to_string());
     }

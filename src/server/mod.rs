@@ -178,16 +178,23 @@ async fn start_admin(
 /// After the drain time, how long overdue requests get to receive their 503.
 const OVERDUE_ANSWER_TIME: Duration = Duration::from_secs(1);
 
+/// hyper's HTTP/1 header count limit when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let header_size = server.max_header_size as usize;
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         // A head larger than the read buffer is refused with 431.
-        .max_buf_size(header_size)
-        .max_headers(server.max_headers);
+        .max_buf_size(header_size);
+    // hyper's own limit is 100 headers, kept in an uninitialised array; naming any limit,
+    // even 100, makes it fill a vector of that size for every request instead.
+    if server.max_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(server.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
