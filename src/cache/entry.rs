@@ -287,11 +287,11 @@ impl Entry {
     }
 
     pub fn etag(&self) -> Option<&str> {
-        self.headers.get(&ETAG).and_then(|v| v.to_str().ok())
+        self.headers.get_str(&ETAG)
     }
 
     pub fn last_modified(&self) -> Option<SystemTime> {
-        let text = self.headers.get(&LAST_MODIFIED)?.to_str().ok()?;
+        let text = self.headers.get_str(&LAST_MODIFIED)?;
         httpdate::parse_http_date(text.trim()).ok()
     }
 
@@ -323,7 +323,7 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     /// The first value of `name` (which must be there).
-    fn field<'a>(fields: &'a Fields, name: &str) -> &'a HeaderValue {
+    fn field(fields: &Fields, name: &str) -> HeaderValue {
         let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
         fields.get(&name).unwrap()
     }
@@ -498,7 +498,7 @@ mod tests {
         );
         for (name, value) in stored.headers.iter() {
             assert!(
-                !inside(value, &read_buffer),
+                !inside(&value, &read_buffer),
                 "{name} still points into the read buffer"
             );
         }
@@ -510,7 +510,7 @@ mod tests {
         not_modified.insert("cache-control", slice(0..10));
         let refreshed = stored.refreshed(&not_modified, &HeaderMap::new(), now, now, &settings());
         assert!(!inside(
-            field(&refreshed.headers, "cache-control"),
+            &field(&refreshed.headers, "cache-control"),
             &read_buffer
         ));
         assert_eq!(field(&refreshed.headers, "cache-control"), "max-age=60");

@@ -74,10 +74,10 @@ impl Proxy {
         let base = stale.as_ref().filter(|entry| entry.shared);
         if let Some(entry) = base {
             if let Some(etag) = entry.headers.get(&http::header::ETAG) {
-                headers.insert(IF_NONE_MATCH, etag.clone());
+                headers.insert(IF_NONE_MATCH, etag);
             }
             if let Some(modified) = entry.headers.get(&LAST_MODIFIED) {
-                headers.insert(IF_MODIFIED_SINCE, modified.clone());
+                headers.insert(IF_MODIFIED_SINCE, modified);
             }
         }
         let request_time = SystemTime::now();
