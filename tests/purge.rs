@@ -100,6 +100,11 @@ async fn a_prefix_purge_stays_under_its_prefix_host_and_site() {
         "v1 /news/a"
     );
 
+    // Named with the listener's port, as a browser sends the Host, it is the same page.
+    let port = kagami.addr.port();
+    let body = format!(r#"{{"prefix": "http://iwate.test:{port}/oth", "soft": false}}"#);
+    assert_eq!(purged(&kagami, &base, &body).await, 1);
+
     // A prefix on a host no site serves is refused.
     let (status, _) = purge(
         &kagami,
