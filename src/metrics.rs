@@ -1,6 +1,8 @@
 //! Counters for everything the request path decides, in one place: the admin API and the
 //! Prometheus exporter (planned) read a `Snapshot`; benches print it.
 
+pub mod window;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 

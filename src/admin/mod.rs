@@ -1,9 +1,12 @@
-//! The admin API, on its own listener (`[admin]`): `/healthz` and `/readyz` for everyone,
-//! `/metrics` (Prometheus text) and `POST /purge` behind the bearer token. Without a token
-//! (allowed on loopback only) `/metrics` is open and the actions answer 403.
+//! The admin API, on its own listener (`[admin]`): `/healthz`, `/readyz` and the dashboard
+//! page `/` for everyone, `/metrics` (Prometheus text), `/status` (JSON) and `POST /purge`
+//! behind the bearer token. Without a token (allowed on loopback only) `/metrics` and
+//! `/status` are open and the actions answer 403.
 
 mod auth;
+mod dashboard;
 mod metrics;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::AdminConfig;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Purge};
 
 pub use auth::constant_time_eq;
 
@@ -118,6 +121,8 @@ impl Admin {
                     false => text(StatusCode::OK, "ready"),
                 }
             }
+            // The page holds no data: it asks for the token and then fetches `/status`.
+            "/" if method == Method::GET || method == Method::HEAD => return dashboard::page(),
             _ => {}
         }
         match &self.token {
@@ -131,7 +136,8 @@ impl Admin {
                 return response;
             }
             Some(_) => {}
-            None if path == "/metrics" => {}
+            // Read-only views are open on a loopback listener without a token.
+            None if path == "/metrics" || path == "/status" => {}
             None => {
                 return text(
                     StatusCode::FORBIDDEN,
@@ -146,8 +152,11 @@ impl Admin {
                 "text/plain; version=0.0.4; charset=utf-8",
                 metrics::render(&self.proxy),
             ),
+            (Method::GET, "/status") => self.status().await,
             (Method::POST, "/purge") => self.purge(request).await,
-            (_, "/metrics" | "/purge") => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method"),
+            (_, "/" | "/metrics" | "/status" | "/purge") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
+            }
             _ => text(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
@@ -169,39 +178,108 @@ impl Admin {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable or too large body"),
         };
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Purge {
-            url: String,
-            soft: Option<bool>,
-        }
-        let purge: Purge = match serde_json::from_slice(&body) {
-            Ok(purge) => purge,
-            Err(err) => {
-                let error =
-                    format!("expected {{\"url\": \"http://host/path\", \"soft\": true}}: {err}");
+        let (purge, soft) = match parse_purge(&body) {
+            Ok(parsed) => parsed,
+            Err(error) => {
                 return json(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({ "error": error }),
-                );
-            }
-        };
-        let soft = purge.soft.unwrap_or(true);
-        match self.proxy.purge_url(&purge.url, soft, &self.listener_ports) {
-            Ok(purged) => {
-                tracing::info!(url = %purge.url, soft, purged, "purged");
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({ "url": purge.url, "soft": soft, "purged": purged }),
                 )
             }
-            Err(error) => {
-                tracing::warn!(url = %purge.url, %error, "purge refused");
+        };
+        let (kind, value) = match &purge {
+            Purge::Url(v) => ("url", v.clone()),
+            Purge::Prefix(v) => ("prefix", v.clone()),
+            Purge::Site(v) => ("site", v.clone()),
+            Purge::Tag(v) => ("tag", v.clone()),
+        };
+        // Prefix, site and tag purges walk the whole store: not on an async worker.
+        let proxy = self.proxy.clone();
+        let ports = self.listener_ports.clone();
+        let done = tokio::task::spawn_blocking(move || proxy.purge(&purge, soft, &ports)).await;
+        match done {
+            Ok(Ok(purged)) => {
+                tracing::info!(kind, value, soft, purged, "purged");
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({ kind: value, "soft": soft, "purged": purged }),
+                )
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(kind, value, %error, "purge refused");
                 json(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({ "error": error }),
                 )
             }
+            Err(err) => {
+                tracing::error!(kind, value, error = %err, "purge failed");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "the purge failed")
+            }
         }
+    }
+
+    async fn status(&self) -> Response<Full<Bytes>> {
+        // Counting each site's objects walks the store: not on an async worker.
+        let proxy = self.proxy.clone();
+        let status =
+            tokio::task::spawn_blocking(move || serde_json::to_string(&status::collect(&proxy)))
+                .await;
+        match status {
+            Ok(Ok(body)) => answer(StatusCode::OK, "application/json", body),
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "status not serialisable");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "status unavailable")
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "status failed");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "status unavailable")
+            }
+        }
+    }
+}
+
+/// What to purge and whether softly (the default), from `POST /purge`'s JSON body: exactly
+/// one of `url`, `prefix`, `site` or `tag`, and optionally `soft`.
+fn parse_purge(body: &[u8]) -> Result<(Purge, bool), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        url: Option<String>,
+        prefix: Option<String>,
+        site: Option<String>,
+        tag: Option<String>,
+        soft: Option<bool>,
+    }
+    const FORMS: &str = "expected one of {\"url\": \"https://host/path\"}, {\"prefix\": \
+                         \"https://host/news/\"}, {\"site\": \"name\"} or {\"tag\": \"name\"}, \
+                         with \"soft\": true (the default) or false";
+    let body: Body = serde_json::from_slice(body).map_err(|e| format!("{FORMS}: {e}"))?;
+    let kinds = [
+        body.url.map(Purge::Url),
+        body.prefix.map(Purge::Prefix),
+        body.site.map(Purge::Site),
+        body.tag.map(Purge::Tag),
+    ];
+    let mut named = kinds.into_iter().flatten();
+    match (named.next(), named.next()) {
+        (Some(purge), None) => Ok((purge, body.soft.unwrap_or(true))),
+        _ => Err(FORMS.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_names_exactly_one_thing() {
+        let parsed = parse_purge(br#"{"prefix": "http://h/news/"}"#).unwrap();
+        assert_eq!(parsed, (Purge::Prefix("http://h/news/".into()), true));
+        let parsed = parse_purge(br#"{"tag": "evacuation", "soft": false}"#).unwrap();
+        assert_eq!(parsed, (Purge::Tag("evacuation".into()), false));
+        assert!(parse_purge(br#"{"site": "a", "tag": "b"}"#).is_err());
+        assert!(parse_purge(br#"{"soft": true}"#).is_err());
+        assert!(parse_purge(br#"{"site": "a", "hard": true}"#).is_err());
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderMap;
+use moka::ops::compute::Op;
 
 use super::entry::Entry;
 use super::footprint;
@@ -133,19 +134,84 @@ impl MemoryStore {
     /// anonymous POST cannot use to delete the outage copy).
     /// Returns how many variants were marked.
     pub fn mark_stale(&self, key: &str) -> usize {
-        let Some(variants) = self.cache.get(key) else {
-            return 0;
-        };
-        let count = variants.entries.len();
+        self.purge_key(key, &|_| true, true)
+    }
+
+    /// Marks stale (`soft`) or removes the variants of `key` that `matches`; returns how many.
+    /// Done as one compute on the key (moka serialises those), so concurrent purges and
+    /// invalidations of a key never undo each other's marks. A fill's plain insert at the same
+    /// instant may still be replaced by the marked old copy; that copy must be revalidated
+    /// before it is served fresh, so the next request fetches the new page anyway.
+    pub fn purge_key(&self, key: &str, matches: &dyn Fn(&Entry) -> bool, soft: bool) -> usize {
+        let mut affected = 0;
         let now = SystemTime::now();
-        let entries = variants
-            .entries
-            .iter()
-            .map(|e| Arc::new(e.marked_stale(now)))
+        self.cache.entry_by_ref(key).and_compute_with(|current| {
+            let Some(current) = current else {
+                return Op::Nop;
+            };
+            let variants = current.into_value();
+            affected = variants.entries.iter().filter(|e| matches(e)).count();
+            if affected == 0 {
+                return Op::Nop;
+            }
+            let entries: Vec<Arc<Entry>> = match soft {
+                true => (variants.entries.iter())
+                    .map(|e| match matches(e) {
+                        true => Arc::new(e.marked_stale(now)),
+                        false => e.clone(),
+                    })
+                    .collect(),
+                false => (variants.entries.iter())
+                    .filter(|e| !matches(e))
+                    .cloned()
+                    .collect(),
+            };
+            match entries.is_empty() {
+                true => Op::Remove,
+                false => Op::Put(Arc::new(Variants { entries })),
+            }
+        });
+        affected
+    }
+
+    /// Purges (see `purge_key`) the variants that `matches` under every stored key that
+    /// `key_matches`; returns how many variants were affected. This walks the whole store
+    /// (moka's iterator takes no lock for long, so requests are not held up), so callers run
+    /// it off the async workers (`spawn_blocking`).
+    pub fn purge_where(
+        &self,
+        key_matches: &dyn Fn(&str) -> bool,
+        matches: &dyn Fn(&Entry) -> bool,
+        soft: bool,
+    ) -> usize {
+        // Keys first, then one atomic update each: the iterator is never held across updates.
+        let keys: Vec<Arc<String>> = (self.cache.iter())
+            .filter(|(key, variants)| {
+                key_matches(key) && variants.entries.iter().any(|e| matches(e))
+            })
+            .map(|(key, _)| key)
             .collect();
-        self.cache
-            .insert(key.to_string(), Arc::new(Variants { entries }));
-        count
+        keys.iter()
+            .map(|key| self.purge_key(key, matches, soft))
+            .sum()
+    }
+
+    /// Variants stored and bytes held (the weigher's measure) per group of keys, `group`
+    /// naming a key's group (a site: the key's first part) or `None` to leave it out. Walks
+    /// the whole store, like `purge_where`.
+    pub fn usage_by<'k>(
+        &self,
+        group: impl Fn(&str) -> Option<&'k str>,
+    ) -> std::collections::HashMap<&'k str, (u64, u64)> {
+        let mut usage = std::collections::HashMap::new();
+        for (key, variants) in self.cache.iter() {
+            if let Some(name) = group(&key) {
+                let slot: &mut (u64, u64) = usage.entry(name).or_default();
+                slot.0 += variants.entries.len() as u64;
+                slot.1 += u64::from(weigh(&key, &variants));
+            }
+        }
+        usage
     }
 
     /// Removes one stored variant (the one `entry` was looked up as), keeping the others.
@@ -175,6 +241,11 @@ impl MemoryStore {
     /// Removes every variant of a URI; returns how many there were.
     pub fn remove(&self, key: &str) -> usize {
         self.cache.remove(key).map_or(0, |v| v.entries.len())
+    }
+
+    /// Bytes the store may hold (`cache.memory`).
+    pub fn capacity(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(0)
     }
 
     /// What the store counts as held, in bytes (the weigher's sum).
@@ -281,5 +352,35 @@ mod tests {
             panic!()
         };
         assert_eq!(e.body, "good");
+    }
+
+    #[test]
+    fn a_purge_walk_takes_only_the_matching_keys_and_variants() {
+        let store = MemoryStore::new(1 << 20);
+        store.insert("a\0h\0/x".into(), entry("ja", "a-ja"));
+        store.insert("a\0h\0/x".into(), entry("en", "a-en"));
+        store.insert("b\0h\0/x".into(), entry("ja", "b-ja"));
+        let japanese = |e: &Entry| e.variant[0].1.as_deref() == Some("ja");
+        let in_a = |key: &str| key.starts_with("a\0");
+        assert_eq!(store.purge_where(&in_a, &japanese, false), 1);
+        assert!(matches!(
+            store.lookup("a\0h\0/x", &req("ja")),
+            Lookup::VaryMiss
+        ));
+        let Lookup::Found(en) = store.lookup("a\0h\0/x", &req("en")) else {
+            panic!("the other variant stays")
+        };
+        assert!(!en.invalidated);
+        assert_eq!(store.purge_where(&|_| true, &japanese, true), 1);
+        let Lookup::Found(b) = store.lookup("b\0h\0/x", &req("ja")) else {
+            panic!("soft keeps it")
+        };
+        assert!(b.invalidated);
+        let usage = store.usage_by(|key| ["a", "b"].into_iter().find(|s| key.starts_with(s)));
+        assert_eq!(usage.get("a").map(|u| u.0), Some(1));
+        assert_eq!(usage.get("b").map(|u| u.0), Some(1));
+        assert!(usage["a"].1 > 0);
+        assert_eq!(store.purge_where(&in_a, &|_| true, false), 1);
+        assert!(matches!(store.lookup("a\0h\0/x", &req("en")), Lookup::Miss));
     }
 }

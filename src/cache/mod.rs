@@ -14,6 +14,7 @@ pub mod memory;
 pub mod policy;
 pub mod share;
 pub mod status;
+pub mod tags;
 
 pub use entry::{Entry, StoreSettings};
 pub use memory::{Lookup, MemoryStore};

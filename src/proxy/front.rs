@@ -70,6 +70,8 @@ impl Proxy {
         // entry is evicted (see `body::Held`).
         let mut response = response.map(|body| body.guarded(&self.budget, owner, self.held_stall));
         let headers = response.headers_mut();
+        // Purge tags stay stored but are the origin's business only (see `cache::tags`).
+        crate::cache::tags::strip(headers);
         if let Some(v) = status.header_value() {
             headers.append(CACHE_STATUS, v);
         }
@@ -148,6 +150,7 @@ impl Proxy {
         }
         let host = authority.normalised_on(default_port, client.local_port);
         let mut served = self.serve(index, request, client, host).await;
+        self.sites[index].window.record(&served.1);
         tls::add_hsts(&self.sites[index].config, &client, &mut served.0);
         served
     }

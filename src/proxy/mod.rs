@@ -17,6 +17,7 @@ mod front;
 mod headers;
 mod patience;
 mod purge;
+pub use purge::{site_of_key, Purge};
 pub mod respond;
 mod tls;
 mod whole;
@@ -84,6 +85,8 @@ pub struct Site {
     settings: StoreSettings,
     hits: Option<Limiter>,
     misses: Option<Limiter>,
+    /// Answers over the last minute, for `/status`.
+    pub window: crate::metrics::window::Window,
 }
 
 /// Who sent a request.
@@ -168,6 +171,7 @@ impl Proxy {
                 settings: StoreSettings::of(c),
                 hits: c.limit_hits.map(|rate| Limiter::new(rate, max_clients)),
                 misses: c.limit_misses.map(|rate| Limiter::new(rate, max_clients)),
+                window: Default::default(),
                 config: c.clone(),
             });
         }

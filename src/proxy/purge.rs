@@ -1,24 +1,92 @@
-//! Purging one URL (the admin API's `POST /purge`): the URL is routed and keyed exactly as a
-//! request for it would be, for both schemes.
+//! Purging (the admin API's `POST /purge`): one URL, every URL under a prefix, a whole site,
+//! or every response carrying a tag. URLs are routed and keyed exactly as a request for them
+//! would be, for both schemes, so a purge reaches what requests would be served and nothing
+//! of another site.
 
 use std::collections::BTreeSet;
 
 use http::Uri;
 
 use super::tls::HTTPS_KEY_SUFFIX;
-use super::Proxy;
+use super::{Proxy, Site};
+use crate::cache::tags;
 use crate::routing::{target, Authority};
 
+/// What a purge is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    /// Every stored variant of one URL.
+    Url(String),
+    /// Every URL of the URL's host whose path (and query) starts with the URL's.
+    Prefix(String),
+    /// Everything stored for the site of that name.
+    Site(String),
+    /// Every response whose `Surrogate-Key` or `Cache-Tag` names the tag, on any site.
+    Tag(String),
+}
+
 impl Proxy {
-    /// Marks stale (`soft`) or removes every stored variant of `url`, as requested over http
-    /// or https, with or without one of `listener_ports` in its Host. Returns how many stored
-    /// objects (variants) were affected, or why the URL is not one Kagami serves.
+    /// Marks stale (`soft`) or removes what `purge` names, as requested over http or https,
+    /// with or without one of `listener_ports` in its Host. Returns how many stored objects
+    /// (variants) were affected, or why the purge names nothing Kagami serves. Prefix, site
+    /// and tag purges walk the store: call them off the async workers.
+    pub fn purge(
+        &self,
+        purge: &Purge,
+        soft: bool,
+        listener_ports: &[u16],
+    ) -> Result<usize, String> {
+        let all = |_: &crate::cache::Entry| true;
+        match purge {
+            Purge::Url(url) => {
+                let keys = self.url_keys(url, listener_ports)?;
+                Ok(keys
+                    .iter()
+                    .map(|key| self.store.purge_key(key, &all, soft))
+                    .sum())
+            }
+            Purge::Prefix(url) => {
+                // Keys are `site NUL host NUL target [NUL https]`: the URL's key without a
+                // scheme suffix is a prefix of exactly the keys under that target prefix.
+                let prefixes = self.url_keys(url, listener_ports)?;
+                let prefixes: Vec<&String> = (prefixes.iter())
+                    .filter(|k| !k.ends_with(HTTPS_KEY_SUFFIX))
+                    .collect();
+                let under = |key: &str| prefixes.iter().any(|p| key.starts_with(p.as_str()));
+                Ok(self.store.purge_where(&under, &all, soft))
+            }
+            Purge::Site(name) => {
+                let site = (self.sites.iter())
+                    .find(|s| s.config.name == *name)
+                    .ok_or_else(|| format!("no site is named {name:?}"))?;
+                let prefix = site_prefix(site);
+                Ok(self
+                    .store
+                    .purge_where(&|key| key.starts_with(&prefix), &all, soft))
+            }
+            Purge::Tag(tag) => {
+                if tag.trim().is_empty() || tag.contains([' ', ',']) {
+                    return Err("a tag is one word (no spaces or commas)".to_string());
+                }
+                let tagged = |e: &crate::cache::Entry| tags::has_tag(&e.headers, tag);
+                Ok(self.store.purge_where(&|_| true, &tagged, soft))
+            }
+        }
+    }
+
+    /// Marks stale (`soft`) or removes every stored variant of `url`; see `purge`.
     pub fn purge_url(
         &self,
         url: &str,
         soft: bool,
         listener_ports: &[u16],
     ) -> Result<usize, String> {
+        self.purge(&Purge::Url(url.to_string()), soft, listener_ports)
+    }
+
+    /// Every key a request for `url` may be stored under: both schemes, the host with and
+    /// without one of `listener_ports`.
+    fn url_keys(&self, url: &str, listener_ports: &[u16]) -> Result<BTreeSet<String>, String> {
         let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
         let default_port = match uri.scheme_str() {
             Some("http") => 80,
@@ -45,18 +113,21 @@ impl Proxy {
                 keys.insert(key);
             }
         }
-        let affected = keys
-            .iter()
-            .map(|key| match soft {
-                true => self.store.mark_stale(key),
-                false => self.store.remove(key),
-            })
-            .sum();
-        Ok(affected)
+        Ok(keys)
     }
 
     /// URLs and bytes held by the memory tier.
     pub fn store_usage(&self) -> (u64, u64) {
         (self.store.entry_count(), self.store.weighted_size())
     }
+}
+
+/// The start of every key of `site`: its name and the separator no name contains.
+pub(super) fn site_prefix(site: &Site) -> String {
+    format!("{}\u{0}", site.config.name)
+}
+
+/// The site a key belongs to (its first part).
+pub fn site_of_key(key: &str) -> Option<&str> {
+    key.split_once('\u{0}').map(|(site, _)| site)
 }

@@ -2,6 +2,7 @@
 //! Kagami in front of it, talked to over real TCP.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod raw;
 pub mod recording;
 pub mod wire;

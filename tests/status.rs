@@ -1,0 +1,240 @@
+//! `GET /status` (per-site JSON that moves as requests are made, behind the token) and the
+//! dashboard at `/`, loaded in real headless Chromium: it renders every site and logs nothing
+//! to the console.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::admin::{purged, send, start, status, TOKEN};
+use common::{Kagami, Origin, Reply, Route};
+use kagami::config::SiteConfig;
+use serde_json::Value;
+
+async fn two_sites(origin: &Origin, token: Option<&str>) -> (Kagami, String) {
+    let sites = ["iwate", "miyagi"]
+        .map(|name| SiteConfig::new(name, &[&format!("{name}.test")], &origin.url()).unwrap());
+    start(sites.to_vec(), token).await
+}
+
+async fn get(kagami: &Kagami, host: &str, path: &str) -> Reply {
+    kagami
+        .send(kagami.client.get(kagami.url(path)).header("host", host))
+        .await
+}
+
+fn site<'a>(status: &'a Value, name: &str) -> &'a Value {
+    (status["sites"].as_array().expect("a list of sites"))
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {status}"))
+}
+
+#[tokio::test]
+async fn status_moves_as_requests_are_made() {
+    let origin = Origin::start().await;
+    for path in ["/a", "/b"] {
+        origin.route(
+            path,
+            Route::ok("page").header("cache-control", "max-age=600"),
+        );
+    }
+    let (kagami, base) = two_sites(&origin, Some(TOKEN)).await;
+
+    let before = status(&kagami, &base).await;
+    let iwate = site(&before, "iwate");
+    assert_eq!(iwate["hosts"], serde_json::json!(["iwate.test"]));
+    assert_eq!(iwate["health"], "healthy");
+    assert_eq!(iwate["origins"][0]["circuit"], "closed");
+    assert_eq!(iwate["origins"][0]["url"], origin.url());
+    assert_eq!(iwate["adaptive_limit"], 32);
+    assert_eq!(iwate["last_minute"]["requests"], 0);
+    assert!(iwate["last_minute"]["hit_ratio"].is_null());
+    assert_eq!(iwate["stored"]["objects"], 0);
+
+    get(&kagami, "iwate.test", "/a").await;
+    get(&kagami, "iwate.test", "/a").await;
+    get(&kagami, "miyagi.test", "/b").await;
+    let after = status(&kagami, &base).await;
+    let (iwate, miyagi) = (site(&after, "iwate"), site(&after, "miyagi"));
+    let minute = &iwate["last_minute"];
+    assert_eq!(
+        (&minute["requests"], &minute["hits"], &minute["misses"]),
+        (&Value::from(2), &Value::from(1), &Value::from(1)),
+        "{after}"
+    );
+    assert_eq!(minute["hit_ratio"], 0.5);
+    let rate = minute["requests_per_second"].as_f64().unwrap();
+    assert!((rate - 2.0 / 60.0).abs() < 1e-9, "{rate}");
+    assert_eq!(iwate["stored"]["objects"], 1);
+    assert!(iwate["stored"]["bytes"].as_u64().unwrap() > 200, "{after}");
+    assert_eq!(miyagi["last_minute"]["requests"], 1);
+    assert_eq!(miyagi["stored"]["objects"], 1);
+    assert_eq!(after["store"]["objects"], 2);
+    assert!(after["store"]["capacity"].as_u64().unwrap() > 0);
+
+    // The origin goes down: the purged page is served stale (grace), counted by reason, and
+    // the site's health says so.
+    purged(&kagami, &base, r#"{"url": "http://iwate.test/a"}"#).await;
+    origin.kill();
+    let reply = get(&kagami, "iwate.test", "/a").await;
+    assert!(reply.cache_status().contains("grace"), "{reply:?}");
+    let down = status(&kagami, &base).await;
+    let iwate = site(&down, "iwate");
+    assert_eq!(iwate["last_minute"]["stale"], 1, "{down}");
+    assert_eq!(iwate["last_minute"]["stale_by_reason"]["grace"], 1);
+    assert_ne!(iwate["health"], "healthy", "{down}");
+    assert_eq!(site(&down, "miyagi")["last_minute"]["stale"], 0);
+}
+
+#[tokio::test]
+async fn status_needs_the_token_unless_none_is_configured_and_the_page_needs_none() {
+    let origin = Origin::start().await;
+    let (kagami, base) = two_sites(&origin, Some(TOKEN)).await;
+    let c = &kagami.client;
+    assert_eq!(send(c.get(format!("{base}/status"))).await.0, 401);
+    let wrong = c.get(format!("{base}/status")).bearer_auth("nope");
+    assert_eq!(send(wrong).await.0, 401);
+
+    // The page holds no data, so it needs no token; it may only talk to this listener.
+    let page = c.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("サイト / Site") && !html.contains("http://") && !html.contains("https://")
+    );
+    let post = c.post(format!("{base}/")).bearer_auth(TOKEN);
+    assert_eq!(send(post).await.0, 405);
+
+    // Without a configured token (loopback only), the read-only views are open.
+    let (open, open_base) = two_sites(&origin, None).await;
+    let (code, body) = send(open.client.get(format!("{open_base}/status"))).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"miyagi\""), "{body}");
+}
+
+/// Runs Chromium with `args` for at most a minute; returns its stderr.
+fn chromium(binary: &Path, profile: &Path, args: &[String]) -> String {
+    let stderr = profile.with_extension("stderr");
+    let mut child = Command::new(binary)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            // Nothing but loopback (which Chromium never proxies) may leave the browser.
+            "--proxy-server=http://127.0.0.1:9",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=412,915",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("chromium starts");
+    let started = Instant::now();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut out).ok();
+        out
+    });
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "chromium failed: {status}");
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium took over a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = reader.join().unwrap();
+    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+    format!("{out}\n--- stderr ---\n{log}")
+}
+
+fn find_chromium() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+#[tokio::test]
+async fn the_dashboard_renders_every_site_in_chromium_without_console_errors() {
+    let Some(binary) = find_chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but chromium is missing: .ci/run installs it"
+        );
+        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+        return;
+    };
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("top").header("cache-control", "max-age=600"));
+    let (kagami, base) = two_sites(&origin, Some(TOKEN)).await;
+    get(&kagami, "iwate.test", "/").await;
+    get(&kagami, "iwate.test", "/").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{base}/#token={TOKEN}");
+    let shot = dir.path().join("dashboard.png");
+    let runs = [
+        ("dom", vec!["--dump-dom".to_string(), url.clone()]),
+        (
+            "shot",
+            vec![format!("--screenshot={}", shot.display()), url],
+        ),
+    ];
+    let mut outputs = Vec::new();
+    for (name, args) in runs {
+        let profile = dir.path().join(name);
+        let binary = binary.clone();
+        // Blocking: the test's runtime also runs the Kagami that Chromium talks to.
+        let output = tokio::task::spawn_blocking(move || chromium(&binary, &profile, &args));
+        outputs.push(output.await.unwrap());
+    }
+    let dom = &outputs[0];
+    assert!(dom.contains("data-state=\"ok\""), "{dom}");
+    for name in ["iwate", "miyagi"] {
+        assert!(dom.contains(&format!("data-site=\"{name}\"")), "{dom}");
+        assert!(dom.contains(&format!("{name}.test")), "{dom}");
+    }
+    assert!(
+        dom.contains("サイト / Site") && dom.contains("正常 / healthy"),
+        "{dom}"
+    );
+    // iwate's two requests: a miss, then a hit.
+    assert!(dom.contains("50.0 %"), "{dom}");
+    for output in &outputs {
+        let console: Vec<&str> = output.lines().filter(|l| l.contains(":CONSOLE")).collect();
+        assert!(console.is_empty(), "console output: {console:#?}");
+    }
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5_000,
+        "{} bytes",
+        png.len()
+    );
+    if let Some(keep) = std::env::var_os("KAGAMI_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
+}
