@@ -84,12 +84,15 @@ impl Fields {
 
     /// The first value of `name`, when it is visible ASCII text (as `HeaderValue::to_str`).
     pub fn get_str(&self, name: &HeaderName) -> Option<&str> {
-        let bytes = self.get_bytes(name)?;
-        bytes
+        as_text(self.get_bytes(name)?)
+    }
+
+    /// Every value of `name` that is visible ASCII text, in order.
+    pub fn get_all_str<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a str> + 'a {
+        self.fields
             .iter()
-            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-            .then(|| std::str::from_utf8(bytes).ok())
-            .flatten()
+            .filter(move |f| f.name == name)
+            .filter_map(|f| as_text(self.bytes(f)))
     }
 
     /// The first value of `name`.
@@ -148,6 +151,15 @@ impl Fields {
             .sum();
         list + self.values.len() + 32 + ALLOCATION + names
     }
+}
+
+/// `bytes` as text when every byte is visible ASCII or a tab (as `HeaderValue::to_str`).
+fn as_text(bytes: &[u8]) -> Option<&str> {
+    bytes
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(bytes).ok())
+        .flatten()
 }
 
 #[cfg(test)]

@@ -14,8 +14,7 @@ pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 /// Fastly's surrogate keys do).
 pub fn has_tag(fields: &Fields, tag: &str) -> bool {
     let listed = |name: &HeaderName, separator: fn(char) -> bool| {
-        (fields.get_all(name))
-            .filter_map(|v| v.to_str().ok())
+        (fields.get_all_str(name))
             .flat_map(|v| v.split(separator))
             .any(|t| t.trim() == tag)
     };
