@@ -6,6 +6,7 @@
 //! Caching must never break the relay to the client: every failure of the cache machinery ends
 //! in a plain origin fetch or a clear error status, never a panic.
 
+mod access;
 pub mod body;
 mod budget;
 mod cut;
@@ -40,6 +41,7 @@ use crate::cache::policy::{serve_while_revalidating, stale_on_error, Grace};
 use crate::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings};
 use crate::config::{Config, SiteConfig};
 use crate::limit::{client_ip, limit_key, Limiter, TrustedProxies};
+use crate::metrics::site::SiteMetrics;
 use crate::metrics::Stats;
 use crate::origin::{Origin, Slot};
 use crate::routing::Router;
@@ -84,6 +86,8 @@ pub struct Site {
     settings: StoreSettings,
     hits: Option<Limiter>,
     misses: Option<Limiter>,
+    /// This site's `/metrics` counters, bumped by the front door (`front`).
+    pub metrics: SiteMetrics,
 }
 
 /// Who sent a request.
@@ -141,6 +145,8 @@ pub struct Proxy {
     /// The Via hop this process adds towards origins (see `headers::origin_via`).
     via: HeaderValue,
     loop_logged: crate::metrics::Every,
+    /// `/metrics` counters of requests no site took (`metrics::site::NO_SITE`).
+    pub unrouted: SiteMetrics,
 }
 
 type Served = (Response<Body>, CacheStatus);
@@ -168,6 +174,7 @@ impl Proxy {
                 settings: StoreSettings::of(c),
                 hits: c.limit_hits.map(|rate| Limiter::new(rate, max_clients)),
                 misses: c.limit_misses.map(|rate| Limiter::new(rate, max_clients)),
+                metrics: SiteMetrics::new(&c.name),
                 config: c.clone(),
             });
         }
@@ -188,6 +195,7 @@ impl Proxy {
             background,
             via: headers::origin_via(instance_id()),
             loop_logged: crate::metrics::Every::default(),
+            unrouted: SiteMetrics::new(crate::metrics::site::NO_SITE),
         })
     }
 
