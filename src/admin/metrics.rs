@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::site::SiteMetrics;
+use crate::metrics::site::{SiteMetrics, NO_SITE};
 use crate::metrics::Stats;
 use crate::proxy::Proxy;
 
@@ -139,7 +139,9 @@ fn register_sites(registry: &mut Registry, proxy: &Proxy) {
         }
         latency.push(site(&metrics.name), metrics.latency.snapshot());
         coalesced.push(site(&metrics.name), ConstCounter::new(metrics.coalesced()));
-        for (reason, n) in metrics.stale() {
+        // Only a site has stored copies to serve stale.
+        let stale_reasons = metrics.stale().filter(|_| metrics.name != NO_SITE);
+        for (reason, n) in stale_reasons {
             let mut labels = site(&metrics.name);
             labels.push(("reason", reason.to_string()));
             stale.push(labels, ConstCounter::new(n));
@@ -180,7 +182,7 @@ fn register_origins(registry: &mut Registry, proxy: &Proxy) {
         healthy.push(site(name), ConstGauge::new(u64::from(!s.origin.avoid())));
         for (origin, open) in s.origin.circuits() {
             let mut labels = site(name);
-            labels.push(("origin", origin.to_string()));
+            labels.push(("origin", without_userinfo(origin)));
             circuits.push(labels, ConstGauge::new(u64::from(open)));
         }
         limits.push(site(name), ConstGauge::new(s.origin.limit() as u64));
@@ -206,4 +208,35 @@ fn register_origins(registry: &mut Registry, proxy: &Proxy) {
         "Each site's adaptive origin concurrency limit now",
         limits,
     );
+}
+
+/// An origin URL as a label: any `user:password@` left out, as a scrape is not a secret.
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_labels_leave_credentials_out() {
+        assert_eq!(
+            without_userinfo("http://kagami:s3cret@10.0.0.5:8080"),
+            "http://10.0.0.5:8080"
+        );
+        assert_eq!(
+            without_userinfo("https://origin.city.example"),
+            "https://origin.city.example"
+        );
+    }
 }
