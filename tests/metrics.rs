@@ -12,7 +12,12 @@ use prometheus_parse::{Scrape, Value};
 
 /// A Kagami with an open admin listener (loopback, no token) on an ephemeral port.
 async fn start(origin: &Origin) -> (Kagami, String) {
-    let site = SiteConfig::new("test", &["127.0.0.1", "localhost"], &origin.url()).unwrap();
+    start_with(origin, |_| {}).await
+}
+
+async fn start_with(origin: &Origin, adjust: impl FnOnce(&mut SiteConfig)) -> (Kagami, String) {
+    let mut site = SiteConfig::new("test", &["127.0.0.1", "localhost"], &origin.url()).unwrap();
+    adjust(&mut site);
     let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
     config.log.access = false;
     config.admin = Some(AdminConfig::new("127.0.0.1:0".parse().unwrap(), None));
@@ -211,7 +216,11 @@ async fn stale_answers_by_reason_and_coalesced_waits_are_counted() {
 async fn a_failing_origin_shows_as_unhealthy() {
     let origin = Origin::start().await;
     origin.route("/p", Route::ok("p").header("cache-control", "max-age=600"));
-    let (kagami, metrics) = start(&origin).await;
+    // Long enough that a slow machine still scrapes within the back-off.
+    let (kagami, metrics) = start_with(&origin, |site| {
+        site.failure_backoff = Duration::from_secs(60);
+    })
+    .await;
     origin.fail_with(503);
     let reply = kagami.get("/p").await;
     assert_eq!(reply.status, 503);
