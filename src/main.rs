@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use kagami::config::{Config, SiteConfig};
+use kagami::config::{Config, LogFormat, SiteConfig};
 
 mod cli;
 
@@ -119,8 +119,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
-
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         // A bare `kagami` is someone finding their way: help, and no error status.
@@ -128,9 +126,14 @@ fn main() -> ExitCode {
         println!();
         return ExitCode::SUCCESS;
     };
+    // `run` starts logging once its config has said in which format (`log.format`).
+    if !matches!(command, Command::Run { .. }) {
+        init_logging(LogFormat::Text);
+    }
     let result = match command {
         Command::CheckConfig { config } => config.path().and_then(|p| check_config(&p)),
         Command::Run { config } => config.path().and_then(|p| load(&p)).and_then(|c| {
+            init_logging(c.log.format);
             raise_open_files_limit(c.server.max_connections);
             runtime(&c)?.block_on(run(c))
         }),

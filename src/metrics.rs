@@ -1,5 +1,8 @@
-//! Counters for everything the request path decides, in one place: the admin API and the
-//! Prometheus exporter (planned) read a `Snapshot`; benches print it.
+//! Counters for everything the request path decides, in one place: the admin API's
+//! `/metrics` reads a `Snapshot` and the per-site handles (`site`); benches print it.
+
+pub mod latency;
+pub mod site;
 
 pub mod window;
 

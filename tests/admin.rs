@@ -176,11 +176,20 @@ async fn a_soft_purge_revalidates_but_serves_stale_while_the_origin_is_down() {
     assert_eq!(text, "v2");
 }
 
+/// The sum of `name`'s samples, whatever their labels (`tests/metrics.rs` parses properly).
 fn value(metrics: &str, name: &str) -> u64 {
+    assert!(
+        metrics.contains(&format!("# TYPE {name} ")),
+        "{name} not in {metrics}"
+    );
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[tokio::test]

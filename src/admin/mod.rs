@@ -149,7 +149,7 @@ impl Admin {
         match (method, path.as_str()) {
             (Method::GET, "/metrics") => answer(
                 StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::CONTENT_TYPE,
                 metrics::render(&self.proxy),
             ),
             (Method::GET, "/status") => self.status().await,

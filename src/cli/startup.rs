@@ -3,6 +3,8 @@
 
 use std::io::IsTerminal;
 
+use kagami::config::LogFormat;
+
 /// Colour only for a person watching a terminal: log files and pipes (journald, `| tee`) must
 /// not fill with escape codes, and `NO_COLOR` (any non-empty value, see no-color.org) wins.
 pub fn use_colour() -> bool {
@@ -10,14 +12,25 @@ pub fn use_colour() -> bool {
     !no_color && std::io::stdout().is_terminal()
 }
 
-pub fn init_logging() {
+/// Starts logging to stdout in `format` (`log.format`), filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true)
-        .with_ansi(use_colour())
-        .init();
+        .with_target(true);
+    match format {
+        LogFormat::Text => builder.with_ansi(use_colour()).init(),
+        // One object per line with the event's fields at the top level, as log collectors
+        // (Loki, Elasticsearch, journald's JSON export) index them; never colour codes.
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// An error and its causes on one line, leaving out a cause whose text the line already holds

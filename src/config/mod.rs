@@ -132,6 +132,16 @@ pub struct CacheConfig {
 pub struct LogConfig {
     /// One `kagami::access` line per request.
     pub access: bool,
+    /// How log lines are written to stdout.
+    pub format: LogFormat,
+}
+
+/// `log.format`: lines for people, or one JSON object per line for a log collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Config {
@@ -158,7 +168,10 @@ impl Config {
                 memory: 256 << 20,
                 inflight_memory: None,
             },
-            log: LogConfig { access: true },
+            log: LogConfig {
+                access: true,
+                format: LogFormat::Text,
+            },
             limits: LimitsConfig::default(),
             admin: None,
             sites,
@@ -483,7 +496,19 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
         config.cache.inflight_memory = Some(inflight);
     }
-    config.log.access = raw.log.and_then(|l| l.access).unwrap_or(true);
+    let log = raw.log.unwrap_or_default();
+    config.log.access = log.access.unwrap_or(true);
+    config.log.format = match log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            problems.add(
+                "log.format",
+                format!("must be \"text\" or \"json\", not {other:?}"),
+            );
+            LogFormat::Text
+        }
+    };
     config.admin = Some(admin::validate(raw.admin, base, &mut problems));
 
     if raw.site.is_empty() {

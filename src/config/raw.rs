@@ -56,6 +56,7 @@ pub struct RawCache {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub access: Option<bool>,
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -26,6 +26,7 @@ use http::{HeaderMap, Method, StatusCode};
 use tokio::task::AbortHandle;
 
 use crate::config::SiteConfig;
+use crate::metrics::latency::Latency;
 use crate::metrics::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +129,8 @@ pub struct Origin {
     capacity: capacity::Capacity,
     queue_timeout: Duration,
     stats: Arc<Stats>,
+    /// Time to each response head (every attempt, failures included), for `/metrics`.
+    latency: Latency,
 }
 
 impl Origin {
@@ -178,6 +181,7 @@ impl Origin {
             ),
             queue_timeout: protection.queue_timeout,
             stats,
+            latency: Latency::default(),
         }
     }
 
@@ -196,6 +200,18 @@ impl Origin {
     /// The adaptive origin concurrency limit now (the ceiling when adaptation is off).
     pub fn limit(&self) -> usize {
         self.slots.limit()
+    }
+
+    /// Time to the origin's response heads, every attempt counted.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
+    }
+
+    /// Are the servers' circuits open (`(base URL, open)` in configured order)?
+    pub fn circuits(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.servers
+            .iter()
+            .map(|s| (s.base.as_str(), s.breaker.is_open()))
     }
 
     /// A free origin slot for `client` (its rate-limit key; None for Kagami's own work), if
@@ -269,6 +285,7 @@ impl Origin {
                 .await
             };
             let took = started.elapsed();
+            self.latency.observe(took);
             // The client's side failed: not the origin's fault, so no verdict on its health.
             match upload_state.as_ref().map(|s| s.client_side()) {
                 Some(ClientSide::TooLarge) => return Err(OriginError::TooLarge),

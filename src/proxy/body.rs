@@ -90,6 +90,8 @@ pub enum Body {
     Channel(Relayed),
     /// A large body that shares a stored entry's buffer (see `Body::guarded`).
     Held(Held),
+    /// Any of the others, counted for the access log (`access::Logged`).
+    Logged(Box<super::access::Logged>),
 }
 
 /// Bodies at most this large are handed to hyper as they are; larger ones that share a stored
@@ -263,6 +265,7 @@ impl http_body::Body for Body {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Body::Logged(logged) => Pin::new(logged.as_mut()).poll_frame(cx),
         }
     }
 
@@ -270,6 +273,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(None) => true,
             Body::Held(held) => held.offset >= held.len,
+            Body::Logged(logged) => logged.is_end_stream(),
             _ => false,
         }
     }
@@ -280,6 +284,7 @@ impl http_body::Body for Body {
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Held(held) => SizeHint::with_exact(held.len.saturating_sub(held.offset) as u64),
             Body::Channel(_) => SizeHint::default(),
+            Body::Logged(logged) => logged.size_hint(),
         }
     }
 }

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use super::body::Body;
 use super::respond::{self, Canned};
-use super::{budget, headers, tls, Client, Proxy, Served};
+use super::{access, budget, headers, tls, Client, Proxy, Served};
 
 /// The Cache-Status field (RFC 9211), named once: a name made from a string is parsed again
 /// on every use.
@@ -30,10 +30,9 @@ impl Proxy {
         request: Request<Incoming>,
         client: Client,
     ) -> Response<Body> {
-        // Only the access log needs these; the hit path should not pay for them otherwise.
-        let logged = self
-            .access_log
-            .then(|| (Instant::now(), request.uri().path().to_string()));
+        let started = Instant::now();
+        // Only the access log needs the path; the hit path should not pay for it otherwise.
+        let logged = self.access_log.then(|| request.uri().path().to_string());
         let method = request.method().clone();
         let authority = authority_of(&request);
         let owner = budget::Owner::Client(limit_key(client_ip(
@@ -42,10 +41,10 @@ impl Proxy {
             &self.trusted,
         )));
 
-        let (response, status) = match self.enter() {
+        let ((response, status), site) = match self.enter() {
             None => {
                 self.stats.add(&self.stats.overloaded);
-                overloaded(&method)
+                (overloaded(&method), None)
             }
             Some(_guard) if headers::looped(request.headers(), &self.via) => {
                 // Once a minute is enough to tell staff; a loop (or a forged header) repeats fast.
@@ -56,16 +55,23 @@ impl Proxy {
                          the origin by IP address or an internal name, not the public one"
                     );
                 }
-                refuse(
+                let refused = refuse(
                     StatusCode::LOOP_DETECTED,
                     "kagami: request loop (an origin points back at Kagami)",
                     &method,
-                )
+                );
+                (refused, None)
             }
             Some(_guard) => self.admit(request, client, authority.as_deref()).await,
         };
 
         self.stats.record(status.phase, status.collapsed);
+        let metrics = site.map_or(&self.unrouted, |index| &self.sites[index].metrics);
+        metrics.record(response.status(), &status, started.elapsed());
+        if let Some(index) = site {
+            // The last minute, for `/status`.
+            self.sites[index].window.record(&status);
+        }
         // A large body that shares a stored entry's buffer must not pin it uncounted once the
         // entry is evicted (see `body::Held`).
         let mut response = response.map(|body| body.guarded(&self.budget, owner, self.held_stall));
@@ -76,18 +82,18 @@ impl Proxy {
             headers.append(CACHE_STATUS, v);
         }
         headers::append_via(headers);
-        if let Some((started, path)) = logged {
-            tracing::info!(
-                target: "kagami::access",
-                client = %client.peer.ip(),
-                method = %method,
-                host = authority.as_deref().unwrap_or("-"),
-                path = %path,
-                status = response.status().as_u16(),
-                cache = status.phase.label(),
-                bytes = response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
-                ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
-            );
+        if let Some(path) = logged {
+            let line = access::Line {
+                started,
+                client: client.peer.ip(),
+                method,
+                host: authority,
+                path,
+                status: response.status(),
+                cache: status,
+            };
+            response = response
+                .map(|body| Body::Logged(Box::new(access::Logged::new(body, &metrics.name, line))));
         }
         response
     }
@@ -100,21 +106,22 @@ impl Proxy {
         mut request: Request<Incoming>,
         client: Client,
         authority: Option<&str>,
-    ) -> Served {
+    ) -> (Served, Option<usize>) {
         let method = request.method().clone();
         let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
-            return refuse(
+            let refused = refuse(
                 StatusCode::BAD_REQUEST,
                 "kagami: the request needs exactly one valid Host",
                 &method,
             );
+            return (refused, None);
         };
         if let Some(refused) = tls::misdirected(&client, &authority, &method) {
-            return refused;
+            return (refused, None);
         }
         let default_port = default_port(client.proto);
         let Some(index) = self.router.route(&authority, default_port) else {
-            return refuse(
+            let refused = refuse(
                 StatusCode::MISDIRECTED_REQUEST,
                 &format!(
                     "kagami: no site is configured for host {:?}",
@@ -122,10 +129,11 @@ impl Proxy {
                 ),
                 &method,
             );
+            return (refused, None);
         };
         let raw_target = request.uri().path_and_query().map_or("/", |p| p.as_str());
         if raw_target == "*" {
-            return asterisk(&method);
+            return (asterisk(&method), Some(index));
         }
         let canonical = match target::canonical(raw_target) {
             // Nearly always: the target is canonical already.
@@ -137,22 +145,22 @@ impl Proxy {
             None => {}
             Some(Some(uri)) => *request.uri_mut() = uri,
             Some(None) => {
-                return refuse(
+                let refused = refuse(
                     StatusCode::BAD_REQUEST,
                     "kagami: the request target must be an absolute path, with % followed by two hex digits",
                     &method,
-                )
+                );
+                return (refused, Some(index));
             }
         }
         let site = &self.sites[index].config;
         if let Some(redirect) = tls::redirect(site, &client, &authority, request.uri(), &method) {
-            return redirect;
+            return (redirect, Some(index));
         }
         let host = authority.normalised_on(default_port, client.local_port);
         let mut served = self.serve(index, request, client, host).await;
-        self.sites[index].window.record(&served.1);
         tls::add_hsts(&self.sites[index].config, &client, &mut served.0);
-        served
+        (served, Some(index))
     }
 
     /// Admits a request under the global in-flight cap.

@@ -6,6 +6,7 @@
 //! Caching must never break the relay to the client: every failure of the cache machinery ends
 //! in a plain origin fetch or a clear error status, never a panic.
 
+mod access;
 pub mod body;
 mod budget;
 mod cut;
@@ -41,6 +42,7 @@ use crate::cache::policy::{serve_while_revalidating, stale_on_error, Grace};
 use crate::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings};
 use crate::config::{Config, SiteConfig};
 use crate::limit::{client_ip, limit_key, Limiter, TrustedProxies};
+use crate::metrics::site::SiteMetrics;
 use crate::metrics::Stats;
 use crate::origin::{Origin, Slot};
 use crate::routing::Router;
@@ -87,6 +89,8 @@ pub struct Site {
     misses: Option<Limiter>,
     /// Answers over the last minute, for `/status`.
     pub window: crate::metrics::window::Window,
+    /// This site's `/metrics` counters, bumped by the front door (`front`).
+    pub metrics: SiteMetrics,
 }
 
 /// Who sent a request.
@@ -144,6 +148,8 @@ pub struct Proxy {
     /// The Via hop this process adds towards origins (see `headers::origin_via`).
     via: HeaderValue,
     loop_logged: crate::metrics::Every,
+    /// `/metrics` counters of requests no site took (`metrics::site::NO_SITE`).
+    pub unrouted: SiteMetrics,
 }
 
 type Served = (Response<Body>, CacheStatus);
@@ -172,6 +178,7 @@ impl Proxy {
                 hits: c.limit_hits.map(|rate| Limiter::new(rate, max_clients)),
                 misses: c.limit_misses.map(|rate| Limiter::new(rate, max_clients)),
                 window: Default::default(),
+                metrics: SiteMetrics::new(&c.name),
                 config: c.clone(),
             });
         }
@@ -192,6 +199,7 @@ impl Proxy {
             background,
             via: headers::origin_via(instance_id()),
             loop_logged: crate::metrics::Every::default(),
+            unrouted: SiteMetrics::new(crate::metrics::site::NO_SITE),
         })
     }
 

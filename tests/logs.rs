@@ -1,0 +1,194 @@
+//! `[log] format = "json"`: the `kagami` binary writes one JSON object per stdout line, and
+//! its access-log lines carry site, status, cache outcome, the body bytes really handed out
+//! (fewer than the length for a download the client cut off), duration and client address.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Origin, Route};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KAGAMI: &str = env!("CARGO_BIN_EXE_kagami");
+
+/// A `kagami run` whose stdout lines arrive on a channel; killed when dropped.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = Command::new(KAGAMI)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kagami run");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The next line (at most 10 s away), which must be one JSON object.
+    fn next(&self) -> serde_json::Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line within 10 s");
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(value.is_object(), "{line}");
+        value
+    }
+
+    /// Skips lines until one matches `wanted` (at most 50 lines).
+    fn until(&self, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        for _ in 0..50 {
+            let line = self.next();
+            if wanted(&line) {
+                return line;
+            }
+        }
+        panic!("no such log line in 50");
+    }
+
+    fn access(&self) -> serde_json::Value {
+        self.until(|l| l["target"] == "kagami::access")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+#[tokio::test]
+async fn json_access_lines_tell_site_status_cache_bytes_and_a_cut_off_download() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("hello kagami").header("cache-control", "max-age=600"),
+    );
+    // Not storable (no freshness), so relayed from the origin only as fast as the client reads;
+    // larger than any socket buffers, so a client that leaves early leaves most of it unsent.
+    const BIG: usize = 24 << 20;
+    origin.route("/big", Route::ok(vec![b'x'; BIG]));
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let config = dir.path().join("kagami.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n[log]\nformat = \"json\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n[[site]]\nname = \"city\"\n\
+             hosts = [\"127.0.0.1\"]\norigin = \"{}\"\n",
+            origin.url()
+        ),
+    )
+    .expect("write the config");
+    let kagami = Running::start(&config);
+    let serving = kagami.until(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("kagami is serving"))
+    });
+    assert_eq!(serving["level"], "INFO");
+
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/page");
+    for expected in ["miss", "hit"] {
+        let reply = tokio::time::timeout(Duration::from_secs(10), client.get(&url).send())
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        assert_eq!(reply.text().await.expect("a body"), "hello kagami");
+        let line = kagami.access();
+        assert_eq!(line["site"], "city", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["cache"], expected, "{line}");
+        assert_eq!(line["bytes"], "hello kagami".len(), "{line}");
+        assert_eq!(line["complete"], true, "{line}");
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
+        assert_eq!(line["method"], "GET", "{line}");
+        assert_eq!(line["path"], "/page", "{line}");
+        assert!(line["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+        assert!(line["timestamp"].is_string(), "{line}");
+    }
+
+    // A client that reads a little of the big body and hangs up.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut read = 0;
+    let mut buffer = vec![0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read < 64 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, stream.read(&mut buffer))
+            .await
+            .expect("bytes in time")
+            .expect("a read");
+        assert!(n > 0, "the body ended early");
+        read += n;
+    }
+    drop(stream);
+    let line = kagami.access();
+    assert_eq!(line["path"], "/big", "{line}");
+    assert_eq!(line["cache"], "miss", "{line}");
+    assert_eq!(line["complete"], false, "{line}");
+    let sent = line["bytes"].as_u64().expect("a byte count");
+    assert!(
+        sent >= 32 * 1024 && sent < BIG as u64,
+        "bytes {sent} of {BIG}: {line}"
+    );
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_with_its_key() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = dir.path().join("kagami.toml");
+    std::fs::write(
+        &config,
+        "[log]\nformat = \"yaml\"\n\n[[site]]\nname = \"a\"\nhosts = [\"a.example\"]\n\
+         origin = \"http://127.0.0.1:9\"\n",
+    )
+    .expect("write the config");
+    let output = Command::new(KAGAMI)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run check-config");
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("kagami.toml") && err.contains("log.format") && err.contains("\"json\""),
+        "{err}"
+    );
+}
