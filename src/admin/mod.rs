@@ -1,6 +1,6 @@
 //! The admin API, on its own listener (`[admin]`): `/healthz` and `/readyz` for everyone,
-//! `/metrics` (Prometheus text) and `POST /purge` behind the bearer token. Without a token
-//! (allowed on loopback only) `/metrics` is open and the actions answer 403.
+//! `/metrics` (Prometheus text), `POST /purge` and `POST /reload` behind the bearer token.
+//! Without a token (allowed on loopback only) `/metrics` is open and the actions answer 403.
 
 mod auth;
 mod metrics;
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::AdminConfig;
 use crate::proxy::Proxy;
+use crate::server::Live;
 
 pub use auth::constant_time_eq;
 
@@ -28,7 +29,8 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// What the admin endpoints see of the running Kagami.
 pub struct Admin {
-    pub proxy: Arc<Proxy>,
+    /// The proxy now serving (it changes on a reload), and the means to reload.
+    pub live: Arc<Live>,
     pub token: Option<String>,
     /// The proxy's bound listener ports (a Host naming one of them is keyed without it).
     pub listener_ports: Vec<u16>,
@@ -107,6 +109,11 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 impl Admin {
+    /// The proxy now serving.
+    fn proxy(&self) -> Arc<Proxy> {
+        self.live.proxy()
+    }
+
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
@@ -144,11 +151,35 @@ impl Admin {
             (Method::GET, "/metrics") => answer(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&self.proxy),
+                metrics::render(&self.proxy()),
             ),
             (Method::POST, "/purge") => self.purge(request).await,
-            (_, "/metrics" | "/purge") => text(StatusCode::METHOD_NOT_ALLOWED, "wrong method"),
+            (Method::POST, "/reload") => self.reload().await,
+            (_, "/metrics" | "/purge" | "/reload") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
+            }
             _ => text(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+
+    /// Re-reads the config file, as SIGHUP does: 200 with what changed, or 422 with every
+    /// problem of the new file (the old config keeps serving).
+    async fn reload(&self) -> Response<Full<Bytes>> {
+        match self.live.reload_file().await {
+            Ok(report) => json(
+                StatusCode::OK,
+                serde_json::json!({ "reloaded": true, "report": report }),
+            ),
+            Err(err) => {
+                let status = match err {
+                    crate::server::ReloadError::NoFile => StatusCode::CONFLICT,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                json(
+                    status,
+                    serde_json::json!({ "reloaded": false, "problems": err.problems() }),
+                )
+            }
         }
     }
 
@@ -187,7 +218,10 @@ impl Admin {
             }
         };
         let soft = purge.soft.unwrap_or(true);
-        match self.proxy.purge_url(&purge.url, soft, &self.listener_ports) {
+        match self
+            .proxy()
+            .purge_url(&purge.url, soft, &self.listener_ports)
+        {
             Ok(purged) => {
                 tracing::info!(url = %purge.url, soft, purged, "purged");
                 json(
