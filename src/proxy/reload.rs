@@ -139,3 +139,42 @@ impl Proxy {
         build(config, Some(self))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(b_origin: &str, a_ttl: Duration) -> Config {
+        let mut a = SiteConfig::new("a", &["a.test"], "http://127.0.0.1:1").unwrap();
+        a.default_ttl = a_ttl;
+        let b = SiteConfig::new("b", &["b.test"], b_origin).unwrap();
+        Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![a, b])
+    }
+
+    #[tokio::test]
+    async fn a_successor_keeps_what_did_not_change_and_shares_the_store() {
+        let old = Proxy::new(&config("http://127.0.0.1:2", Duration::from_secs(1))).unwrap();
+        let new = old
+            .reloaded(&config("http://127.0.0.1:3", Duration::from_secs(9)))
+            .unwrap();
+        let (a, b) = (&new.sites[0], &new.sites[1]);
+        // A caching setting is not an origin setting: a keeps its origin state.
+        assert!(Arc::ptr_eq(&a.origin, &old.sites[0].origin));
+        assert_eq!(a.config.default_ttl, Duration::from_secs(9));
+        assert!(
+            !Arc::ptr_eq(&b.origin, &old.sites[1].origin),
+            "b's origin moved"
+        );
+        let (old_hits, new_hits) = (old.sites[0].hits.as_ref(), a.hits.as_ref());
+        assert!(
+            Arc::ptr_eq(old_hits.unwrap(), new_hits.unwrap()),
+            "same rate, same budget"
+        );
+        assert!(Arc::ptr_eq(&old.stats, &new.stats));
+        assert!(Arc::ptr_eq(&old.in_flight, &new.in_flight));
+        assert!(Arc::ptr_eq(&old.budget, &new.budget));
+        // One gauge per site, the rebuilt origin's.
+        assert_eq!(new.stats.origin_limits.now().len(), 2);
+    }
+}
