@@ -83,7 +83,8 @@ pub(super) fn build(config: &Config, previous: Option<&Proxy>) -> Result<Proxy, 
         sites,
         store,
         budget,
-        held_stall: config.server.idle_timeout,
+        // Tied to the connections' idle timeout, which only a restart changes.
+        held_stall: previous.map_or(config.server.idle_timeout, |p| p.held_stall),
         stats,
         // Fills under way finish with the proxy that started them; a request arriving after
         // the swap joins the new proxy's fills (at worst one extra origin fetch per page).
