@@ -418,3 +418,38 @@ async fn sighup_makes_kagami_run_pick_up_the_edited_file() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let s = Setup::start(&site("b", "http://127.0.0.1:9")).await;
+    s.origin
+        .route("/slow", Route::ok("slow").delay(Duration::from_millis(800)));
+    s.rewrite(&site("b", &s.origin.url()));
+    s.running.reload_file().await.unwrap();
+    // One keep-alive client throughout: its connection sees each reload from the next request.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}/slow", s.running.addrs[0]);
+    let slow = tokio::spawn(client.get(&url).header("host", "www.b.test").send());
+    let started = Instant::now();
+    while s.origin.hits("/slow") == 0 {
+        assert!(started.elapsed() < LIMIT, "the request reached the origin");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // b goes away while its request waits for the origin.
+    s.rewrite("");
+    assert_eq!(s.running.reload_file().await.unwrap().removed, ["b"]);
+    let answer = tokio::time::timeout(LIMIT, slow)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "slow");
+    let again = client
+        .get(&url)
+        .header("host", "www.b.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 421, "the next request sees b removed");
+}
