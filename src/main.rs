@@ -21,7 +21,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use cli::startup::{init_logging, raise_open_files_limit, report, shutdown_signal};
+use cli::startup::{
+    init_logging, raise_open_files_limit, report, shutdown_signal, Signal, Signals,
+};
 
 /// Where `run` and `check-config` look when no file is named.
 const DEFAULT_CONFIG: &str = "kagami.toml";
@@ -39,7 +41,9 @@ Environment:
 Signals (run):
   SIGTERM, SIGINT (Ctrl-C)  stop accepting, let requests in flight finish (server.drain_timeout),
                             answer the rest 503 with Retry-After, exit 0
-  SIGHUP                    logged and ignored: reloading the config is not supported yet";
+  SIGHUP                    re-read the config file and certificates: new requests use the
+                            new config, requests in flight finish on the old one, the cache
+                            is kept; a bad file is logged and the old config keeps serving";
 
 #[derive(Parser)]
 #[command(
@@ -132,10 +136,11 @@ fn main() -> ExitCode {
     }
     let result = match command {
         Command::CheckConfig { config } => config.path().and_then(|p| check_config(&p)),
-        Command::Run { config } => config.path().and_then(|p| load(&p)).and_then(|c| {
+        Command::Run { config } => config.path().and_then(|p| {
+            let c = load(&p)?;
             init_logging(c.log.format);
             raise_open_files_limit(c.server.max_connections);
-            runtime(&c)?.block_on(run(c))
+            runtime(&c)?.block_on(run(c, p))
         }),
         Command::GenCert { hosts, out } => gen_cert(&hosts, &out),
         Command::Demo { listen, origin } => {
@@ -197,12 +202,16 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let signal = shutdown_signal();
-    let running = kagami::server::start(&config).await?;
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let mut signals = Signals::install();
+    let running = kagami::server::start_with_file(&config, Some(path)).await?;
     tracing::info!(sites = config.sites.len(), "kagami is serving");
     kagami::limit::log_budgets(&config);
-    signal.await;
+    // A failed reload is logged by `reload_file` and changes nothing: keep serving.
+    while let Signal::Reload = signals.next().await {
+        tracing::info!("SIGHUP: reloading the config");
+        let _ = running.reload_file().await;
+    }
     let store = &running.proxy.store;
     tracing::info!(
         entries = store.entry_count(),

@@ -110,12 +110,23 @@ pub struct OriginLimits(Mutex<Vec<(String, Arc<AtomicU64>)>>);
 
 impl OriginLimits {
     /// A gauge for `site`'s limit, starting at `limit`; its origin keeps it current.
+    /// A site registered again (its origin rebuilt by a reload) has its gauge replaced.
     pub fn register(&self, site: &str, limit: u64) -> Arc<AtomicU64> {
         let gauge = Arc::new(AtomicU64::new(limit));
         if let Ok(mut all) = self.0.lock() {
-            all.push((site.to_string(), gauge.clone()));
+            match all.iter_mut().find(|(name, _)| name == site) {
+                Some(slot) => slot.1 = gauge.clone(),
+                None => all.push((site.to_string(), gauge.clone())),
+            }
         }
         gauge
+    }
+
+    /// Forgets the sites a reload removed.
+    pub fn retain(&self, sites: &[&str]) {
+        if let Ok(mut all) = self.0.lock() {
+            all.retain(|(name, _)| sites.contains(&name.as_str()));
+        }
     }
 
     /// `(site, limit)` for every site, in the order they were configured.

@@ -123,8 +123,8 @@ fn register_stats(registry: &mut Registry, stats: &Stats) {
 
 /// The per-site request counters of the front door.
 fn register_sites(registry: &mut Registry, proxy: &Proxy) {
-    let all: Vec<&SiteMetrics> = (proxy.sites().iter().map(|s| &s.metrics))
-        .chain(std::iter::once(&proxy.unrouted))
+    let all: Vec<&SiteMetrics> = (proxy.sites().iter().map(|s| &*s.metrics))
+        .chain(std::iter::once(&*proxy.unrouted))
         .collect();
     let mut requests = Series::new(MetricType::Counter);
     let mut latency = Series::new(MetricType::Histogram);

@@ -1,7 +1,7 @@
 //! The admin API, on its own listener (`[admin]`): `/healthz`, `/readyz` and the dashboard
-//! page `/` for everyone, `/metrics` (Prometheus text), `/status` (JSON) and `POST /purge`
-//! behind the bearer token. Without a token (allowed on loopback only) `/metrics` and
-//! `/status` are open and the actions answer 403.
+//! page `/` for everyone, `/metrics` (Prometheus text), `/status` (JSON), `POST /purge` and
+//! `POST /reload` behind the bearer token. Without a token (allowed on loopback only)
+//! `/metrics` and `/status` are open and the actions answer 403.
 
 mod auth;
 mod dashboard;
@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::config::AdminConfig;
 use crate::proxy::{Proxy, Purge};
+use crate::server::Live;
 
 pub use auth::constant_time_eq;
 
@@ -31,7 +32,8 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// What the admin endpoints see of the running Kagami.
 pub struct Admin {
-    pub proxy: Arc<Proxy>,
+    /// The proxy now serving (it changes on a reload), and the means to reload.
+    pub live: Arc<Live>,
     pub token: Option<String>,
     /// The proxy's bound listener ports (a Host naming one of them is keyed without it).
     pub listener_ports: Vec<u16>,
@@ -110,6 +112,11 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 impl Admin {
+    /// The proxy now serving.
+    fn proxy(&self) -> Arc<Proxy> {
+        self.live.proxy()
+    }
+
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
@@ -150,14 +157,36 @@ impl Admin {
             (Method::GET, "/metrics") => answer(
                 StatusCode::OK,
                 metrics::CONTENT_TYPE,
-                metrics::render(&self.proxy),
+                metrics::render(&self.proxy()),
             ),
             (Method::GET, "/status") => self.status().await,
             (Method::POST, "/purge") => self.purge(request).await,
-            (_, "/" | "/metrics" | "/status" | "/purge") => {
+            (Method::POST, "/reload") => self.reload().await,
+            (_, "/" | "/metrics" | "/status" | "/purge" | "/reload") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
             }
             _ => text(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+
+    /// Re-reads the config file, as SIGHUP does: 200 with what changed, or 422 with every
+    /// problem of the new file (the old config keeps serving).
+    async fn reload(&self) -> Response<Full<Bytes>> {
+        match self.live.reload_file().await {
+            Ok(report) => json(
+                StatusCode::OK,
+                serde_json::json!({ "reloaded": true, "report": report }),
+            ),
+            Err(err) => {
+                let status = match err {
+                    crate::server::ReloadError::NoFile => StatusCode::CONFLICT,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                json(
+                    status,
+                    serde_json::json!({ "reloaded": false, "problems": err.problems() }),
+                )
+            }
         }
     }
 
@@ -194,7 +223,7 @@ impl Admin {
             Purge::Tag(v) => ("tag", v.clone()),
         };
         // Prefix, site and tag purges walk the whole store: not on an async worker.
-        let proxy = self.proxy.clone();
+        let proxy = self.proxy();
         let ports = self.listener_ports.clone();
         let done = tokio::task::spawn_blocking(move || proxy.purge(&purge, soft, &ports)).await;
         match done {
@@ -221,7 +250,7 @@ impl Admin {
 
     async fn status(&self) -> Response<Full<Bytes>> {
         // Counting each site's objects walks the store: not on an async worker.
-        let proxy = self.proxy.clone();
+        let proxy = self.proxy();
         let status =
             tokio::task::spawn_blocking(move || serde_json::to_string(&status::collect(&proxy)))
                 .await;

@@ -108,38 +108,62 @@ pub fn raise_open_files_limit(max_connections: usize) {
 #[cfg(not(unix))]
 pub fn raise_open_files_limit(_max_connections: usize) {}
 
-/// Waits for SIGTERM or Ctrl-C. SIGHUP, which by default would kill the process without a
-/// word (and which operators send expecting nginx's reload), is logged and otherwise ignored
-/// until reloading is implemented. The handlers are installed when this is called, not when
-/// the future is first polled, so a signal arriving during start-up is not missed.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// What an operator asked for with a signal.
+pub enum Signal {
+    /// SIGTERM or Ctrl-C: drain and exit.
+    Stop,
+    /// SIGHUP: re-read the config (as nginx does), which default handling would instead
+    /// answer by killing the process without a word.
+    Reload,
+}
+
+/// The process's signal handlers. They are installed when this is made, not when `next` is
+/// first polled, so a signal arriving during start-up is not missed.
+pub struct Signals {
     #[cfg(unix)]
-    let handlers = {
-        use tokio::signal::unix::{signal, SignalKind};
-        (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        )
-    };
-    async move {
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    pub fn install() -> Signals {
         #[cfg(unix)]
         {
-            let (Ok(mut term), Ok(mut hangup)) = handlers else {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+            use tokio::signal::unix::{signal, SignalKind};
+            let handlers = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(term), Ok(hangup)) => Some((term, hangup)),
+                _ => None,
             };
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return,
-                    _ = term.recv() => return,
-                    _ = hangup.recv() => tracing::warn!(
-                        "SIGHUP received and ignored: reloading the config is not supported \
-                         yet; restart Kagami (SIGTERM, then start it again) to apply a new config"
-                    ),
-                }
-            }
+            Signals { handlers }
         }
         #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some((term, hangup)) = &mut self.handlers {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = term.recv() => Signal::Stop,
+                _ = hangup.recv() => Signal::Reload,
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C, for a Kagami with no config file to reload (the demo): SIGHUP
+/// is logged and otherwise ignored.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let mut signals = Signals::install();
+    async move {
+        while let Signal::Reload = signals.next().await {
+            tracing::warn!("SIGHUP received and ignored: there is no config file to reload");
+        }
     }
 }

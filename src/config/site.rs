@@ -22,7 +22,7 @@ pub enum CookiePolicy {
     Strip,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginTimeouts {
     pub connect: Duration,
     /// From sending the request until the response head has arrived.
@@ -32,7 +32,7 @@ pub struct OriginTimeouts {
 }
 
 /// How Kagami shields a site's origins from a surge.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginProtection {
     /// Origin requests under way at once for this site, all origins together.
     pub concurrency: usize,

@@ -68,6 +68,8 @@ impl Rate {
 /// number of keys passes `max_keys`, so spoofed or rotating addresses cannot exhaust memory.
 pub struct Limiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// What it was built for: a reload keeps a limiter whose rate did not change.
+    rate: Rate,
     max_keys: usize,
     epoch: Instant,
     last_cleanup_ms: AtomicU64,
@@ -80,11 +82,21 @@ impl Limiter {
     pub fn new(rate: Rate, max_keys: usize) -> Limiter {
         Limiter {
             limiter: DefaultKeyedRateLimiter::keyed(rate.quota()),
+            rate,
             max_keys: max_keys.max(1),
             epoch: Instant::now(),
             last_cleanup_ms: AtomicU64::new(0),
             checks: AtomicU64::new(0),
         }
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// The `max_keys` it was built with (at least 1).
+    pub fn capacity(&self) -> usize {
+        self.max_keys
     }
 
     /// Spends one unit of `key`'s budget, or says how long until one is available.

@@ -19,6 +19,7 @@ mod headers;
 mod patience;
 mod purge;
 pub use purge::{site_of_key, Purge};
+mod reload;
 pub mod respond;
 mod tls;
 mod whole;
@@ -85,12 +86,18 @@ pub struct Site {
     pub config: SiteConfig,
     pub origin: Arc<Origin>,
     settings: StoreSettings,
-    hits: Option<Limiter>,
-    misses: Option<Limiter>,
-    /// Answers over the last minute, for `/status`.
-    pub window: crate::metrics::window::Window,
-    /// This site's `/metrics` counters, bumped by the front door (`front`).
-    pub metrics: SiteMetrics,
+    /// Shared with the proxy a reload builds when the rate stays the same, so that a reload
+    /// does not hand every client a fresh budget.
+    hits: Option<Arc<Limiter>>,
+    misses: Option<Arc<Limiter>>,
+    /// The origin's active health checks: handed over with the origin on a reload, aborted
+    /// when the site goes or changes (see `reload`).
+    health: std::sync::Mutex<Vec<AbortHandle>>,
+    /// Answers over the last minute, for `/status` (kept across reloads).
+    pub window: Arc<crate::metrics::window::Window>,
+    /// This site's `/metrics` counters, bumped by the front door (`front`); kept across
+    /// reloads, so counters never go backwards while the process runs.
+    pub metrics: Arc<SiteMetrics>,
 }
 
 /// Who sent a request.
@@ -143,13 +150,13 @@ pub struct Proxy {
     access_log: bool,
     max_in_flight: usize,
     max_request_body: u64,
-    in_flight: AtomicUsize,
-    background: Vec<AbortHandle>,
+    /// Shared with reloaded proxies: requests still running on an old one count too.
+    in_flight: Arc<AtomicUsize>,
     /// The Via hop this process adds towards origins (see `headers::origin_via`).
     via: HeaderValue,
     loop_logged: crate::metrics::Every,
     /// `/metrics` counters of requests no site took (`metrics::site::NO_SITE`).
-    pub unrouted: SiteMetrics,
+    pub unrouted: Arc<SiteMetrics>,
 }
 
 type Served = (Response<Body>, CacheStatus);
@@ -157,50 +164,7 @@ type Served = (Response<Body>, CacheStatus);
 impl Proxy {
     /// Builds the proxy; must run inside a tokio runtime (health checks start here).
     pub fn new(config: &Config) -> Result<Proxy, BuildError> {
-        let stats = Arc::new(Stats::default());
-        let mut background = Vec::new();
-        let mut sites = Vec::new();
-        // Sites on the same origin share its connection pool.
-        let mut clients = crate::origin::Clients::for_sites(&config.sites);
-        for c in &config.sites {
-            let client = clients.client(c).map_err(|source| BuildError {
-                site: c.name.clone(),
-                source,
-            })?;
-            let origin = Arc::new(Origin::with_client(c, client, stats.clone()));
-            if let Some(path) = &c.protection.health_path {
-                background.extend(origin.spawn_health_checks(path, c.protection.health_interval));
-            }
-            let max_clients = config.limits.max_clients;
-            sites.push(Site {
-                origin,
-                settings: StoreSettings::of(c),
-                hits: c.limit_hits.map(|rate| Limiter::new(rate, max_clients)),
-                misses: c.limit_misses.map(|rate| Limiter::new(rate, max_clients)),
-                window: Default::default(),
-                metrics: SiteMetrics::new(&c.name),
-                config: c.clone(),
-            });
-        }
-        Ok(Proxy {
-            router: Router::new(sites.iter().map(|s| s.config.hosts.as_slice())),
-            sites,
-            store: MemoryStore::new(config.cache.memory),
-            budget: budget::Budget::new(config.inflight_memory(), stats.clone()),
-            held_stall: config.server.idle_timeout,
-            stats,
-            coalescer: Coalescer::default(),
-            trusted: TrustedProxies::new(config.limits.trusted_proxies.clone()),
-            page_429: config.limits.page_429.clone(),
-            access_log: config.log.access,
-            max_in_flight: config.server.max_requests_in_flight,
-            max_request_body: config.server.max_request_body,
-            in_flight: AtomicUsize::new(0),
-            background,
-            via: headers::origin_via(instance_id()),
-            loop_logged: crate::metrics::Every::default(),
-            unrouted: SiteMetrics::new(crate::metrics::site::NO_SITE),
-        })
+        reload::build(config, None)
     }
 
     pub fn sites(&self) -> &[Site] {
@@ -575,8 +539,8 @@ impl Site {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        for task in &self.background {
-            task.abort();
+        for site in &mut self.sites {
+            reload::abort_health(site);
         }
     }
 }
@@ -594,7 +558,7 @@ fn instance_id() -> u64 {
     hasher.finish()
 }
 
-fn check(limiter: &Option<Limiter>, ip: IpAddr) -> Result<(), Duration> {
+fn check(limiter: &Option<Arc<Limiter>>, ip: IpAddr) -> Result<(), Duration> {
     limiter.as_ref().map_or(Ok(()), |l| l.check(ip))
 }
 

@@ -22,8 +22,11 @@ use crate::limit::TrustedProxies;
 use crate::proxy::{BuildError, Client, Proxy};
 
 mod idle;
+mod live;
 mod per_client;
 mod tls;
+
+pub use live::{Live, ReloadError, ReloadReport};
 
 use per_client::{ClientConnection, PerClient};
 
@@ -47,7 +50,11 @@ pub struct Running {
     pub tls_addrs: Vec<SocketAddr>,
     /// Where HTTPS listeners get certificates; its table can be replaced while serving.
     pub certificates: Option<Arc<crate::tls::SniResolver>>,
+    /// The proxy as started. Its store and statistics are those of every proxy a reload
+    /// builds; for the sites now served, see `current`.
     pub proxy: Arc<Proxy>,
+    /// The proxy now serving, and reloading.
+    pub live: Arc<Live>,
     /// The admin API's bound address, when it runs (`Config::admin`).
     pub admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -71,14 +78,38 @@ impl Running {
         }
     }
 
+    /// The proxy new requests go to (the latest reload's).
+    pub fn current(&self) -> Arc<Proxy> {
+        self.live.proxy()
+    }
+
+    /// Applies `config` to new requests (see `Live`); an error leaves the old config serving.
+    pub async fn reload(&self, config: &Config) -> Result<ReloadReport, ReloadError> {
+        self.live.reload(config).await
+    }
+
+    /// Re-reads the config file Kagami was started with (`start_with_file`) and applies it.
+    pub async fn reload_file(&self) -> Result<ReloadReport, ReloadError> {
+        self.live.reload_file().await
+    }
+
     /// The first bound address (convenient for tests and the demo).
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
     }
 }
 
-/// Binds every listen address and starts serving.
+/// Binds every listen address and starts serving; `Running::reload` can apply a new config,
+/// but there is no file for `reload_file` to re-read.
 pub async fn start(config: &Config) -> Result<Running, ServerError> {
+    start_with_file(config, None).await
+}
+
+/// Like `start`, for a config read from `path`: reloads re-read that file.
+pub async fn start_with_file(
+    config: &Config,
+    path: Option<std::path::PathBuf>,
+) -> Result<Running, ServerError> {
     let proxy = Arc::new(Proxy::new(config)?);
     let (stop, stopped) = watch::channel(false);
     let mut addrs = Vec::new();
@@ -95,6 +126,12 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             (Some(acceptor), Some(resolver))
         }
     };
+    let live = Arc::new(Live::new(
+        proxy.clone(),
+        certificates.clone(),
+        config.clone(),
+        path,
+    ));
     let mut tls_addrs = Vec::new();
     let plain = config.server.listen.iter().map(|addr| (addr, None));
     let secure = (config.server.listen_tls.iter()).map(|addr| (addr, acceptor.clone()));
@@ -116,7 +153,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         tracing::info!(%local, https = tls.is_some(), "listening");
         tasks.push(tokio::spawn(accept_loop(
             listener,
-            proxy.clone(),
+            live.clone(),
             config.server.clone(),
             connections.clone(),
             per_client.clone(),
@@ -124,7 +161,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
             tls,
         )));
     }
-    let (admin, admin_addr) = match start_admin(config, &proxy, &addrs, &stopped).await {
+    let (admin, admin_addr) = match start_admin(config, &live, &addrs, &stopped).await {
         Ok(Some((task, addr))) => (Some(task), Some(addr)),
         Ok(None) => (None, None),
         Err(err) => {
@@ -137,6 +174,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         tls_addrs,
         certificates,
         proxy,
+        live,
         admin_addr,
         stop,
         tasks,
@@ -147,7 +185,7 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
 /// Binds and starts the admin API when the config has one.
 async fn start_admin(
     config: &Config,
-    proxy: &Arc<Proxy>,
+    live: &Arc<Live>,
     addrs: &[SocketAddr],
     stopped: &watch::Receiver<bool>,
 ) -> Result<Option<(JoinHandle<()>, SocketAddr)>, ServerError> {
@@ -164,7 +202,7 @@ async fn start_admin(
         return Ok(None);
     };
     let state = Arc::new(crate::admin::Admin {
-        proxy: proxy.clone(),
+        live: live.clone(),
         token: admin.token.clone(),
         listener_ports: addrs.iter().map(SocketAddr::port).collect(),
         draining: stopped.clone(),
@@ -210,7 +248,7 @@ fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
 
 async fn accept_loop(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    live: Arc<Live>,
     server: ServerConfig,
     connections: Arc<Semaphore>,
     per_client: Arc<PerClient>,
@@ -256,7 +294,7 @@ async fn accept_loop(
             peer,
             &builder,
             &graceful,
-            proxy.clone(),
+            live.clone(),
             &server,
             (permit, counted),
             tls.clone(),
@@ -286,14 +324,15 @@ fn serve_connection(
     peer: SocketAddr,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
-    proxy: Arc<Proxy>,
+    live: Arc<Live>,
     server: &ServerConfig,
     permit: (OwnedSemaphorePermit, ClientConnection),
     tls: Option<TlsAcceptor>,
     overdue: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let stats = proxy.stats.clone();
+    // Every proxy a reload builds shares these statistics.
+    let stats = live.proxy().stats.clone();
     stats.add(&stats.connections_total);
     stats.connections_open.fetch_add(1, Ordering::Relaxed);
     let local_port = stream.local_addr().map_or(0, |a| a.port());
@@ -319,7 +358,9 @@ fn serve_connection(
             }
         };
         let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let proxy = proxy.clone();
+            // Per request, not per connection: a keep-alive connection opened before a reload
+            // gets the new config for its next request. This one keeps its proxy to the end.
+            let proxy = live.proxy();
             let tracker = tracker.clone();
             let guard = tracker.request_started();
             let mut overdue = overdue.clone();

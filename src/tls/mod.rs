@@ -61,7 +61,7 @@ pub fn acceptor(
 
 /// Certificates are checked at load, but one can expire while Kagami runs: say when, loudly
 /// when it is soon, so that staff renew it before browsers start refusing the site.
-fn log_expiry(config: &crate::config::Config) {
+pub fn log_expiry(config: &crate::config::Config) {
     const SOON: Duration = Duration::from_secs(14 * 86_400);
     let now = SystemTime::now();
     for site in &config.sites {
