@@ -96,12 +96,16 @@ impl CertTable {
 /// certificate they were given, new ones see the new table.
 pub struct SniResolver {
     table: RwLock<Arc<CertTable>>,
+    /// Certificates obtained by ACME (`tls::acme`), replaced on their own schedule: a config
+    /// reload swaps `table` without losing them. Asked only for names `table` lacks.
+    acme: RwLock<Arc<CertTable>>,
 }
 
 impl SniResolver {
     pub fn new(table: CertTable) -> SniResolver {
         SniResolver {
             table: RwLock::new(Arc::new(table)),
+            acme: RwLock::new(Arc::new(CertTable::default())),
         }
     }
 
@@ -115,8 +119,24 @@ impl SniResolver {
         }
     }
 
+    /// Swaps in the certificates ACME holds now.
+    pub fn replace_acme(&self, table: CertTable) {
+        let table = Arc::new(table);
+        match self.acme.write() {
+            Ok(mut slot) => *slot = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+    }
+
     fn current(&self) -> Arc<CertTable> {
         match self.table.read() {
+            Ok(table) => table.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn current_acme(&self) -> Arc<CertTable> {
+        match self.acme.read() {
             Ok(table) => table.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
@@ -125,7 +145,8 @@ impl SniResolver {
     /// The certificate for `sni` as a client would send it (any case, maybe a trailing dot).
     pub fn certificate_for(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let name = super::SniName::new(sni)?;
-        self.current().lookup(name.as_str()).cloned()
+        let found = self.current().lookup(name.as_str()).cloned();
+        found.or_else(|| self.current_acme().lookup(name.as_str()).cloned())
     }
 }
 
@@ -223,5 +244,20 @@ mod tests {
         assert!(same(resolver.certificate_for("www.a.test"), &old));
         resolver.replace(CertTable::new(&[site("a", &["www.a.test"], &new)]));
         assert!(same(resolver.certificate_for("www.a.test"), &new));
+    }
+
+    #[test]
+    fn acme_certificates_survive_a_table_swap_and_never_shadow_files() {
+        let (file, acme, other) = (cert(), cert(), cert());
+        let resolver = SniResolver::new(CertTable::new(&[site("a", &["www.a.test"], &file)]));
+        assert!(resolver.certificate_for("www.acme.test").is_none());
+        resolver.replace_acme(CertTable::new(&[
+            site("b", &["www.acme.test"], &acme),
+            site("c", &["www.a.test"], &other),
+        ]));
+        assert!(same(resolver.certificate_for("www.acme.test"), &acme));
+        assert!(same(resolver.certificate_for("www.a.test"), &file));
+        resolver.replace(CertTable::default());
+        assert!(same(resolver.certificate_for("www.acme.test"), &acme));
     }
 }
