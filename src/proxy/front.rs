@@ -100,6 +100,10 @@ impl Proxy {
         authority: Option<&str>,
     ) -> Served {
         let method = request.method().clone();
+        // Before the Host is even looked at: the CA may name the site in any form.
+        if let Some(answer) = tls::acme_challenge(&self.acme_challenges, &client, &request) {
+            return answer;
+        }
         let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
             return refuse(
                 StatusCode::BAD_REQUEST,

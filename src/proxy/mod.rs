@@ -141,6 +141,8 @@ pub struct Proxy {
     /// The Via hop this process adds towards origins (see `headers::origin_via`).
     via: HeaderValue,
     loop_logged: crate::metrics::Every,
+    /// ACME HTTP-01 answers the plain listeners give before routing (`tls::acme`).
+    pub acme_challenges: Arc<crate::tls::acme::Challenges>,
 }
 
 type Served = (Response<Body>, CacheStatus);
@@ -188,6 +190,7 @@ impl Proxy {
             background,
             via: headers::origin_via(instance_id()),
             loop_logged: crate::metrics::Every::default(),
+            acme_challenges: Arc::default(),
         })
     }
 
