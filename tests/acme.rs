@@ -183,6 +183,7 @@ name = "okayama"
 hosts = ["{NAME}"]
 origin = "{origin}"
 acme = true
+https_redirect = true
 
 [acme]
 directory = "{directory}"
@@ -268,13 +269,6 @@ async fn a_certificate_is_issued_by_pebble_and_reused_after_a_restart() {
     let running: Running = kagami::server::start(&config).await.unwrap();
     let tls_addr = running.tls_addrs[0];
 
-    // Plain HTTP serves the site whether or not the certificate is there yet.
-    let plain = plain_get(running.addrs[0]).await;
-    assert!(
-        plain.starts_with("HTTP/1.1 200") && plain.ends_with("okayama home"),
-        "{plain}"
-    );
-
     let started = Instant::now();
     let (first, body) = loop {
         match fetch_https(tls_addr, &root).await {
@@ -299,6 +293,15 @@ async fn a_certificate_is_issued_by_pebble_and_reused_after_a_restart() {
     assert!(
         body.starts_with("HTTP/1.1 200") && body.ends_with("okayama home"),
         "{body}"
+    );
+
+    // With its certificate, the site's https_redirect applies.
+    let plain = plain_get(running.addrs[0]).await;
+    assert!(plain.starts_with("HTTP/1.1 301"), "{plain}");
+    // (No port: the TLS listener's port was chosen by the system, so none is configured.)
+    assert!(
+        plain.contains(&format!("location: https://{NAME}/")),
+        "{plain}"
     );
 
     // Kagami answered the CA's validation requests itself, before routing.
@@ -339,5 +342,38 @@ async fn a_certificate_is_issued_by_pebble_and_reused_after_a_restart() {
     );
     assert_eq!(again, first);
     assert!(body.ends_with("okayama home"), "{body}");
+    running.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A CA that cannot be reached: nothing crashes, the site is served over plain HTTP (not
+/// redirected to an HTTPS that has no certificate), its handshake fails at once, and nothing
+/// is stored. Needs no pebble.
+#[tokio::test]
+async fn without_its_certificate_a_site_is_served_over_plain_http_only() {
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("okayama home"));
+    let dir = tempfile::tempdir().unwrap();
+    let (ports, _) = free_ports(1);
+    // Nothing listens there (the port was only held to find a free one).
+    let directory = format!("https://127.0.0.1:{}/dir", ports[0]);
+    std::fs::write(dir.path().join("pebble-ca.pem"), pki::Ca::new("unused").pem).unwrap();
+    let config = kagami_config(dir.path(), 0, &origin.url(), &directory);
+    let running = kagami::server::start(&config).await.unwrap();
+    let some_root = CertificateDer::from(pki::Ca::new("any").leaf(&[NAME]).der);
+    for _ in 0..3 {
+        let plain = plain_get(running.addrs[0]).await;
+        assert!(
+            plain.starts_with("HTTP/1.1 200") && plain.ends_with("okayama home"),
+            "{plain}"
+        );
+        let started = Instant::now();
+        let refused = fetch_https(running.tls_addrs[0], &some_root).await;
+        let why = refused.expect_err("no certificate yet");
+        assert!(!why.contains("timed out"), "{why}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{why}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let certs = dir.path().join("acme-state/certs/okayama/cert.pem");
+    assert!(!certs.exists());
     running.shutdown(Duration::from_secs(1)).await;
 }

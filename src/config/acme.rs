@@ -154,8 +154,8 @@ pub(super) fn finish(config: &Config, problems: &mut Problems) {
         if config.server.listen.is_empty() {
             problems.add(
                 &key,
-                "needs a plain server.listen address on port 80: the CA checks HTTP-01 \
-                 challenges over plain HTTP",
+                "needs a plain server.listen address (port 80 for a public CA): the CA checks \
+                 HTTP-01 challenges over plain HTTP",
             );
         }
         for pattern in &site.hosts {
@@ -173,13 +173,6 @@ pub(super) fn finish(config: &Config, problems: &mut Problems) {
             problems.add(
                 &key,
                 "the site lists no DNS name (IP addresses cannot get a certificate)",
-            );
-        }
-        if site.tls.https_redirect {
-            problems.add(
-                format!("site[{i}].https_redirect"),
-                "is not supported with acme = true yet: until the first certificate is \
-                 issued, visitors would be sent to an address with no certificate",
             );
         }
     }

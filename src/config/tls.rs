@@ -103,7 +103,8 @@ pub(super) fn site(
     if tls.https_redirect && !has_cert && !tls.acme {
         problems.add(
             key("https_redirect"),
-            "needs tls_cert and tls_key: visitors would be sent to an address with no certificate",
+            "needs tls_cert and tls_key (or acme): visitors would be sent to an address with no \
+             certificate",
         );
     }
     if raw.hsts.is_some() {

@@ -101,7 +101,7 @@ impl Proxy {
     ) -> Served {
         let method = request.method().clone();
         // Before the Host is even looked at: the CA may name the site in any form.
-        if let Some(answer) = tls::acme_challenge(&self.acme_challenges, &client, &request) {
+        if let Some(answer) = tls::acme_challenge(&self.acme, &client, &request) {
             return answer;
         }
         let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
@@ -147,7 +147,12 @@ impl Proxy {
             }
         }
         let site = &self.sites[index].config;
-        if let Some(redirect) = tls::redirect(site, &client, &authority, request.uri(), &method) {
+        // An ACME site is redirected only once it has a certificate to be redirected to.
+        let secure = !site.tls.acme || self.acme.has_certificate(&site.name);
+        if let Some(redirect) = secure
+            .then(|| tls::redirect(site, &client, &authority, request.uri(), &method))
+            .flatten()
+        {
             return redirect;
         }
         let host = authority.normalised_on(default_port, client.local_port);

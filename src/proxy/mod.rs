@@ -141,8 +141,9 @@ pub struct Proxy {
     /// The Via hop this process adds towards origins (see `headers::origin_via`).
     via: HeaderValue,
     loop_logged: crate::metrics::Every,
-    /// ACME HTTP-01 answers the plain listeners give before routing (`tls::acme`).
-    pub acme_challenges: Arc<crate::tls::acme::Challenges>,
+    /// ACME HTTP-01 answers the plain listeners give before routing, and which ACME sites
+    /// have their certificate yet (`tls::acme`).
+    pub acme: Arc<crate::tls::acme::AcmeState>,
 }
 
 type Served = (Response<Body>, CacheStatus);
@@ -190,7 +191,7 @@ impl Proxy {
             background,
             via: headers::origin_via(instance_id()),
             loop_logged: crate::metrics::Every::default(),
-            acme_challenges: Arc::default(),
+            acme: Arc::default(),
         })
     }
 

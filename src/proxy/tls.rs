@@ -17,7 +17,7 @@ use crate::routing::Authority;
 /// The key authorization for an ACME HTTP-01 challenge this Kagami published, on plain HTTP
 /// only (the CA never validates over HTTPS; RFC 8555 §8.3). Never cached, never routed.
 pub(super) fn acme_challenge<B>(
-    challenges: &crate::tls::acme::Challenges,
+    challenges: &crate::tls::acme::AcmeState,
     client: &Client,
     request: &http::Request<B>,
 ) -> Option<Served> {

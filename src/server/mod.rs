@@ -140,9 +140,9 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         }
     };
     // After the listeners are bound, so that the CA's first validation request finds them.
-    let acme = certificates.as_ref().and_then(|resolver| {
-        crate::tls::acme::start(config, resolver.clone(), proxy.acme_challenges.clone())
-    });
+    let acme = certificates
+        .as_ref()
+        .and_then(|resolver| crate::tls::acme::start(config, resolver.clone(), proxy.acme.clone()));
     Ok(Running {
         addrs,
         tls_addrs,

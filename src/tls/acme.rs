@@ -4,9 +4,9 @@
 //! cleanly (no certificate for the name) while plain HTTP serves it as usual.
 //!
 //! The CA checks each name by fetching `/.well-known/acme-challenge/<token>` over plain HTTP;
-//! the plain listeners answer those from `Challenges` before any routing or caching.
+//! the plain listeners answer those from `AcmeState` before any routing or caching.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -42,13 +42,26 @@ pub enum AcmeError {
     Other(String),
 }
 
-/// HTTP-01 answers being offered right now: token -> key authorization.
+/// What the request path needs to know of ACME: the HTTP-01 answers offered right now
+/// (token -> key authorization), and which sites have a certificate yet.
 #[derive(Default)]
-pub struct Challenges {
+pub struct AcmeState {
     tokens: RwLock<HashMap<String, String>>,
+    issued: RwLock<HashSet<String>>,
 }
 
-impl Challenges {
+impl AcmeState {
+    /// Whether the ACME site `site` has a certificate: until then its `https_redirect` is not
+    /// applied, as the redirect would lead to a failing handshake.
+    pub fn has_certificate(&self, site: &str) -> bool {
+        let issued = self.issued.read().unwrap_or_else(|p| p.into_inner());
+        issued.contains(site)
+    }
+
+    fn set_issued(&self, sites: HashSet<String>) {
+        *self.issued.write().unwrap_or_else(|p| p.into_inner()) = sites;
+    }
+
     /// The answer for a request path, if it is a challenge this Kagami is taking part in.
     /// Other challenge paths go on to the site (an origin may run its own ACME client).
     pub fn answer(&self, path: &str) -> Option<String> {
@@ -70,7 +83,7 @@ impl Challenges {
 
 /// Withdraws the tokens of one order however it ends (done, failed, timed out, cancelled).
 struct Published<'a> {
-    challenges: &'a Challenges,
+    challenges: &'a AcmeState,
     tokens: Vec<String>,
 }
 
@@ -97,7 +110,7 @@ struct Manager {
     store: Store,
     sites: Vec<Managed>,
     resolver: Arc<SniResolver>,
-    challenges: Arc<Challenges>,
+    state: Arc<AcmeState>,
     account: Option<Account>,
 }
 
@@ -106,7 +119,7 @@ struct Manager {
 pub fn start(
     config: &Config,
     resolver: Arc<SniResolver>,
-    challenges: Arc<Challenges>,
+    state: Arc<AcmeState>,
 ) -> Option<JoinHandle<()>> {
     let acme = config.acme.clone()?;
     let store = Store::new(&acme.state_dir);
@@ -137,7 +150,7 @@ pub fn start(
         store,
         sites,
         resolver,
-        challenges,
+        state,
         account: None,
     };
     manager.install();
@@ -155,6 +168,8 @@ impl Manager {
             })
             .collect();
         self.resolver.replace_acme(CertTable::new(&sites));
+        self.state
+            .set_issued(sites.into_iter().map(|s| s.name).collect());
     }
 
     async fn run(mut self) {
@@ -266,7 +281,7 @@ impl Manager {
             .collect();
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
         let mut published = Published {
-            challenges: &self.challenges,
+            challenges: &self.state,
             tokens: Vec::new(),
         };
         let mut authorizations = order.authorizations();
@@ -286,7 +301,7 @@ impl Manager {
                 .challenge(ChallengeType::Http01)
                 .ok_or_else(|| AcmeError::Other("the CA offers no http-01 challenge".into()))?;
             let answer = challenge.key_authorization();
-            self.challenges.publish(&challenge.token, answer.as_str());
+            self.state.publish(&challenge.token, answer.as_str());
             published.tokens.push(challenge.token.clone());
             challenge.set_ready().await?;
         }
@@ -355,7 +370,7 @@ mod tests {
 
     #[test]
     fn only_published_tokens_are_answered_and_withdrawn_after_the_order() {
-        let challenges = Challenges::default();
+        let challenges = AcmeState::default();
         challenges.publish("tok", "tok.thumb");
         assert_eq!(
             challenges
