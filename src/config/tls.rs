@@ -158,7 +158,10 @@ fn origin_ca(key: &str, path: &Path, problems: &mut Problems) -> Vec<reqwest::Ce
 /// Checks that need the whole file: listeners against sites, and names two certificates claim.
 pub(super) fn finish(config: &mut Config, problems: &mut Problems) {
     let listen_tls = &config.server.listen_tls;
-    let any_cert = config.sites.iter().any(|s| s.tls.cert.is_some());
+    let any_cert = config
+        .sites
+        .iter()
+        .any(|s| s.tls.cert.is_some() || s.tls.acme);
     let any_cert_configured = config
         .sites
         .iter()

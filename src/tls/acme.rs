@@ -127,7 +127,16 @@ pub fn start(
     let sites: Vec<Managed> = (config.sites.iter().filter(|s| s.tls.acme))
         .map(|site| {
             let issued = match store.load_cert(&site.name, &site.hosts) {
-                Ok(issued) => issued,
+                Ok(Some(issued)) => {
+                    tracing::info!(
+                        site = %site.name,
+                        expires = %humantime::format_rfc3339_seconds(issued.not_after),
+                        renew_after = %humantime::format_rfc3339_seconds(issued.renew_at()),
+                        "ACME certificate from state_dir"
+                    );
+                    Some(issued)
+                }
+                Ok(None) => None,
                 Err(reason) => {
                     tracing::warn!(site = %site.name, %reason, "stored ACME certificate not usable: ordering a new one");
                     None
@@ -279,7 +288,15 @@ impl Manager {
         let identifiers: Vec<Identifier> = (managed.names.iter())
             .map(|n| Identifier::Dns(n.clone()))
             .collect();
-        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let mut order = match account.new_order(&NewOrder::new(&identifiers)).await {
+            Ok(order) => order,
+            Err(instant_acme::Error::Api(problem)) if account_gone(&problem) => {
+                // Deactivated or deleted at the CA: the stored credentials would fail forever.
+                self.store.forget_account();
+                return Err(instant_acme::Error::Api(problem).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut published = Published {
             challenges: &self.state,
             tokens: Vec::new(),
@@ -333,6 +350,19 @@ impl Manager {
             ))),
         }
     }
+}
+
+/// Whether the CA says the account itself is unusable (RFC 8555 §6.7, §7.3.6).
+fn account_gone(problem: &instant_acme::Problem) -> bool {
+    problem.r#type.as_deref().is_some_and(|t| {
+        t.ends_with(":accountDoesNotExist")
+            || (t.ends_with(":unauthorized")
+                && problem.status == Some(403)
+                && problem
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("deactivated")))
+    })
 }
 
 /// The client instant-acme talks to the CA with: Kagami's crypto provider, the system's roots

@@ -110,6 +110,22 @@ impl Store {
         write_private(&self.account_path(), text.as_bytes())
     }
 
+    /// Drops the stored account (the CA no longer knows it), so that the next attempt creates
+    /// a new one. Renamed rather than deleted: someone may want to know what happened.
+    pub fn forget_account(&self) {
+        let path = self.account_path();
+        let aside = self.dir.join("account.json.gone");
+        match fs::rename(&path, &aside) {
+            Ok(()) => tracing::warn!(
+                file = %path.display(),
+                "the CA no longer knows the ACME account: a new one will be created"
+            ),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot set the ACME account aside")
+            }
+        }
+    }
+
     /// The stored certificate of `site`, if it is there, valid today and covers `hosts`;
     /// otherwise why not (`Ok(None)`: nothing stored yet).
     pub fn load_cert(&self, site: &str, hosts: &[HostPattern]) -> Result<Option<Issued>, String> {

@@ -56,7 +56,8 @@ impl CertTable {
     pub fn conflicts(sites: &[SiteConfig]) -> Vec<(String, String, String)> {
         let mut owner: HashMap<String, &str> = HashMap::new();
         let mut conflicts = Vec::new();
-        for site in sites.iter().filter(|s| s.tls.cert.is_some()) {
+        // ACME sites count too: theirs arrives later, and would lose to the file's silently.
+        for site in sites.iter().filter(|s| s.tls.cert.is_some() || s.tls.acme) {
             for pattern in &site.hosts {
                 let name = match pattern {
                     HostPattern::Exact { host, .. } => host.clone(),
@@ -235,6 +236,12 @@ mod tests {
         let conflicts = CertTable::conflicts(&sites);
         let names: Vec<&str> = conflicts.iter().map(|c| c.0.as_str()).collect();
         assert_eq!(names, ["www.x.test", "*.y.test"]);
+
+        // A site whose certificate ACME will bring claims its names as well.
+        let mut acme = SiteConfig::new("c", &["www.x.test:8080"], "http://127.0.0.1:1").unwrap();
+        acme.tls.acme = true;
+        let conflicts = CertTable::conflicts(&[sites[0].clone(), acme]);
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     }
 
     #[test]
