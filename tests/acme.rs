@@ -1,7 +1,9 @@
 //! ACME for real: Debian's `pebble` CA on 127.0.0.1 (with `pebble-challtestsrv` as its DNS,
 //! answering every name with 127.0.0.1), Kagami with an `acme = true` site: the certificate is
 //! issued over HTTP-01 through Kagami's plain listener and served over HTTPS live; a restart
-//! on the same state_dir serves the same certificate with the CA gone (no new order).
+//! on the same state_dir serves the same certificate with the CA gone (no new order); a
+//! short-lived certificate is renewed while serving; an unreachable CA leaves the site on
+//! plain HTTP.
 //!
 //! Without pebble on the machine the test fails when `CI` is set, and is skipped loudly
 //! otherwise (`apt-get install pebble`).
@@ -89,13 +91,14 @@ struct Pebble {
 }
 
 /// Starts pebble, validating HTTP-01 on `http_port` of whatever its DNS says (127.0.0.1).
-async fn start_pebble(dir: &Path, http_port: u16, pebble: &Path) -> Pebble {
+/// `validity`: of the certificates it issues, in seconds (pebble's default is 5 years).
+async fn start_pebble(dir: &Path, http_port: u16, pebble: &Path, validity: Option<u64>) -> Pebble {
     let (ports, dns) = free_ports(4);
     let (listen, management, tls_port, dns_management) = (ports[0], ports[1], ports[2], ports[3]);
     let tls_ca = pki::Ca::new("pebble listener CA (test)");
     let leaf = tls_ca.leaf(&["127.0.0.1", "localhost"]);
     leaf.write(dir, "pebble");
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -107,6 +110,9 @@ async fn start_pebble(dir: &Path, http_port: u16, pebble: &Path) -> Pebble {
             "externalAccountBindingRequired": false
         }
     });
+    if let Some(seconds) = validity {
+        config["pebble"]["certificateValidityPeriod"] = seconds.into();
+    }
     let config_file = dir.join("pebble-config.json");
     std::fs::write(&config_file, config.to_string()).unwrap();
     let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
@@ -240,6 +246,47 @@ async fn plain_get(addr: SocketAddr) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// Pebble's path; without it, a failure in CI and a loud skip elsewhere.
+fn pebble_or_skip() -> Option<PathBuf> {
+    let found = installed("pebble");
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("pebble is not installed: `apt-get install -y pebble` (.ci/run does this)");
+        }
+        eprintln!(
+            "\n*** SKIPPED a tests/acme.rs test: pebble is not installed (apt-get install -y \
+             pebble); CI runs it ***\n"
+        );
+    }
+    found
+}
+
+/// Waits (bounded) until an HTTPS handshake for NAME trusting `root` works and, if `other_than`
+/// is given, presents a certificate other than that one.
+async fn wait_for_certificate(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    other_than: Option<&[u8]>,
+    log: &Path,
+) -> (Vec<u8>, String) {
+    let started = Instant::now();
+    loop {
+        let why = match fetch_https(addr, root).await {
+            Ok((served, body)) if other_than != Some(served.as_slice()) => {
+                eprintln!("certificate served after {:?}", started.elapsed());
+                return (served, body);
+            }
+            Ok(_) => "still the old certificate".to_string(),
+            Err(why) => why,
+        };
+        if started.elapsed() > ISSUE_LIMIT {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("no new certificate within {ISSUE_LIMIT:?}: {why}\npebble log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn serial(der: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
     cert.raw_serial_as_string()
@@ -247,14 +294,7 @@ fn serial(der: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_is_issued_by_pebble_and_reused_after_a_restart() {
-    let Some(pebble_bin) = installed("pebble") else {
-        if std::env::var_os("CI").is_some() {
-            panic!("pebble is not installed: `apt-get install -y pebble` (.ci/run does this)");
-        }
-        eprintln!(
-            "\n*** SKIPPED tests/acme.rs: pebble is not installed (apt-get install -y pebble); \
-             CI runs it ***\n"
-        );
+    let Some(pebble_bin) = pebble_or_skip() else {
         return;
     };
     let origin = Origin::start().await;
@@ -262,34 +302,15 @@ async fn a_certificate_is_issued_by_pebble_and_reused_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (ports, _) = free_ports(1);
     let http_port = ports[0];
-    let pebble = start_pebble(dir.path(), http_port, &pebble_bin).await;
+    let pebble = start_pebble(dir.path(), http_port, &pebble_bin, None).await;
     std::fs::write(dir.path().join("pebble-ca.pem"), &pebble.tls_ca.pem).unwrap();
     let root = pebble.issuing_root().await;
     let config = kagami_config(dir.path(), http_port, &origin.url(), &pebble.directory);
     let running: Running = kagami::server::start(&config).await.unwrap();
     let tls_addr = running.tls_addrs[0];
 
-    let started = Instant::now();
-    let (first, body) = loop {
-        match fetch_https(tls_addr, &root).await {
-            Ok(served) => break served,
-            Err(_) if started.elapsed() < ISSUE_LIMIT => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(why) => {
-                let log =
-                    std::fs::read_to_string(dir.path().join("pebble.log")).unwrap_or_default();
-                panic!("no certificate within {ISSUE_LIMIT:?}: {why}\npebble log:\n{log}");
-            }
-        }
-    };
-    eprintln!("certificate served after {:?}", started.elapsed());
-    if std::env::var_os("ACME_TEST_DEBUG").is_some() {
-        eprintln!(
-            "{}",
-            std::fs::read_to_string(dir.path().join("pebble.log")).unwrap()
-        );
-    }
+    let log = dir.path().join("pebble.log");
+    let (first, body) = wait_for_certificate(tls_addr, &root, None, &log).await;
     assert!(
         body.starts_with("HTTP/1.1 200") && body.ends_with("okayama home"),
         "{body}"
@@ -375,5 +396,34 @@ async fn without_its_certificate_a_site_is_served_over_plain_http_only() {
     }
     let certs = dir.path().join("acme-state/certs/okayama/cert.pem");
     assert!(!certs.exists());
+    running.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A certificate with a third of its lifetime left is replaced while serving: pebble issues
+/// 9-second certificates here, so the renewal is due 6 seconds after issuance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_renewed_live_before_it_expires() {
+    let Some(pebble_bin) = pebble_or_skip() else {
+        return;
+    };
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("okayama home"));
+    let dir = tempfile::tempdir().unwrap();
+    let (ports, _) = free_ports(1);
+    let pebble = start_pebble(dir.path(), ports[0], &pebble_bin, Some(9)).await;
+    std::fs::write(dir.path().join("pebble-ca.pem"), &pebble.tls_ca.pem).unwrap();
+    let root = pebble.issuing_root().await;
+    let config = kagami_config(dir.path(), ports[0], &origin.url(), &pebble.directory);
+    let running = kagami::server::start(&config).await.unwrap();
+    let tls_addr = running.tls_addrs[0];
+    let log = dir.path().join("pebble.log");
+    let (first, _) = wait_for_certificate(tls_addr, &root, None, &log).await;
+    let (renewed, body) = wait_for_certificate(tls_addr, &root, Some(&first), &log).await;
+    assert_ne!(serial(&renewed), serial(&first));
+    assert!(body.ends_with("okayama home"), "{body}");
+    // The renewed certificate is the stored one.
+    let stored = std::fs::read(dir.path().join("acme-state/certs/okayama/cert.pem")).unwrap();
+    let stored = CertificateDer::from_pem_slice(&stored).unwrap();
+    assert_eq!(stored.as_ref(), renewed.as_slice());
     running.shutdown(Duration::from_secs(1)).await;
 }
