@@ -25,8 +25,10 @@ use crate::config::{AcmeConfig, Config, SiteConfig, ACME_CHALLENGE_PREFIX};
 
 /// Without anything due, look again this often (a clock that jumped, a CA that recovered).
 const CHECK_EVERY: Duration = Duration::from_secs(3600);
-/// After a failure, wait this long before the next attempt, doubling up to `BACKOFF_MAX`.
-const BACKOFF_FIRST: Duration = Duration::from_secs(10);
+/// After a failure, wait this long before the next attempt, doubling up to `BACKOFF_MAX`:
+/// public CAs limit failed validations (Let's Encrypt: 5 per name and hour), and a name whose
+/// DNS does not point here yet would otherwise use them up at once.
+const BACKOFF_FIRST: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
 /// One whole issuance (account, order, validation, certificate); a CA that stops answering
 /// must not stall renewals for the other sites forever.
@@ -184,7 +186,6 @@ impl Manager {
     async fn run(mut self) {
         loop {
             let now = SystemTime::now();
-            let mut changed = false;
             for i in 0..self.sites.len() {
                 if self.due(i) > now {
                     continue;
@@ -207,7 +208,8 @@ impl Manager {
                         );
                         managed.issued = Some(issued);
                         managed.backoff = BACKOFF_FIRST;
-                        changed = true;
+                        // At once, not after the other sites' orders.
+                        self.install();
                     }
                     Err(error) => {
                         managed.retry_at = SystemTime::now() + managed.backoff;
@@ -222,9 +224,6 @@ impl Manager {
                         self.account = None;
                     }
                 }
-            }
-            if changed {
-                self.install();
             }
             let now = SystemTime::now();
             let next = (0..self.sites.len()).map(|i| self.due(i)).min();
