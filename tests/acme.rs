@@ -253,7 +253,10 @@ fn pebble_or_skip() -> Option<PathBuf> {
         if std::env::var_os("CI").is_some() {
             panic!("pebble is not installed: `apt-get install -y pebble` (.ci/run does this)");
         }
-        eprintln!(
+        // Straight to stderr: libtest hides what `eprintln!` prints in a passing test.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "\n*** SKIPPED a tests/acme.rs test: pebble is not installed (apt-get install -y \
              pebble); CI runs it ***\n"
         );
