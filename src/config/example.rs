@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::hints::{DURATION_KEYS, RATE_KEYS, SIZE_KEYS};
-use super::raw::{RawAdmin, RawCache, RawConfig, RawLimits, RawLog, RawServer, RawSite};
+use super::raw::{RawAcme, RawAdmin, RawCache, RawConfig, RawLimits, RawLog, RawServer, RawSite};
 use super::{Config, SiteConfig};
 
 /// The field names serde's derive gives `deserialize_struct` (serde has no public way to list
@@ -73,7 +73,7 @@ fn the_field_lists_are_read_from_the_structs() {
     assert!(fields_of::<RawSite>().contains(&"default_ttl"));
     assert_eq!(
         fields_of::<RawConfig>(),
-        ["server", "cache", "log", "limits", "admin", "site"]
+        ["server", "cache", "log", "limits", "admin", "acme", "site"]
     );
 }
 
@@ -89,6 +89,7 @@ fn the_example_shows_every_key() {
         ("log", fields_of::<RawLog>()),
         ("limits", fields_of::<RawLimits>()),
         ("admin", fields_of::<RawAdmin>()),
+        ("acme", fields_of::<RawAcme>()),
     ] {
         for key in fields {
             if !shown(&text, value.get(table), key) {

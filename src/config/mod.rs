@@ -3,6 +3,7 @@
 //! Validation collects every problem with its key, so that `kagami check-config` can list them all
 //! at once: municipal staff fix a file in one pass instead of one error per run.
 
+mod acme;
 mod admin;
 #[cfg(test)]
 mod example;
@@ -12,6 +13,7 @@ mod site;
 mod tls;
 pub mod units;
 
+pub use acme::{dns_names, AcmeConfig};
 pub use admin::AdminConfig;
 pub use site::{CookiePolicy, OriginProtection, OriginTimeouts, SiteConfig};
 pub use tls::{SiteTls, ACME_CHALLENGE_PREFIX};
@@ -39,6 +41,8 @@ pub struct Config {
     /// The admin API's listener; `None` (the default of `Config::new`, which tests use) starts
     /// none. A config file gets one on 127.0.0.1:9901 unless it says otherwise.
     pub admin: Option<AdminConfig>,
+    /// Where certificates for sites with `acme = true` come from (`[acme]`).
+    pub acme: Option<AcmeConfig>,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -174,6 +178,7 @@ impl Config {
             },
             limits: LimitsConfig::default(),
             admin: None,
+            acme: None,
             sites,
         }
     }
@@ -510,6 +515,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
     };
     config.admin = Some(admin::validate(raw.admin, base, &mut problems));
+    config.acme = acme::validate(raw.acme, base, &mut problems);
 
     if raw.site.is_empty() {
         problems.add(
@@ -559,6 +565,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     tls::finish(&mut config, &mut problems);
+    acme::finish(&config, &mut problems);
     hints::name_sites(&mut problems.0, &raw.site);
     problems.into_result(path)?;
     Ok(config)

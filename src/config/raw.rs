@@ -11,6 +11,7 @@ pub struct RawConfig {
     pub log: Option<RawLog>,
     pub limits: Option<RawLimits>,
     pub admin: Option<RawAdmin>,
+    pub acme: Option<RawAcme>,
     #[serde(default)]
     pub site: Vec<RawSite>,
 }
@@ -102,6 +103,7 @@ pub struct RawSite {
     pub https_redirect: Option<bool>,
     pub hsts: Option<String>,
     pub origin_ca: Option<String>,
+    pub acme: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,4 +112,13 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
     pub token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    pub state_dir: Option<String>,
+    pub ca_bundle: Option<String>,
 }

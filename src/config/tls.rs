@@ -34,6 +34,8 @@ pub struct SiteTls {
     pub origin_ca_file: Option<PathBuf>,
     /// The port https redirects name (`None`: the default, 443).
     pub https_port: Option<u16>,
+    /// `acme = true`: the certificate is obtained and renewed automatically (`tls::acme`).
+    pub acme: bool,
 }
 
 /// The path under which ACME HTTP-01 challenges are answered; never redirected to https, as
@@ -66,6 +68,7 @@ pub(super) fn site(
     let key = |k: &str| format!("{prefix}.{k}");
     let mut tls = SiteTls {
         https_redirect: raw.https_redirect.unwrap_or(false),
+        acme: raw.acme.unwrap_or(false),
         ..SiteTls::default()
     };
     match (&raw.tls_cert, &raw.tls_key) {
@@ -97,19 +100,20 @@ pub(super) fn site(
         }
     }
     let has_cert = raw.tls_cert.is_some();
-    if tls.https_redirect && !has_cert {
+    if tls.https_redirect && !has_cert && !tls.acme {
         problems.add(
             key("https_redirect"),
-            "needs tls_cert and tls_key: visitors would be sent to an address with no certificate",
+            "needs tls_cert and tls_key (or acme): visitors would be sent to an address with no \
+             certificate",
         );
     }
     if raw.hsts.is_some() {
         let before = problems.0.len();
         let age = problems.duration(key("hsts"), &raw.hsts, Duration::ZERO);
-        if !has_cert {
+        if !has_cert && !tls.acme {
             problems.add(
                 key("hsts"),
-                "needs tls_cert and tls_key: HSTS is only sent over HTTPS",
+                "needs tls_cert and tls_key (or acme): HSTS is only sent over HTTPS",
             );
         } else if problems.0.len() == before {
             tls.hsts = HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok();
@@ -154,12 +158,18 @@ fn origin_ca(key: &str, path: &Path, problems: &mut Problems) -> Vec<reqwest::Ce
 /// Checks that need the whole file: listeners against sites, and names two certificates claim.
 pub(super) fn finish(config: &mut Config, problems: &mut Problems) {
     let listen_tls = &config.server.listen_tls;
-    let any_cert = config.sites.iter().any(|s| s.tls.cert.is_some());
-    let any_cert_configured = config.sites.iter().any(|s| s.tls.cert_file.is_some());
+    let any_cert = config
+        .sites
+        .iter()
+        .any(|s| s.tls.cert.is_some() || s.tls.acme);
+    let any_cert_configured = config
+        .sites
+        .iter()
+        .any(|s| s.tls.cert_file.is_some() || s.tls.acme);
     if !listen_tls.is_empty() && !any_cert_configured {
         problems.add(
             "server.listen_tls",
-            "no site has tls_cert and tls_key: every HTTPS handshake would fail",
+            "no site has tls_cert and tls_key or acme: every HTTPS handshake would fail",
         );
     }
     for (i, site) in config.sites.iter().enumerate() {

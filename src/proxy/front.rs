@@ -108,6 +108,10 @@ impl Proxy {
         authority: Option<&str>,
     ) -> (Served, Option<usize>) {
         let method = request.method().clone();
+        // Before the Host is even looked at: the CA may name the site in any form.
+        if let Some(answer) = tls::acme_challenge(&self.acme, &client, &request) {
+            return (answer, None);
+        }
         let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
             let refused = refuse(
                 StatusCode::BAD_REQUEST,
@@ -154,7 +158,12 @@ impl Proxy {
             }
         }
         let site = &self.sites[index].config;
-        if let Some(redirect) = tls::redirect(site, &client, &authority, request.uri(), &method) {
+        // An ACME site is redirected only once it has a certificate to be redirected to.
+        let secure = !site.tls.acme || self.acme.has_certificate(&site.name);
+        if let Some(redirect) = secure
+            .then(|| tls::redirect(site, &client, &authority, request.uri(), &method))
+            .flatten()
+        {
             return (redirect, Some(index));
         }
         let host = authority.normalised_on(default_port, client.local_port);

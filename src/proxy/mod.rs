@@ -157,6 +157,9 @@ pub struct Proxy {
     loop_logged: crate::metrics::Every,
     /// `/metrics` counters of requests no site took (`metrics::site::NO_SITE`).
     pub unrouted: Arc<SiteMetrics>,
+    /// ACME HTTP-01 answers the plain listeners give before routing, and which ACME sites
+    /// have their certificate yet (`tls::acme`).
+    pub acme: Arc<crate::tls::acme::AcmeState>,
 }
 
 type Served = (Response<Body>, CacheStatus);

@@ -103,6 +103,9 @@ pub(super) fn build(config: &Config, previous: Option<&Proxy>) -> Result<Proxy, 
         in_flight: previous.map_or_else(|| Arc::new(AtomicUsize::new(0)), |p| p.in_flight.clone()),
         via: previous.map_or_else(|| headers::origin_via(instance_id()), |p| p.via.clone()),
         loop_logged: crate::metrics::Every::default(),
+        // Challenges being answered and certificates obtained belong to the process, not to
+        // one config (sites added with `acme` by a reload wait for a restart: see README).
+        acme: previous.map_or_else(Arc::default, |p| p.acme.clone()),
         unrouted: previous.map_or_else(
             || Arc::new(SiteMetrics::new(crate::metrics::site::NO_SITE)),
             |p| p.unrouted.clone(),

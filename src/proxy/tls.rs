@@ -1,7 +1,8 @@
 //! What HTTPS changes for a request: a Host that the connection's SNI name does not cover gets
 //! 421 (so a connection opened for one municipality never serves another's pages), plain-HTTP
 //! requests of an `https_redirect` site get 301, HTTPS answers carry the site's HSTS, and
-//! answers fetched for HTTPS are stored apart from those fetched for plain HTTP.
+//! answers fetched for HTTPS are stored apart from those fetched for plain HTTP; and ACME
+//! HTTP-01 challenges Kagami is taking part in are answered on plain HTTP.
 
 use http::header::{HeaderValue, LOCATION, STRICT_TRANSPORT_SECURITY};
 use http::{Method, Response, StatusCode, Uri};
@@ -12,6 +13,33 @@ use super::{refuse, Client, Proxy, Served, Site};
 use crate::cache::{CacheStatus, Phase};
 use crate::config::{SiteConfig, ACME_CHALLENGE_PREFIX};
 use crate::routing::Authority;
+
+/// The key authorization for an ACME HTTP-01 challenge this Kagami published, on plain HTTP
+/// only (the CA never validates over HTTPS; RFC 8555 §8.3). Never cached, never routed.
+pub(super) fn acme_challenge<B>(
+    challenges: &crate::tls::acme::AcmeState,
+    client: &Client,
+    request: &http::Request<B>,
+) -> Option<Served> {
+    if client.proto != "http" || !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let answer = challenges.answer(request.uri().path())?;
+    let mut canned = Canned::error(StatusCode::OK, "");
+    canned.body = answer.into();
+    canned.headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    canned.headers.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(canned.body.len()),
+    );
+    Some((
+        canned.response(request.method()),
+        CacheStatus::new(Phase::Error).detail("acme-challenge"),
+    ))
+}
 
 /// 421 when the request names a host other than the one the TLS connection was opened for.
 /// The certificate was chosen for the SNI name; answering for another name on the same

@@ -60,6 +60,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     admin: Option<JoinHandle<()>>,
+    /// Obtains and renews the ACME sites' certificates (`tls::acme`).
+    acme: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -68,6 +70,11 @@ impl Running {
     /// then returns.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
+        // No new orders while draining; one under way is simply abandoned (ordered again at
+        // the next start, as nothing was stored).
+        if let Some(acme) = self.acme {
+            acme.abort();
+        }
         let limit = grace + OVERDUE_ANSWER_TIME + Duration::from_millis(100);
         for task in self.tasks {
             let _ = tokio::time::timeout(limit, task).await;
@@ -169,10 +176,15 @@ pub async fn start_with_file(
             return Err(err);
         }
     };
+    // After the listeners are bound, so that the CA's first validation request finds them.
+    let acme = certificates
+        .as_ref()
+        .and_then(|resolver| crate::tls::acme::start(config, resolver.clone(), proxy.acme.clone()));
     Ok(Running {
         addrs,
         tls_addrs,
         certificates,
+        acme,
         proxy,
         live,
         admin_addr,

@@ -1,10 +1,13 @@
 //! HTTPS termination with rustls: TLS 1.3 and 1.2, ALPN `h2` and `http/1.1`, the certificate
 //! chosen by SNI over the site table (`resolver`), certificate files checked at load
-//! (`certs`), and self-signed certificates for local trials (`gen`).
+//! (`certs`), certificates obtained and renewed by ACME (`acme`, kept by `acme_store`), and
+//! self-signed certificates for local trials (`gen`).
 //!
 //! The listener side (handshake under a timeout, then the same connection handling as plain
 //! HTTP) is in `server`; what HTTPS changes for a request (421, redirects, HSTS) in `proxy`.
 
+pub mod acme;
+mod acme_store;
 pub mod certs;
 pub mod gen;
 mod resolver;

@@ -56,7 +56,8 @@ impl CertTable {
     pub fn conflicts(sites: &[SiteConfig]) -> Vec<(String, String, String)> {
         let mut owner: HashMap<String, &str> = HashMap::new();
         let mut conflicts = Vec::new();
-        for site in sites.iter().filter(|s| s.tls.cert.is_some()) {
+        // ACME sites count too: theirs arrives later, and would lose to the file's silently.
+        for site in sites.iter().filter(|s| s.tls.cert.is_some() || s.tls.acme) {
             for pattern in &site.hosts {
                 let name = match pattern {
                     HostPattern::Exact { host, .. } => host.clone(),
@@ -96,12 +97,16 @@ impl CertTable {
 /// certificate they were given, new ones see the new table.
 pub struct SniResolver {
     table: RwLock<Arc<CertTable>>,
+    /// Certificates obtained by ACME (`tls::acme`), replaced on their own schedule: a config
+    /// reload swaps `table` without losing them. Asked only for names `table` lacks.
+    acme: RwLock<Arc<CertTable>>,
 }
 
 impl SniResolver {
     pub fn new(table: CertTable) -> SniResolver {
         SniResolver {
             table: RwLock::new(Arc::new(table)),
+            acme: RwLock::new(Arc::new(CertTable::default())),
         }
     }
 
@@ -115,8 +120,24 @@ impl SniResolver {
         }
     }
 
+    /// Swaps in the certificates ACME holds now.
+    pub fn replace_acme(&self, table: CertTable) {
+        let table = Arc::new(table);
+        match self.acme.write() {
+            Ok(mut slot) => *slot = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+    }
+
     fn current(&self) -> Arc<CertTable> {
         match self.table.read() {
+            Ok(table) => table.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn current_acme(&self) -> Arc<CertTable> {
+        match self.acme.read() {
             Ok(table) => table.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
@@ -125,7 +146,8 @@ impl SniResolver {
     /// The certificate for `sni` as a client would send it (any case, maybe a trailing dot).
     pub fn certificate_for(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let name = super::SniName::new(sni)?;
-        self.current().lookup(name.as_str()).cloned()
+        let found = self.current().lookup(name.as_str()).cloned();
+        found.or_else(|| self.current_acme().lookup(name.as_str()).cloned())
     }
 }
 
@@ -214,6 +236,12 @@ mod tests {
         let conflicts = CertTable::conflicts(&sites);
         let names: Vec<&str> = conflicts.iter().map(|c| c.0.as_str()).collect();
         assert_eq!(names, ["www.x.test", "*.y.test"]);
+
+        // A site whose certificate ACME will bring claims its names as well.
+        let mut acme = SiteConfig::new("c", &["www.x.test:8080"], "http://127.0.0.1:1").unwrap();
+        acme.tls.acme = true;
+        let conflicts = CertTable::conflicts(&[sites[0].clone(), acme]);
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     }
 
     #[test]
@@ -223,5 +251,20 @@ mod tests {
         assert!(same(resolver.certificate_for("www.a.test"), &old));
         resolver.replace(CertTable::new(&[site("a", &["www.a.test"], &new)]));
         assert!(same(resolver.certificate_for("www.a.test"), &new));
+    }
+
+    #[test]
+    fn acme_certificates_survive_a_table_swap_and_never_shadow_files() {
+        let (file, acme, other) = (cert(), cert(), cert());
+        let resolver = SniResolver::new(CertTable::new(&[site("a", &["www.a.test"], &file)]));
+        assert!(resolver.certificate_for("www.acme.test").is_none());
+        resolver.replace_acme(CertTable::new(&[
+            site("b", &["www.acme.test"], &acme),
+            site("c", &["www.a.test"], &other),
+        ]));
+        assert!(same(resolver.certificate_for("www.acme.test"), &acme));
+        assert!(same(resolver.certificate_for("www.a.test"), &file));
+        resolver.replace(CertTable::default());
+        assert!(same(resolver.certificate_for("www.acme.test"), &acme));
     }
 }

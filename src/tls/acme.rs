@@ -1,0 +1,422 @@
+//! Automatic certificates for sites with `acme = true` (instant-acme, HTTP-01): stored ones are
+//! put in the SNI table at start, missing or ageing ones are ordered in the background, and
+//! each new certificate joins the table live. Until a site has one, its HTTPS handshakes fail
+//! cleanly (no certificate for the name) while plain HTTP serves it as usual.
+//!
+//! The CA checks each name by fetching `/.well-known/acme-challenge/<token>` over plain HTTP;
+//! the plain listeners answer those from `AcmeState` before any routing or caching.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{
+    Account, AuthorizationStatus, BodyWrapper, ChallengeType, HttpClient, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use tokio::task::JoinHandle;
+
+use super::acme_store::{Issued, Store};
+use super::{CertTable, SniResolver};
+use crate::config::{AcmeConfig, Config, SiteConfig, ACME_CHALLENGE_PREFIX};
+
+/// Without anything due, look again this often (a clock that jumped, a CA that recovered).
+const CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// After a failure, wait this long before the next attempt, doubling up to `BACKOFF_MAX`:
+/// public CAs limit failed validations (Let's Encrypt: 5 per name and hour), and a name whose
+/// DNS does not point here yet would otherwise use them up at once.
+const BACKOFF_FIRST: Duration = Duration::from_secs(60);
+const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
+/// One whole issuance (account, order, validation, certificate); a CA that stops answering
+/// must not stall renewals for the other sites forever.
+const ISSUE_LIMIT: Duration = Duration::from_secs(300);
+/// How long the CA may take to validate the challenges, then to sign.
+const VALIDATION_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("ACME: {0}")]
+    Protocol(#[from] instant_acme::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the request path needs to know of ACME: the HTTP-01 answers offered right now
+/// (token -> key authorization), and which sites have a certificate yet.
+#[derive(Default)]
+pub struct AcmeState {
+    tokens: RwLock<HashMap<String, String>>,
+    issued: RwLock<HashSet<String>>,
+}
+
+impl AcmeState {
+    /// Whether the ACME site `site` has a certificate: until then its `https_redirect` is not
+    /// applied, as the redirect would lead to a failing handshake.
+    pub fn has_certificate(&self, site: &str) -> bool {
+        let issued = self.issued.read().unwrap_or_else(|p| p.into_inner());
+        issued.contains(site)
+    }
+
+    fn set_issued(&self, sites: HashSet<String>) {
+        *self.issued.write().unwrap_or_else(|p| p.into_inner()) = sites;
+    }
+
+    /// The answer for a request path, if it is a challenge this Kagami is taking part in.
+    /// Other challenge paths go on to the site (an origin may run its own ACME client).
+    pub fn answer(&self, path: &str) -> Option<String> {
+        let token = path.strip_prefix(ACME_CHALLENGE_PREFIX)?;
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        tokens.get(token).cloned()
+    }
+
+    fn publish(&self, token: &str, key_authorization: &str) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        tokens.insert(token.to_string(), key_authorization.to_string());
+    }
+
+    fn withdraw(&self, token: &str) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        tokens.remove(token);
+    }
+}
+
+/// Withdraws the tokens of one order however it ends (done, failed, timed out, cancelled).
+struct Published<'a> {
+    challenges: &'a AcmeState,
+    tokens: Vec<String>,
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        for token in &self.tokens {
+            self.challenges.withdraw(token);
+        }
+    }
+}
+
+/// One site with `acme = true`, with the state of its certificate.
+struct Managed {
+    site: SiteConfig,
+    names: Vec<String>,
+    issued: Option<Issued>,
+    /// No attempt before this (after failures), and the wait after the next failure.
+    retry_at: SystemTime,
+    backoff: Duration,
+}
+
+struct Manager {
+    acme: AcmeConfig,
+    store: Store,
+    sites: Vec<Managed>,
+    resolver: Arc<SniResolver>,
+    state: Arc<AcmeState>,
+    account: Option<Account>,
+}
+
+/// Puts the stored certificates of `config`'s ACME sites in `resolver` at once, then keeps
+/// them issued and renewed in the background. `None` when no site uses ACME.
+pub fn start(
+    config: &Config,
+    resolver: Arc<SniResolver>,
+    state: Arc<AcmeState>,
+) -> Option<JoinHandle<()>> {
+    let acme = config.acme.clone()?;
+    let store = Store::new(&acme.state_dir);
+    let now = SystemTime::now();
+    let sites: Vec<Managed> = (config.sites.iter().filter(|s| s.tls.acme))
+        .map(|site| {
+            let issued = match store.load_cert(&site.name, &site.hosts) {
+                Ok(Some(issued)) => {
+                    tracing::info!(
+                        site = %site.name,
+                        expires = %humantime::format_rfc3339_seconds(issued.not_after),
+                        renew_after = %humantime::format_rfc3339_seconds(issued.renew_at()),
+                        "ACME certificate from state_dir"
+                    );
+                    Some(issued)
+                }
+                Ok(None) => None,
+                Err(reason) => {
+                    tracing::warn!(site = %site.name, %reason, "stored ACME certificate not usable: ordering a new one");
+                    None
+                }
+            };
+            Managed {
+                site: site.clone(),
+                names: crate::config::dns_names(&site.hosts),
+                issued,
+                retry_at: now,
+                backoff: BACKOFF_FIRST,
+            }
+        })
+        .collect();
+    if sites.is_empty() {
+        return None;
+    }
+    let manager = Manager {
+        acme,
+        store,
+        sites,
+        resolver,
+        state,
+        account: None,
+    };
+    manager.install();
+    Some(tokio::spawn(manager.run()))
+}
+
+impl Manager {
+    /// Swaps the ACME part of the SNI table for the certificates held now.
+    fn install(&self) {
+        let sites: Vec<SiteConfig> = (self.sites.iter())
+            .filter_map(|m| {
+                let mut site = m.site.clone();
+                site.tls.cert = Some(m.issued.as_ref()?.key.clone());
+                Some(site)
+            })
+            .collect();
+        self.resolver.replace_acme(CertTable::new(&sites));
+        self.state
+            .set_issued(sites.into_iter().map(|s| s.name).collect());
+    }
+
+    async fn run(mut self) {
+        loop {
+            let now = SystemTime::now();
+            for i in 0..self.sites.len() {
+                if self.due(i) > now {
+                    continue;
+                }
+                let result = tokio::time::timeout(ISSUE_LIMIT, self.issue(i)).await;
+                let result = result.unwrap_or_else(|_| {
+                    Err(AcmeError::Other(format!(
+                        "no certificate within {}s",
+                        ISSUE_LIMIT.as_secs()
+                    )))
+                });
+                let managed = &mut self.sites[i];
+                match result {
+                    Ok(issued) => {
+                        tracing::info!(
+                            site = %managed.site.name, names = ?managed.names,
+                            expires = %humantime::format_rfc3339_seconds(issued.not_after),
+                            renew_after = %humantime::format_rfc3339_seconds(issued.renew_at()),
+                            "ACME certificate issued; serving it over HTTPS"
+                        );
+                        managed.issued = Some(issued);
+                        managed.backoff = BACKOFF_FIRST;
+                        // At once, not after the other sites' orders.
+                        self.install();
+                    }
+                    Err(error) => {
+                        managed.retry_at = SystemTime::now() + managed.backoff;
+                        tracing::warn!(
+                            site = %managed.site.name, %error,
+                            retry_in = ?managed.backoff,
+                            has_certificate = managed.issued.is_some(),
+                            "ACME certificate not obtained; will retry"
+                        );
+                        managed.backoff = (managed.backoff * 2).min(BACKOFF_MAX);
+                        // A broken account (deleted at the CA, wrong key) is fetched again.
+                        self.account = None;
+                    }
+                }
+            }
+            let now = SystemTime::now();
+            let next = (0..self.sites.len()).map(|i| self.due(i)).min();
+            let wait = next
+                .and_then(|at| at.duration_since(now).ok())
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_secs(1), CHECK_EVERY);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// When site `i` next needs an attempt.
+    fn due(&self, i: usize) -> SystemTime {
+        let managed = &self.sites[i];
+        let renew = managed
+            .issued
+            .as_ref()
+            .map_or(SystemTime::UNIX_EPOCH, Issued::renew_at);
+        renew.max(managed.retry_at)
+    }
+
+    async fn account(&mut self) -> Result<Account, AcmeError> {
+        if let Some(account) = &self.account {
+            return Ok(account.clone());
+        }
+        let directory = self.acme.directory.clone();
+        let builder = Account::builder_with_http(http_client(&self.acme)?);
+        let account = match self.store.load_account(&directory) {
+            Some(credentials) => builder.from_credentials(credentials).await?,
+            None => {
+                let contact = self.acme.email.as_ref().map(|e| format!("mailto:{e}"));
+                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let new = NewAccount {
+                    contact: &contact,
+                    // Configuring [acme] is the operator's agreement to the CA's terms.
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                };
+                let (account, credentials) = builder.create(&new, directory.clone(), None).await?;
+                self.store
+                    .save_account(&directory, credentials)
+                    .map_err(|e| {
+                        AcmeError::Other(format!(
+                            "cannot store the ACME account in {}: {e}",
+                            self.acme.state_dir.display()
+                        ))
+                    })?;
+                tracing::info!(%directory, account = account.id(), "ACME account created");
+                account
+            }
+        };
+        self.account = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Orders, validates and stores a certificate for site `i`.
+    async fn issue(&mut self, i: usize) -> Result<Issued, AcmeError> {
+        let account = self.account().await?;
+        let managed = &self.sites[i];
+        tracing::info!(site = %managed.site.name, names = ?managed.names, "ordering an ACME certificate");
+        let identifiers: Vec<Identifier> = (managed.names.iter())
+            .map(|n| Identifier::Dns(n.clone()))
+            .collect();
+        let mut order = match account.new_order(&NewOrder::new(&identifiers)).await {
+            Ok(order) => order,
+            Err(instant_acme::Error::Api(problem)) if account_gone(&problem) => {
+                // Deactivated or deleted at the CA: the stored credentials would fail forever.
+                self.store.forget_account();
+                return Err(instant_acme::Error::Api(problem).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut published = Published {
+            challenges: &self.state,
+            tokens: Vec::new(),
+        };
+        let mut authorizations = order.authorizations();
+        while let Some(authorization) = authorizations.next().await {
+            let mut authorization = authorization?;
+            match authorization.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => {
+                    return Err(AcmeError::Other(format!(
+                        "authorization for {} is {other:?}",
+                        authorization.identifier()
+                    )))
+                }
+            }
+            let mut challenge = authorization
+                .challenge(ChallengeType::Http01)
+                .ok_or_else(|| AcmeError::Other("the CA offers no http-01 challenge".into()))?;
+            let answer = challenge.key_authorization();
+            self.state.publish(&challenge.token, answer.as_str());
+            published.tokens.push(challenge.token.clone());
+            challenge.set_ready().await?;
+        }
+        let patience = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .timeout(VALIDATION_LIMIT);
+        let status = order.poll_ready(&patience).await?;
+        if status != OrderStatus::Ready {
+            let reason = order.state().error.as_ref().map(|e| e.to_string());
+            return Err(AcmeError::Other(format!(
+                "order is {status:?} after validation: {}",
+                reason.as_deref().unwrap_or("the CA gave no reason")
+            )));
+        }
+        drop(published);
+        let key_pem = order.finalize().await?;
+        let chain_pem = order.poll_certificate(&patience).await?;
+        let name = &managed.site.name;
+        self.store
+            .save_cert(name, &chain_pem, &key_pem)
+            .map_err(|e| AcmeError::Other(format!("cannot store the certificate: {e}")))?;
+        // Read back what was stored: the same checks as for a restart, so a certificate that
+        // would not load after one is not served now either.
+        match self.store.load_cert(name, &managed.site.hosts) {
+            Ok(Some(issued)) => Ok(issued),
+            Ok(None) => Err(AcmeError::Other("the stored certificate vanished".into())),
+            Err(reason) => Err(AcmeError::Other(format!(
+                "the CA's certificate is not usable: {reason}"
+            ))),
+        }
+    }
+}
+
+/// Whether the CA says the account itself is unusable (RFC 8555 §6.7, §7.3.6).
+fn account_gone(problem: &instant_acme::Problem) -> bool {
+    problem.r#type.as_deref().is_some_and(|t| {
+        t.ends_with(":accountDoesNotExist")
+            || (t.ends_with(":unauthorized")
+                && problem.status == Some(403)
+                && problem
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("deactivated")))
+    })
+}
+
+/// The client instant-acme talks to the CA with: Kagami's crypto provider, the system's roots
+/// and `acme.ca_bundle`.
+fn http_client(acme: &AcmeConfig) -> Result<Box<dyn HttpClient>, AcmeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // One odd system certificate must not keep ACME from working.
+        let _ = roots.add(cert);
+    }
+    for cert in &acme.ca_bundle {
+        roots
+            .add(cert.clone())
+            .map_err(|e| AcmeError::Other(format!("acme.ca_bundle: {e}")))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AcmeError::Other(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client: HyperClient<_, BodyWrapper<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build(connector);
+    Ok(Box::new(client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_published_tokens_are_answered_and_withdrawn_after_the_order() {
+        let challenges = AcmeState::default();
+        challenges.publish("tok", "tok.thumb");
+        assert_eq!(
+            challenges
+                .answer("/.well-known/acme-challenge/tok")
+                .as_deref(),
+            Some("tok.thumb")
+        );
+        assert!(challenges
+            .answer("/.well-known/acme-challenge/other")
+            .is_none());
+        assert!(challenges.answer("/tok").is_none());
+        drop(Published {
+            challenges: &challenges,
+            tokens: vec!["tok".into()],
+        });
+        assert!(challenges
+            .answer("/.well-known/acme-challenge/tok")
+            .is_none());
+    }
+}
