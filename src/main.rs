@@ -22,7 +22,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use cli::startup::{
-    init_logging, raise_open_files_limit, report, shutdown_signal, Signal, Signals,
+    init_logging, raise_open_files_limit, report, shutdown_signal, tune_allocator, Signal, Signals,
 };
 
 /// Where `run` and `check-config` look when no file is named.
@@ -123,6 +123,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         // A bare `kagami` is someone finding their way: help, and no error status.
