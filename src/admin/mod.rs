@@ -128,9 +128,19 @@ impl Admin {
                     false => text(StatusCode::OK, "ready"),
                 }
             }
-            // The page holds no data: it asks for the token and then fetches `/status`.
-            "/" if method == Method::GET || method == Method::HEAD => return dashboard::page(),
             _ => {}
+        }
+        // Without a token nothing but the Host tells a rebinding page from the operator.
+        if self.token.is_none() && !auth::loopback_host(request.headers()) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "without admin.token the admin API answers only Host 127.0.0.1, [::1] or \
+                 localhost (DNS rebinding)",
+            );
+        }
+        // The page holds no data: it asks for the token and then fetches `/status`.
+        if path == "/" && (method == Method::GET || method == Method::HEAD) {
+            return dashboard::page();
         }
         match &self.token {
             Some(token) if !auth::authorized(request.headers(), token) => {
