@@ -9,6 +9,7 @@ mod metrics;
 pub mod status;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,11 @@ pub struct Admin {
     pub listener_ports: Vec<u16>,
     /// `true` once shutdown (draining) has begun: `/readyz` answers 503.
     pub draining: watch::Receiver<bool>,
+    /// Requests refused for their token since the last log line about them: anyone reaching
+    /// the listener can send those as fast as they like, so they are logged once a minute
+    /// with a count, not once each.
+    pub refused: std::sync::atomic::AtomicU64,
+    pub refused_logged: crate::metrics::Every,
 }
 
 /// Serves the admin API on `listener` until the task is aborted.
@@ -144,7 +150,16 @@ impl Admin {
         }
         match &self.token {
             Some(token) if !auth::authorized(request.headers(), token) => {
-                tracing::warn!(%method, path, "admin request refused: no or wrong token");
+                let refused = 1 + self.refused.fetch_add(1, Ordering::Relaxed);
+                if self.refused_logged.every(Duration::from_secs(60)) {
+                    self.refused.fetch_sub(refused, Ordering::Relaxed);
+                    tracing::warn!(
+                        %method,
+                        path,
+                        refused,
+                        "admin request refused: no or wrong token"
+                    );
+                }
                 let mut response = text(StatusCode::UNAUTHORIZED, "admin token required");
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
