@@ -47,8 +47,14 @@ pub struct Admin {
     pub refused_logged: crate::metrics::Every,
 }
 
+/// Admin connections open at once. They share the process's file descriptors with the public
+/// listeners, and anyone who reaches the port can open them (each may idle for the 10 s head
+/// timeout): beyond this, new ones are closed at once. Operators and scrapers need a handful.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves the admin API on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -58,8 +64,13 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 continue;
             }
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |request| {
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(admin.handle(request).await) }
