@@ -276,3 +276,49 @@ async fn the_proxy_listener_does_not_serve_the_admin_api() {
     origin.route("/p", Route::ok("v2").header("cache-control", "max-age=600"));
     assert_eq!(kagami.get("/p").await.text(), "v1");
 }
+
+/// The admin listener shares the process's file descriptors with the public listeners, and
+/// with a token it may listen beyond loopback. Connections that send nothing are held for the
+/// 10 s head timeout; without a cap, anyone reaching the admin port could pile them up until
+/// the public listeners cannot accept. Beyond the cap, new admin connections are closed at once.
+#[tokio::test]
+async fn idle_admin_connections_are_capped() {
+    use common::raw::{connect, exchange, status_of, wait_for_close};
+    use std::time::Instant;
+    let origin = Origin::start().await;
+    origin.route(
+        "/",
+        Route::ok("public").header("cache-control", "max-age=60"),
+    );
+    let (kagami, _) = start(&origin, Some(TOKEN)).await;
+    let addr = kagami.running.admin_addr.expect("an admin listener");
+    const OPENED: usize = 100;
+    let mut idle = Vec::new();
+    for _ in 0..OPENED {
+        idle.push(connect(addr).await);
+    }
+    // The ones beyond the cap are closed without waiting for the head timeout.
+    let since = Instant::now();
+    let mut closed = 0;
+    for stream in idle.iter_mut().rev().take(OPENED - 64) {
+        let (after, _) = wait_for_close(stream, since, Duration::from_secs(3)).await;
+        assert!(after < Duration::from_secs(3));
+        closed += 1;
+    }
+    assert_eq!(closed, OPENED - 64);
+    // The public side is unaffected, and the admin API answers again once they are gone.
+    assert_eq!(kagami.get("/").await.status, 200);
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let raw = exchange(addr, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+        if status_of(&raw) == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admin API still refusing: {raw:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -192,3 +192,122 @@ fn an_unknown_log_format_is_refused_with_its_key() {
         "{err}"
     );
 }
+
+/// An admin API with a token may listen beyond loopback; anyone who reaches it can send
+/// requests with a wrong token as fast as they like. Each refusal is still counted in the log,
+/// but the log gets one line per interval, not one per request (SECURITY-NOTES §5: log volume).
+#[tokio::test]
+async fn wrong_admin_tokens_cannot_flood_the_log() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("kagami.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n[log]\nformat = \"json\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"right-token\"\n\n[[site]]\n\
+             name = \"city\"\nhosts = [\"127.0.0.1\"]\norigin = \"{}\"\n",
+            origin.url()
+        ),
+    )
+    .expect("write the config");
+    let kagami = Running::start(&config);
+    kagami.until(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("kagami is serving"))
+    });
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{admin}");
+    const TRIES: usize = 200;
+    for i in 0..TRIES {
+        let request = client
+            .get(format!("{base}/status"))
+            .bearer_auth(format!("guess-{i}"));
+        let reply = tokio::time::timeout(Duration::from_secs(10), request.send())
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        assert_eq!(reply.status().as_u16(), 401);
+    }
+    // A purge that works marks the end of the refusals in the log.
+    let purge = (client.post(format!("{base}/purge")))
+        .bearer_auth("right-token")
+        .header("content-type", "application/json")
+        .body(r#"{"site": "city"}"#);
+    let reply = tokio::time::timeout(Duration::from_secs(10), purge.send())
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(reply.status().as_u16(), 200);
+    let mut refusals = Vec::new();
+    for _ in 0..TRIES + 10 {
+        let line = kagami.next();
+        let message = line["message"].as_str().unwrap_or_default().to_string();
+        if message == "purged" {
+            break;
+        }
+        if message.contains("refused") {
+            refusals.push(line);
+        }
+    }
+    assert!(
+        !refusals.is_empty() && refusals.len() <= 3,
+        "{} refusal lines for {TRIES} requests: {:?}",
+        refusals.len(),
+        refusals.first()
+    );
+    assert_eq!(refusals[0]["path"], "/status", "{}", refusals[0]);
+}
+
+/// The access line is held for as long as its body is being sent, which a client can make
+/// last (an HTTP/2 window of 0 on each of thousands of streams). A path near the head-size
+/// limit would then pin that much memory per stream, and fill the log: the line keeps only
+/// its first part.
+#[tokio::test]
+async fn access_lines_keep_only_the_start_of_long_paths_and_hosts() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let config = dir.path().join("kagami.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n[log]\nformat = \"json\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n[[site]]\nname = \"city\"\n\
+             hosts = [\"127.0.0.1\"]\norigin = \"{}\"\n",
+            origin.url()
+        ),
+    )
+    .expect("write the config");
+    let kagami = Running::start(&config);
+    kagami.until(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("kagami is serving"))
+    });
+    let long = format!("/{}", "a".repeat(12_000));
+    let host = format!("{}.example", "h".repeat(8_000));
+    for (path, host) in [(long.as_str(), "127.0.0.1"), ("/short", host.as_str())] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        let line = kagami.access();
+        let (logged_path, logged_host) = (
+            line["path"].as_str().expect("a path"),
+            line["host"].as_str().expect("a host"),
+        );
+        assert!(logged_path.len() <= 1100, "{} bytes", logged_path.len());
+        assert!(logged_host.len() <= 1100, "{} bytes", logged_host.len());
+        assert!(path.starts_with(logged_path.trim_end_matches('…')));
+        assert!(host.starts_with(logged_host.trim_end_matches('…')));
+    }
+}

@@ -238,3 +238,54 @@ async fn the_dashboard_renders_every_site_in_chromium_without_console_errors() {
         std::fs::copy(&shot, keep).unwrap();
     }
 }
+
+/// DNS rebinding: a web page on `rebind.attacker.example` whose name then resolves to 127.0.0.1
+/// reaches a tokenless loopback admin listener as its own origin, and could read `/status`
+/// and `/metrics` (site names, hosts, origin addresses). The Host it sends names its own
+/// domain, so a tokenless listener answers only Hosts that are loopback by themselves.
+#[tokio::test]
+async fn a_tokenless_admin_api_refuses_a_rebinding_host() {
+    use common::raw::{body_of, exchange, status_of};
+    let origin = Origin::start().await;
+    let (kagami, base) = two_sites(&origin, None).await;
+    let admin = kagami.running.admin_addr.expect("an admin listener");
+    let port = admin.port();
+    let get = |path: &str, host: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    for path in ["/status", "/metrics", "/"] {
+        for host in [
+            format!("rebind.attacker.example:{port}"),
+            "rebind.attacker.example".to_string(),
+            format!("127.0.0.1.attacker.example:{port}"),
+            format!("localhost.attacker.example:{port}"),
+        ] {
+            let raw = exchange(admin, get(path, &host)).await;
+            assert_eq!(status_of(&raw), 403, "{path} for {host}: {raw}");
+            assert!(!body_of(&raw).contains("miyagi"), "{raw}");
+        }
+        // Loopback names and addresses (what the operator's browser or curl sends) still work.
+        for host in [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            "LOCALHOST".to_string(),
+            format!("[::1]:{port}"),
+        ] {
+            let raw = exchange(admin, get(path, &host)).await;
+            assert_eq!(status_of(&raw), 200, "{path} for {host}: {raw}");
+        }
+    }
+    // A request without a Host (HTTP/1.0) says nothing about where it came from: refused too.
+    let raw = exchange(admin, "GET /status HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&raw), 403, "{raw}");
+    // Probes need no Host check: they tell nothing.
+    let raw = exchange(admin, get("/healthz", "probe.example")).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    // With a token, the Host does not matter (the token is what a rebinding page lacks).
+    let (guarded, guarded_base) = two_sites(&origin, Some(TOKEN)).await;
+    let request = (guarded.client.get(format!("{guarded_base}/status")))
+        .header("host", "kagami-admin.internal")
+        .bearer_auth(TOKEN);
+    assert_eq!(send(request).await.0, 200);
+    drop(base);
+}

@@ -1,6 +1,7 @@
-//! The admin bearer token, compared in constant time.
+//! The admin bearer token, compared in constant time; and, without a token, the Host check
+//! that keeps a DNS-rebinding page out of the loopback listener.
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, HOST};
 use http::HeaderMap;
 
 /// Whether `headers` carry `Authorization: Bearer <expected>`.
@@ -13,6 +14,26 @@ pub fn authorized(headers: &HeaderMap, expected: &str) -> bool {
         return false;
     };
     constant_time_eq(given, expected.as_bytes())
+}
+
+/// Whether the request names a loopback host by itself (`127.x.y.z`, `[::1]`, `localhost`).
+/// A tokenless admin API is bound to loopback, but a web page whose own domain is made to
+/// resolve to 127.0.0.1 (DNS rebinding) reaches it as a same-origin page and could read
+/// `/status` and `/metrics`: its requests still carry that domain in `Host`.
+pub fn loopback_host(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(HOST).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(authority) = value.to_str().unwrap_or("").parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let host = authority.host();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// Equality whose time depends only on the lengths, not on where the bytes differ.
@@ -49,5 +70,33 @@ mod tests {
         assert!(!authorized(&headers, "t"));
         headers.insert(AUTHORIZATION, "Basic t".parse().unwrap());
         assert!(!authorized(&headers, "t"));
+    }
+
+    #[test]
+    fn only_loopback_hosts_pass_without_a_token() {
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, value.parse().unwrap());
+            loopback_host(&headers)
+        };
+        for good in [
+            "127.0.0.1:9901",
+            "127.1.2.3",
+            "[::1]:9901",
+            "localhost",
+            "LocalHost:1",
+        ] {
+            assert!(host(good), "{good}");
+        }
+        for bad in [
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "localhost.evil",
+            "10.0.0.1",
+            "",
+        ] {
+            assert!(!host(bad), "{bad}");
+        }
+        assert!(!loopback_host(&HeaderMap::new()));
     }
 }

@@ -9,6 +9,7 @@ mod metrics;
 pub mod status;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,10 +40,21 @@ pub struct Admin {
     pub listener_ports: Vec<u16>,
     /// `true` once shutdown (draining) has begun: `/readyz` answers 503.
     pub draining: watch::Receiver<bool>,
+    /// Requests refused for their token since the last log line about them: anyone reaching
+    /// the listener can send those as fast as they like, so they are logged once a minute
+    /// with a count, not once each.
+    pub refused: std::sync::atomic::AtomicU64,
+    pub refused_logged: crate::metrics::Every,
 }
+
+/// Admin connections open at once. They share the process's file descriptors with the public
+/// listeners, and anyone who reaches the port can open them (each may idle for the 10 s head
+/// timeout): beyond this, new ones are closed at once. Operators and scrapers need a handful.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin API on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -52,8 +64,13 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 continue;
             }
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |request| {
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(admin.handle(request).await) }
@@ -128,13 +145,32 @@ impl Admin {
                     false => text(StatusCode::OK, "ready"),
                 }
             }
-            // The page holds no data: it asks for the token and then fetches `/status`.
-            "/" if method == Method::GET || method == Method::HEAD => return dashboard::page(),
             _ => {}
+        }
+        // Without a token nothing but the Host tells a rebinding page from the operator.
+        if self.token.is_none() && !auth::loopback_host(request.headers()) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "without admin.token the admin API answers only Host 127.0.0.1, [::1] or \
+                 localhost (DNS rebinding)",
+            );
+        }
+        // The page holds no data: it asks for the token and then fetches `/status`.
+        if path == "/" && (method == Method::GET || method == Method::HEAD) {
+            return dashboard::page();
         }
         match &self.token {
             Some(token) if !auth::authorized(request.headers(), token) => {
-                tracing::warn!(%method, path, "admin request refused: no or wrong token");
+                let refused = 1 + self.refused.fetch_add(1, Ordering::Relaxed);
+                if self.refused_logged.every(Duration::from_secs(60)) {
+                    self.refused.fetch_sub(refused, Ordering::Relaxed);
+                    tracing::warn!(
+                        %method,
+                        path,
+                        refused,
+                        "admin request refused: no or wrong token"
+                    );
+                }
                 let mut response = text(StatusCode::UNAUTHORIZED, "admin token required");
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,

@@ -159,6 +159,16 @@ pub(super) fn validate_site(
 ) -> Option<SiteConfig> {
     let key = |k: &str| format!("{prefix}.{k}");
     let name = match raw.name.as_deref().map(str::trim) {
+        // Cache keys are `name NUL host NUL target`, and purges and `/status` find a site's
+        // keys by that prefix: a NUL (or any control character) in a name would blur it.
+        Some(n) if n.chars().any(char::is_control) => {
+            problems.add(
+                key("name"),
+                "must not contain control characters; give the site a short name such as \
+                 \"iwate\"",
+            );
+            String::new()
+        }
         Some(n) if !n.is_empty() => n.to_string(),
         Some(_) => {
             problems.add(key("name"), "must not be empty");
@@ -444,6 +454,20 @@ mod tests {
                 problems.into_iter().map(|p| p.key).collect()
             }
             other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn site_names_never_hold_the_cache_key_separator() {
+        // Keys are `name NUL host NUL target`: a name holding a NUL would make a site purge
+        // (and `/status`) of "a" take in the pages of a site named "a\0b".
+        for name in ["a\\u0000b", "a\\nb", "a\\u007fb"] {
+            let text = format!(
+                "[server]\nlisten = [\"127.0.0.1:8080\"]\n[[site]]\nname = \"{name}\"\n\
+                 hosts = [\"a.example\"]\norigin = \"http://127.0.0.1:8081\"\n"
+            );
+            let parsed = Config::parse(&text, Path::new("k.toml"));
+            assert_eq!(problem_keys(parsed), ["site[0].name"], "{name}");
         }
     }
 

@@ -14,6 +14,26 @@ use http_body::{Body as _, Frame, SizeHint};
 use super::body::{Body, BoxError, Piece};
 use crate::cache::CacheStatus;
 
+/// The longest path or host a line keeps, in bytes. The line lives as long as the body is
+/// being sent, which a client can stretch (an HTTP/2 window of 0 on every stream); a head
+/// near the size limit must not pin that much per stream, nor fill the log.
+const MAX_TEXT: usize = 1024;
+
+/// `text`, or its first `MAX_TEXT` bytes (at a character boundary) and `…`.
+pub fn clip(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut clipped = String::with_capacity(end + '…'.len_utf8());
+    clipped.push_str(&text[..end]);
+    clipped.push('…');
+    clipped
+}
+
 /// What the line says about the request, known when the response head is ready.
 pub struct Line {
     pub started: Instant,
@@ -94,5 +114,19 @@ impl Drop for Logged {
             complete,
             ms,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_clipped_at_a_character_boundary() {
+        assert_eq!(clip("/short"), "/short");
+        let long = "é".repeat(MAX_TEXT);
+        let clipped = clip(&long);
+        assert!(clipped.len() <= MAX_TEXT + 3 && clipped.ends_with('…'));
+        assert!(long.starts_with(clipped.trim_end_matches('…')));
     }
 }

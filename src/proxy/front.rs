@@ -32,7 +32,7 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         // Only the access log needs the path; the hit path should not pay for it otherwise.
-        let logged = self.access_log.then(|| request.uri().path().to_string());
+        let logged = self.access_log.then(|| access::clip(request.uri().path()));
         let method = request.method().clone();
         let authority = authority_of(&request);
         let owner = budget::Owner::Client(limit_key(client_ip(
@@ -87,7 +87,7 @@ impl Proxy {
                 started,
                 client: client.peer.ip(),
                 method,
-                host: authority,
+                host: authority.as_deref().map(access::clip),
                 path,
                 status: response.status(),
                 cache: status,

@@ -218,6 +218,8 @@ async fn start_admin(
         token: admin.token.clone(),
         listener_ports: addrs.iter().map(SocketAddr::port).collect(),
         draining: stopped.clone(),
+        refused: Default::default(),
+        refused_logged: Default::default(),
     });
     Ok(Some((
         tokio::spawn(crate::admin::serve(listener, state)),

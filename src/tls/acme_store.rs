@@ -58,15 +58,16 @@ impl Store {
     }
 
     /// The certificate and key files of `site`. Site names are short words in practice; any
-    /// other character is replaced so that a name can never point outside the store.
+    /// other byte is written `~XX` (hex), so that a name can never point outside the store and
+    /// two names never share a folder (`~` is itself escaped).
     pub fn cert_paths(&self, site: &str) -> (PathBuf, PathBuf) {
-        let safe: String = site
-            .chars()
-            .map(|c| match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
-                _ => '_',
-            })
-            .collect();
+        let mut safe = String::with_capacity(site.len());
+        for b in site.bytes() {
+            match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => safe.push(char::from(b)),
+                _ => safe.push_str(&format!("~{b:02X}")),
+            }
+        }
         let dir = self.dir.join("certs").join(safe);
         (dir.join("cert.pem"), dir.join("key.pem"))
     }
@@ -203,6 +204,19 @@ mod tests {
         let (cert, key) = store.cert_paths("../../etc/passwd");
         assert!(cert.starts_with("/state/certs/") && !cert.to_string_lossy().contains(".."));
         assert_eq!(key.parent(), cert.parent());
+        // Two sites never share a folder (one's certificate would replace the other's, and
+        // each restart would order both again, into the CA's rate limits).
+        let names = ["a.b", "a_b", "a b", "a~2Eb", "a/b", "a\\b", "市", "a"];
+        let folders: std::collections::HashSet<_> =
+            names.iter().map(|n| store.cert_paths(n).0).collect();
+        assert_eq!(folders.len(), names.len(), "{folders:?}");
+        for name in names {
+            let (cert, _) = store.cert_paths(name);
+            assert_eq!(
+                cert.parent().unwrap().parent(),
+                Some(Path::new("/state/certs"))
+            );
+        }
         assert_eq!(
             store.cert_paths("okayama").0,
             Path::new("/state/certs/okayama/cert.pem")
