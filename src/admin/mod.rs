@@ -180,7 +180,9 @@ impl Admin {
             }
             Some(_) => {}
             // Read-only views are open on a loopback listener without a token.
-            None if path == "/metrics" || path == "/status" => {}
+            // Without a token only the probes and `/metrics` are served (as issue 11 specifies):
+            // `/status` names every site, host and origin, which is the token holders' business.
+            None if path == "/metrics" => {}
             None => {
                 return text(
                     StatusCode::FORBIDDEN,
