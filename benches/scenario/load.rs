@@ -1,5 +1,7 @@
-//! Load generation: one-off GETs (cache warming, hit checks), and timed keep-alive load with
-//! `wrk -t1` or the built-in hyper client, both pinned to the load CPU.
+//! Load generation, plain HTTP or over TLS: one-off GETs (cache warming, hit checks), and timed
+//! load with `wrk -t1` or the built-in hyper client, both pinned to the load CPU: keep-alive, or
+//! one request per connection (handshake runs: full handshakes always with the built-in client,
+//! whose resumption can be switched off; resumed ones with wrk, whose OpenSSL resumes).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -11,17 +13,57 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
-use http::header::HOST;
-use http::{HeaderMap, Request, StatusCode};
+use http::header::{CONNECTION, HOST};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::affinity;
+use crate::tls::ClientTls;
 use crate::Settings;
 
 /// Hard cap on requests in one built-in load run (the run also stops at its deadline).
 const MAX_REQUESTS_PER_RUN: u64 = 20_000_000;
+
+/// Where the load goes: plain HTTP, or HTTPS with the built-in client's TLS settings.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub tls: Option<ClientTls>,
+}
+
+impl Endpoint {
+    pub fn plain(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, tls: None }
+    }
+
+    /// The Host header: the certificate's name over TLS (it must match SNI, or Kagami
+    /// answers 421), else the address.
+    fn host(&self) -> String {
+        match &self.tls {
+            Some(_) => format!("{}:{}", crate::tls::NAME, self.addr.port()),
+            None => self.addr.to_string(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.host())
+    }
+}
+
+/// How a run loads the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `conns` keep-alive connections.
+    KeepAlive,
+    /// Every request on a new connection (`Connection: close`); over TLS, a new handshake,
+    /// resuming the previous session or not.
+    Handshakes { resume: bool },
+}
 
 /// What one measured load run saw, from the client side.
 #[derive(Debug, Clone)]
@@ -35,18 +77,18 @@ pub struct LoadResult {
 }
 
 /// One GET on a fresh connection: status, headers and body length.
-pub fn fetch_once(addr: SocketAddr, path: &str) -> anyhow::Result<(StatusCode, HeaderMap, usize)> {
+pub fn fetch_once(
+    endpoint: &Endpoint,
+    path: &str,
+) -> anyhow::Result<(StatusCode, HeaderMap, usize)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         tokio::time::timeout(Duration::from_secs(10), async {
-            let stream = TcpStream::connect(addr).await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
+            let mut sender = open(endpoint, false).await?;
             let request = Request::get(path)
-                .header(HOST, addr.to_string())
+                .header(HOST, endpoint.host())
                 .body(Empty::<Bytes>::new())?;
             let response = sender.send_request(request).await?;
             let status = response.status();
@@ -59,28 +101,65 @@ pub fn fetch_once(addr: SocketAddr, path: &str) -> anyhow::Result<(StatusCode, H
     })
 }
 
-/// Loads `path` for `secs`, with wrk when available, else the built-in client.
+/// Connects to `endpoint` (TLS handshake included, resuming a session when `resume`) and
+/// starts an HTTP/1.1 client connection on it.
+async fn open(endpoint: &Endpoint, resume: bool) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+    let stream = TcpStream::connect(endpoint.addr).await?;
+    stream.set_nodelay(true)?;
+    let sender = match &endpoint.tls {
+        None => {
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            sender
+        }
+        Some(tls) => {
+            let config = if resume { &tls.resuming } else { &tls.fresh };
+            let stream = TlsConnector::from(config.clone())
+                .connect(tls.name.clone(), stream)
+                .await?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            sender
+        }
+    };
+    Ok(sender)
+}
+
+/// Loads `path` for `secs` as `kind` says, with wrk when available (and able to), else the
+/// built-in client.
 pub fn load(
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     path: &str,
+    kind: Kind,
     secs: u64,
     settings: &Settings,
 ) -> anyhow::Result<LoadResult> {
-    match &settings.wrk {
-        Some(wrk) => load_wrk(wrk, addr, path, secs, settings),
-        None => load_builtin(addr, path, secs, settings),
+    match (&settings.wrk, kind) {
+        // wrk's OpenSSL resumes the session on every reconnection: no full handshakes.
+        (_, Kind::Handshakes { resume: false }) | (None, _) => {
+            load_builtin(endpoint, path, kind, secs, settings)
+        }
+        (Some(wrk), _) => load_wrk(wrk, endpoint, path, kind, secs, settings),
     }
 }
 
 fn load_wrk(
     wrk: &Path,
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     path: &str,
+    kind: Kind,
     secs: u64,
     settings: &Settings,
 ) -> anyhow::Result<LoadResult> {
-    let url = format!("http://{addr}{path}");
+    let url = endpoint.url(path);
     let mut command = affinity::pinned_command(wrk, settings.load_cpu, settings.taskset.as_deref());
+    if kind != Kind::KeepAlive {
+        // wrk cannot turn keep-alive off; with this header the server closes every
+        // connection after its answer and wrk reconnects.
+        command.arg("-H").arg("Connection: close");
+    }
     command
         .arg("-t1")
         .arg(format!("-c{}", settings.conns))
@@ -181,17 +260,20 @@ fn parse_wrk_duration(text: &str) -> Option<f64> {
     number.trim().parse::<f64>().ok().map(|n| n * scale)
 }
 
-/// The built-in generator: `conns` keep-alive HTTP/1.1 connections on a current-thread runtime
-/// in a thread pinned to the load CPU; each records the latency of every request.
+/// The built-in generator: `conns` HTTP/1.1 clients on a current-thread runtime in a thread
+/// pinned to the load CPU, each on one keep-alive connection or a new connection per request;
+/// each records the latency of every request (connection and handshake included).
 fn load_builtin(
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     path: &str,
+    kind: Kind,
     secs: u64,
     settings: &Settings,
 ) -> anyhow::Result<LoadResult> {
     let conns = settings.conns;
     let cpu = settings.load_cpu;
     let path = path.to_string();
+    let endpoint = endpoint.clone();
     let thread = std::thread::Builder::new()
         .name("loadgen".into())
         .spawn(move || {
@@ -201,7 +283,7 @@ fn load_builtin(
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(builtin_run(addr, path, secs, conns))
+            runtime.block_on(builtin_run(endpoint, path, kind, secs, conns))
         })?;
     thread
         .join()
@@ -209,39 +291,54 @@ fn load_builtin(
 }
 
 async fn builtin_run(
-    addr: SocketAddr,
+    endpoint: Endpoint,
     path: String,
+    kind: Kind,
     secs: u64,
     conns: usize,
 ) -> anyhow::Result<LoadResult> {
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
-    let host = addr.to_string();
+    let host = endpoint.host();
     let mut tasks = Vec::with_capacity(conns);
     for _ in 0..conns {
-        let (path, host, issued) = (path.clone(), host.clone(), issued.clone());
+        let (endpoint, path, host, issued) =
+            (endpoint.clone(), path.clone(), host.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::with_capacity(1 << 14);
             let mut errors = 0u64;
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
+            let mut kept = match kind {
+                Kind::KeepAlive => Some(open(&endpoint, false).await?),
+                Kind::Handshakes { .. } => None,
+            };
             while Instant::now() < deadline
                 && issued.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS_PER_RUN
             {
-                let request = Request::get(path.as_str())
+                let mut request = Request::get(path.as_str())
                     .header(HOST, host.as_str())
                     .body(Empty::<Bytes>::new())?;
+                if kind != Kind::KeepAlive {
+                    request
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 let sent = Instant::now();
                 let outcome = tokio::time::timeout_at(deadline.into(), async {
+                    let mut fresh;
+                    let sender = match (&mut kept, kind) {
+                        (Some(sender), _) => sender,
+                        (None, Kind::Handshakes { resume }) => {
+                            fresh = open(&endpoint, resume).await?;
+                            &mut fresh
+                        }
+                        (None, Kind::KeepAlive) => bail!("keep-alive connection missing"),
+                    };
                     sender.ready().await?;
                     let response = sender.send_request(request).await?;
                     let ok = response.status() == StatusCode::OK;
                     response.into_body().collect().await?;
-                    Ok::<_, hyper::Error>(ok)
+                    Ok::<_, anyhow::Error>(ok)
                 })
                 .await;
                 match outcome {
@@ -251,9 +348,15 @@ async fn builtin_run(
                         latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32)
                     }
                     Ok(Ok(false)) => errors += 1,
-                    Ok(Err(_)) => {
+                    // A broken keep-alive connection ends this client; a failed new
+                    // connection is retried after a pause (bounded by the deadline).
+                    Ok(Err(_)) if kind == Kind::KeepAlive => {
                         errors += 1;
                         break;
+                    }
+                    Ok(Err(_)) => {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }

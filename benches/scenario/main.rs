@@ -18,6 +18,18 @@
 //! * The origin is a tiny hyper server in this process; it counts its requests, so the
 //!   offload (about one origin request per object) is checked.
 //!
+//! HTTPS (`KAGAMI_BENCH_TLS`): Kagami with an HTTPS listener and nginx with `listen ... ssl`,
+//! both with the same self-signed ECDSA P-256 certificate for `localhost` (rcgen), TLS 1.3
+//! only, HTTP/1.1 (no ALPN from wrk; `http/1.1` from the built-in client), nginx with
+//! `sendfile off` (without kTLS nginx cannot sendfile into TLS anyway). Four runs each:
+//! keep-alive hits on `/1k` and `/16k` over TLS (wrk with an https URL), `full-hs`: every request
+//! on a new connection with a full handshake (the built-in client, session resumption off,
+//! certificate not checked so that the client stays cheap), and `resumed-hs`: a new connection
+//! per request with wrk `-H 'Connection: close'`, whose OpenSSL resumes the previous session
+//! (a PSK handshake with a fresh key exchange). For those two runs req/s is handshakes/s and
+//! CPU per request is CPU per handshake (one 1 KiB hit included); the rise in the kernel's
+//! accepted-connection count is printed to show that every request really reconnected.
+//!
 //! Besides req/s and latency, the server's CPU time per request is reported (from
 //! `/proc/.../stat`), and how busy the load generator's CPU was (from `/proc/stat`): with one
 //! wrk thread on the other core the load generator is close to saturation, so CPU per
@@ -35,32 +47,65 @@
 //!   (default) or multi-thread with one worker like Kagami's here.
 //! * `KAGAMI_BENCH_LIMITS=off`: drop Kagami's per-client limiters instead of giving them a
 //!   budget that never runs out.
+//! * `KAGAMI_BENCH_TLS=both|off|only`: plain HTTP and HTTPS runs (default), plain HTTP only,
+//!   or HTTPS only.
 //!
 //! Everything binds and targets 127.0.0.1; every load run stops by itself (time and count).
 //!
 //! Modules: `servers` (origin, bare hyper, Kagami), `nginx`, `load` (wrk and the built-in
-//! generator), `affinity` (pinning and CPU time), `report` (summary table and ratios).
+//! generator), `measure` (warming, runs, per-run figures), `tls` (certificate, client settings, connection count), `affinity` (pinning and
+//! CPU time), `report` (summary table and ratios).
 
 mod affinity;
 mod load;
+mod measure;
 mod nginx;
 mod report;
 mod servers;
+mod tls;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{bail, Context as _};
-use http::{HeaderMap, StatusCode};
-
-use crate::load::{fetch_once, load};
-use crate::nginx::Nginx;
-use crate::report::{print_summary, show_cpu_use, show_share, show_us, Row, ServerCpu};
-use crate::servers::{start_bare, start_kagami, Flavor, Origin};
+use crate::load::Kind;
+use crate::report::{print_summary, Row};
+use crate::servers::{Flavor, Origin};
 
 /// The two objects: path and body size.
 const OBJECTS: [(&str, usize); 2] = [("/1k", 1024), ("/16k", 16 * 1024)];
+/// One measured load: its label in the report, the object, how it loads the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub label: &'static str,
+    pub path: &'static str,
+    pub kind: Kind,
+}
+
+const fn keep_alive(label: &'static str) -> Run {
+    Run {
+        label,
+        path: label,
+        kind: Kind::KeepAlive,
+    }
+}
+
+/// Plain HTTP: keep-alive hits on each object.
+const PLAIN_RUNS: [Run; 2] = [keep_alive("/1k"), keep_alive("/16k")];
+/// HTTPS: keep-alive hits on each object, then a new connection (and handshake) per 1 KiB hit.
+pub const TLS_RUNS: [Run; 4] = [
+    keep_alive("/1k"),
+    keep_alive("/16k"),
+    Run {
+        label: "full-hs",
+        path: "/1k",
+        kind: Kind::Handshakes { resume: false },
+    },
+    Run {
+        label: "resumed-hs",
+        path: "/1k",
+        kind: Kind::Handshakes { resume: true },
+    },
+];
+
 /// Share of the server's CPU taken by anything else above which a run is flagged.
 const OTHER_WORK_WARNING: f64 = 0.10;
 
@@ -82,6 +127,8 @@ pub enum Target {
     Bare,
     Kagami,
     Nginx { sendfile: bool },
+    KagamiTls,
+    NginxTls,
 }
 
 impl Target {
@@ -91,6 +138,8 @@ impl Target {
             Target::Kagami => "kagami",
             Target::Nginx { sendfile: false } => "nginx-sf-off",
             Target::Nginx { sendfile: true } => "nginx-sf-on",
+            Target::KagamiTls => "kagami-tls",
+            Target::NginxTls => "nginx-tls",
         }
     }
 }
@@ -110,6 +159,9 @@ pub struct Settings {
     /// nginx `sendfile` (and `tcp_nopush`) settings to run, in order.
     nginx_sendfile: Vec<bool>,
     bare_flavor: Flavor,
+    /// Plain HTTP runs, HTTPS runs (`KAGAMI_BENCH_TLS`).
+    run_plain: bool,
+    run_tls: bool,
 }
 
 fn env_u64(name: &str, default: u64, min: u64, max: u64) -> u64 {
@@ -153,6 +205,19 @@ fn env_nginx_sendfile() -> Vec<bool> {
     }
 }
 
+/// `KAGAMI_BENCH_TLS`: (plain runs, HTTPS runs).
+fn env_tls() -> (bool, bool) {
+    match std::env::var("KAGAMI_BENCH_TLS").as_deref() {
+        Ok("off") => (true, false),
+        Ok("only") => (false, true),
+        Ok("both") | Err(_) => (true, true),
+        Ok(other) => {
+            println!("scenario: ignoring KAGAMI_BENCH_TLS={other:?}, running both");
+            (true, true)
+        }
+    }
+}
+
 fn env_bare_flavor() -> Flavor {
     match std::env::var("KAGAMI_BENCH_BARE_RUNTIME").as_deref() {
         Ok("worker") => Flavor::OneWorker,
@@ -172,6 +237,7 @@ fn run() -> anyhow::Result<()> {
     };
     let builtin = std::env::var("KAGAMI_BENCH_LOADGEN").is_ok_and(|v| v == "builtin");
     let (run_bare, run_kagami, run_nginx) = env_targets();
+    let (run_plain, run_tls) = env_tls();
     let settings = Settings {
         secs: env_u64("KAGAMI_BENCH_SECS", 5, 1, 600),
         warmup_secs: env_u64("KAGAMI_BENCH_WARMUP_SECS", 1, 0, 60),
@@ -185,6 +251,8 @@ fn run() -> anyhow::Result<()> {
         run_nginx,
         nginx_sendfile: env_nginx_sendfile(),
         bare_flavor: env_bare_flavor(),
+        run_plain,
+        run_tls,
     };
 
     println!("== Kagami scenario benchmark ==");
@@ -215,219 +283,23 @@ fn run() -> anyhow::Result<()> {
     println!("origin: http://{}", origin.addr());
 
     let mut rows: Vec<Row> = Vec::new();
-
-    // --- bare hyper: the ceiling ----------------------------------------------------------
-    if settings.run_bare {
-        let bare = start_bare(settings.server_cpu, settings.bare_flavor)?;
-        println!(
-            "bare: http://{} (hyper http1 alone, {})",
-            bare.addr,
-            settings.bare_flavor.describe()
-        );
-        let result = measure_target(
-            Target::Bare,
-            bare.addr,
-            &origin,
-            &settings,
-            &mut rows,
-            |_| true,
-            || bare.cpu_seconds(),
-        );
-        bare.stop();
-        result?;
+    if settings.run_plain {
+        measure::measure_plain(&origin, &settings, &mut rows)?;
     }
-
-    // --- Kagami ---------------------------------------------------------------------------
-    if settings.run_kagami {
-        let kagami = start_kagami(origin.addr(), settings.server_cpu)?;
-        println!(
-            "kagami: http://{} ({})",
-            kagami.addr,
-            Flavor::OneWorker.describe()
-        );
-        let result = measure_target(
-            Target::Kagami,
-            kagami.addr,
-            &origin,
-            &settings,
-            &mut rows,
-            |h| {
-                h.get("cache-status")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("hit"))
-            },
-            || kagami.cpu_seconds(),
-        );
-        kagami.stop();
-        result?;
+    if settings.run_tls {
+        measure::measure_tls(&origin, &settings, &mut rows)?;
     }
-
-    // --- nginx ----------------------------------------------------------------------------
-    match which("nginx") {
-        _ if !settings.run_nginx => {}
-        None => println!("nginx: not installed (not on PATH); skipping the nginx comparison"),
-        Some(nginx_bin) => {
-            for &sendfile in &settings.nginx_sendfile {
-                measure_nginx(&nginx_bin, sendfile, &origin, &settings, &mut rows);
-            }
-        }
-    }
-
     origin.stop();
     print_summary(&rows, &settings);
     Ok(())
-}
-
-/// Starts nginx with `sendfile` as given, measures it, stops it; failures are reported and
-/// leave its figures out.
-fn measure_nginx(
-    binary: &std::path::Path,
-    sendfile: bool,
-    origin: &Origin,
-    settings: &Settings,
-    rows: &mut Vec<Row>,
-) {
-    let target = Target::Nginx { sendfile };
-    let nginx = match Nginx::start(binary, origin.addr(), sendfile, settings) {
-        Ok(nginx) => nginx,
-        Err(err) => {
-            println!(
-                "{}: could not be started ({err:#}); skipping it",
-                target.label()
-            );
-            return;
-        }
-    };
-    println!(
-        "{}: http://{} (proxy_cache, worker_processes 1, sendfile {})",
-        target.label(),
-        nginx.addr,
-        if sendfile { "on" } else { "off" }
-    );
-    let result = measure_target(
-        target,
-        nginx.addr,
-        origin,
-        settings,
-        rows,
-        |h| h.get("x-cache-status").is_some_and(|v| v == "HIT"),
-        || nginx.cpu_seconds(),
-    );
-    drop(nginx);
-    if let Err(err) = result {
-        println!(
-            "{}: run failed ({err:#}); its figures are incomplete",
-            target.label()
-        );
-    }
 }
 
 pub fn show_cpu(cpu: Option<usize>) -> String {
     cpu.map_or_else(|| String::from("(not pinned)"), |c| format!("cpu {c}"))
 }
 
-/// Warms `target`'s cache (one request per object, then checks a hit), then loads each object.
-fn measure_target(
-    target: Target,
-    addr: SocketAddr,
-    origin: &Origin,
-    settings: &Settings,
-    rows: &mut Vec<Row>,
-    is_hit: impl Fn(&HeaderMap) -> bool,
-    server_cpu: impl Fn() -> Option<f64>,
-) -> anyhow::Result<()> {
-    let name = target.label();
-    for (path, size) in OBJECTS {
-        let before = origin.count(path);
-        let (status, _, len) =
-            fetch_once(addr, path).with_context(|| format!("{name}: warming {path}"))?;
-        if status != StatusCode::OK || len != size {
-            bail!(
-                "{name}: warming {path}: got {status} with {len} bytes, expected 200 with {size}"
-            );
-        }
-        let (_, headers, _) =
-            fetch_once(addr, path).with_context(|| format!("{name}: checking {path}"))?;
-        if !is_hit(&headers) {
-            println!("{name}: WARNING: the second request for {path} was not reported as a hit: {headers:?}");
-        }
-        if settings.warmup_secs > 0 {
-            load(addr, path, settings.warmup_secs, settings)
-                .with_context(|| format!("{name}: warm-up load on {path}"))?;
-        }
-        let load_before = settings.load_cpu.and_then(affinity::cpu_ticks);
-        let server_before = settings.server_cpu.and_then(affinity::cpu_ticks);
-        let cpu_before = server_cpu();
-        let started = Instant::now();
-        let result = load(addr, path, settings.secs, settings)
-            .with_context(|| format!("{name}: load on {path}"))?;
-        let wall = started.elapsed().as_secs_f64();
-        let cpu = match (cpu_before, server_cpu()) {
-            (Some(a), Some(b)) if result.requests > 0 => Some(ServerCpu {
-                busy: (b - a) / wall,
-                us_per_request: (b - a) * 1e6 / result.requests as f64,
-            }),
-            _ => None,
-        };
-        let load_busy =
-            affinity::busy_share(load_before, settings.load_cpu.and_then(affinity::cpu_ticks));
-        // Time the server's CPU spent on anything but the server: other processes (or
-        // interrupts) that disturbed this run.
-        let other_busy = match (
-            affinity::busy_share(
-                server_before,
-                settings.server_cpu.and_then(affinity::cpu_ticks),
-            ),
-            cpu,
-        ) {
-            (Some(total), Some(own)) => Some((total - own.busy).max(0.0)),
-            _ => None,
-        };
-        let origin_requests = origin.count(path) - before;
-        let (busy, per_request) = show_cpu_use(cpu);
-        println!(
-            "{name:>12} {path:<4} {:>10.0} req/s  p50 {:>9}  p99 {:>9}  server cpu {busy} = {per_request}/req, other work on its cpu {}, load generator cpu {} ({} requests, {} errors, {}; origin requests {origin_requests})",
-            result.rps,
-            show_us(result.p50_us),
-            show_us(result.p99_us),
-            show_share(other_busy),
-            show_share(load_busy),
-            result.requests,
-            result.errors,
-            result.tool,
-        );
-        if origin_requests > 2 {
-            println!("{name:>12} {path:<4} WARNING: {origin_requests} origin requests: the cache did not absorb the load");
-        }
-        if let Some(other) = other_busy.filter(|o| *o > OTHER_WORK_WARNING) {
-            println!(
-                "{name:>12} {path:<4} WARNING: other work took {:.0}% of the server's cpu during \
-                 this run: its figures are disturbed",
-                other * 100.0
-            );
-        }
-        if result.errors > 0 {
-            println!(
-                "{name:>12} {path:<4} WARNING: {} failed or non-2xx answers (e.g. 429 from a rate \
-                 limit): its figures do not measure the hit path",
-                result.errors
-            );
-        }
-        rows.push(Row {
-            target,
-            object: path,
-            result,
-            cpu,
-            load_busy,
-            other_busy,
-            origin_requests,
-        });
-    }
-    Ok(())
-}
-
 /// Searches `PATH` for an executable.
-fn which(name: &str) -> Option<PathBuf> {
+pub fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -1,5 +1,6 @@
 //! nginx `proxy_cache` for comparison: one pinned worker process in a temporary prefix,
-//! `sendfile` on or off, killed when dropped.
+//! `sendfile` on or off, plain HTTP or HTTPS (TLS 1.3 only, the bench certificate), killed
+//! when dropped.
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+use crate::tls::BenchCert;
 use crate::{affinity, Settings};
 
 /// nginx with `proxy_cache` in a temporary prefix; killed when dropped (also on error paths).
@@ -23,6 +25,7 @@ impl Nginx {
         origin: SocketAddr,
         sendfile: bool,
         settings: &Settings,
+        tls: Option<&BenchCert>,
     ) -> anyhow::Result<Nginx> {
         let dir = tempfile::Builder::new()
             .prefix("kagami-bench-nginx")
@@ -39,7 +42,7 @@ impl Nginx {
             std::fs::create_dir_all(root.join(sub))?;
         }
         let addr = free_port()?;
-        let conf = nginx_conf(root, addr, origin, sendfile);
+        let conf = nginx_conf(root, addr, origin, sendfile, tls);
         let conf_path = root.join("nginx.conf");
         std::fs::write(&conf_path, &conf)?;
         let error_log = root.join("error.log");
@@ -102,8 +105,25 @@ impl Drop for Nginx {
 
 /// One nginx process (no master, so killing the child stops everything), caching on disk
 /// in the temp dir, tuned for this load: cached open files, unlimited keep-alive requests,
-/// upstream keep-alive, `sendfile` (and `tcp_nopush`) as chosen.
-fn nginx_conf(root: &Path, listen: SocketAddr, origin: SocketAddr, sendfile: bool) -> String {
+/// upstream keep-alive, `sendfile` (and `tcp_nopush`) as chosen. With `tls`: the listener
+/// speaks TLS 1.3 only with the bench certificate; session tickets stay on (nginx's default,
+/// as Kagami's), so clients that resume can; HTTP/1.1 (no `http2`, so ALPN picks http/1.1).
+fn nginx_conf(
+    root: &Path,
+    listen: SocketAddr,
+    origin: SocketAddr,
+    sendfile: bool,
+    tls: Option<&BenchCert>,
+) -> String {
+    let ssl = match tls {
+        Some(cert) => format!(
+            "listen {listen} ssl;\n        ssl_protocols TLSv1.3;\n        \
+             ssl_certificate {};\n        ssl_certificate_key {};",
+            cert.cert_file.display(),
+            cert.key_file.display()
+        ),
+        None => format!("listen {listen};"),
+    };
     let root = root.display();
     let sendfile = if sendfile { "on" } else { "off" };
     format!(
@@ -138,7 +158,7 @@ http {{
     }}
 
     server {{
-        listen {listen};
+        {ssl}
         server_name 127.0.0.1;
         location / {{
             proxy_pass http://origin;

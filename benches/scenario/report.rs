@@ -1,15 +1,17 @@
-//! The end-of-run report: one table row per target and object, then the throughput and
-//! CPU-efficiency ratios between targets, all from the same run.
+//! The end-of-run report: one table row per target and run, then the throughput and
+//! CPU-efficiency ratios between targets (plain HTTP, then HTTPS), all from the same run.
 
 use crate::load::LoadResult;
-use crate::{show_cpu, Settings, Target, OBJECTS};
+use crate::{show_cpu, Settings, Target, PLAIN_RUNS, TLS_RUNS};
 
 /// kagami/nginx req/s below this is flagged.
 const KAGAMI_NGINX_TARGET: f64 = 1.5;
 
-/// One measured run: a target serving one object.
+/// One measured run: a target serving one object (or, for a handshake run, a new connection
+/// per request).
 pub struct Row {
     pub target: Target,
+    /// The run's label (`Run::label`): the object, or the kind of handshake.
     pub object: &'static str,
     pub result: LoadResult,
     pub cpu: Option<ServerCpu>,
@@ -68,7 +70,7 @@ pub fn print_summary(rows: &[Row], settings: &Settings) {
         settings.bare_flavor.describe()
     );
     println!(
-        "{:<13} {:<6} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
+        "{:<13} {:<10} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
         "target",
         "object",
         "req/s",
@@ -85,7 +87,7 @@ pub fn print_summary(rows: &[Row], settings: &Settings) {
     for row in rows {
         let (busy, per_request) = show_cpu_use(row.cpu);
         println!(
-            "{:<13} {:<6} {:>10.0} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
+            "{:<13} {:<10} {:>10.0} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
             row.target.label(),
             row.object,
             row.result.rps,
@@ -98,6 +100,17 @@ pub fn print_summary(rows: &[Row], settings: &Settings) {
             row.result.errors,
             row.origin_requests,
             row.result.tool
+        );
+    }
+    if rows
+        .iter()
+        .any(|r| matches!(r.target, Target::KagamiTls | Target::NginxTls))
+    {
+        println!(
+            "kagami-tls / nginx-tls = the same over TLS 1.3 with one certificate; full-hs: a new \
+             connection and full handshake per 1 KiB hit (built-in client, no resumption), \
+             resumed-hs: a new connection per hit resuming the last session (wrk \
+             -H 'Connection: close'); for those req/s = handshakes/s and cpu/req = cpu per handshake"
         );
     }
     print_ratios(rows);
@@ -114,40 +127,58 @@ pub fn print_summary(rows: &[Row], settings: &Settings) {
     }
 }
 
-/// Ratios between targets per object: req/s, and in brackets requests per server
-/// CPU-second (the inverse ratio of CPU per request; meaningful even when the load
-/// generator is the bottleneck).
+/// Ratios between targets per run: req/s, and in brackets requests per server CPU-second (the
+/// inverse ratio of CPU per request; meaningful even when the load generator is the
+/// bottleneck). Plain HTTP first, then HTTPS (and HTTPS against plain HTTP: what TLS costs).
 fn print_ratios(rows: &[Row]) {
-    const PAIRS: [(Target, Target); 5] = [
+    const PLAIN_PAIRS: [(Target, Target); 5] = [
         (Target::Bare, Target::Nginx { sendfile: false }),
         (Target::Bare, Target::Nginx { sendfile: true }),
         (Target::Kagami, Target::Nginx { sendfile: false }),
         (Target::Kagami, Target::Nginx { sendfile: true }),
         (Target::Kagami, Target::Bare),
     ];
-    let find = |target: Target, object: &str| {
-        rows.iter()
-            .find(|r| r.target == target && r.object == object)
-    };
+    const TLS_PAIRS: [(Target, Target); 3] = [
+        (Target::KagamiTls, Target::NginxTls),
+        (Target::KagamiTls, Target::Kagami),
+        (Target::NginxTls, Target::Nginx { sendfile: false }),
+    ];
     println!();
     println!("== ratios: req/s (requests per server CPU-second) ==");
     if !rows
         .iter()
-        .any(|r| matches!(r.target, Target::Nginx { .. }))
+        .any(|r| matches!(r.target, Target::Nginx { .. } | Target::NginxTls))
     {
         println!("no nginx figures: the ratios to nginx are n/a");
     }
-    print!("{:<22}", "");
-    for (path, _) in OBJECTS {
-        print!(" {path:>17}");
+    let plain: Vec<&str> = PLAIN_RUNS.iter().map(|r| r.label).collect();
+    let tls: Vec<&str> = TLS_RUNS.iter().map(|r| r.label).collect();
+    let mut below_target = print_ratio_table(rows, &PLAIN_PAIRS, &plain);
+    if rows
+        .iter()
+        .any(|r| matches!(r.target, Target::KagamiTls | Target::NginxTls))
+    {
+        below_target |= print_ratio_table(rows, &TLS_PAIRS, &tls);
     }
-    println!();
+    if below_target {
+        println!("* kagami/nginx req/s below the {KAGAMI_NGINX_TARGET} target (plain HTTP hits)");
+    }
+}
+
+/// One table of ratios: a column per run label, a line per pair (lines without any figure
+/// left out). True when a plain kagami/nginx ratio is below the target.
+fn print_ratio_table(rows: &[Row], pairs: &[(Target, Target)], columns: &[&str]) -> bool {
+    let find = |target: Target, object: &str| {
+        rows.iter()
+            .find(|r| r.target == target && r.object == object)
+    };
     let mut below_target = false;
-    for (num, den) in PAIRS {
+    let mut header = false;
+    for &(num, den) in pairs {
         let name = format!("{}/{}", num.label(), den.label());
         let mut cells = Vec::new();
-        for (path, _) in OBJECTS {
-            let (Some(n), Some(d)) = (find(num, path), find(den, path)) else {
+        for column in columns {
+            let (Some(n), Some(d)) = (find(num, column), find(den, column)) else {
                 cells.push(String::from("n/a"));
                 continue;
             };
@@ -172,13 +203,19 @@ fn print_ratios(rows: &[Row]) {
         if cells.iter().all(|c| c == "n/a") {
             continue;
         }
+        if !header {
+            header = true;
+            print!("{:<22}", "");
+            for column in columns {
+                print!(" {column:>17}");
+            }
+            println!();
+        }
         print!("{name:<22}");
         for cell in cells {
             print!(" {cell:>17}");
         }
         println!();
     }
-    if below_target {
-        println!("* kagami/nginx req/s below the {KAGAMI_NGINX_TARGET} target");
-    }
+    below_target
 }

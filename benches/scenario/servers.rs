@@ -268,10 +268,19 @@ pub fn start_bare(cpu: Option<usize>, flavor: Flavor) -> anyhow::Result<PinnedSe
 // Kagami under test
 // ----------------------------------------------------------------------------------------
 
-/// Kagami (`kagami::server::start`) proxying to `origin`, on a one-worker tokio runtime.
-pub fn start_kagami(origin: SocketAddr, cpu: Option<usize>) -> anyhow::Result<PinnedServer> {
-    let mut site =
-        kagami::config::SiteConfig::new("bench", &["127.0.0.1"], &format!("http://{origin}"))?;
+/// Kagami (`kagami::server::start`) proxying to `origin`, on a one-worker tokio runtime. With
+/// `tls`, it also gets an HTTPS listener with that certificate for `tls::NAME`, and the
+/// address returned is that listener's.
+pub fn start_kagami(
+    origin: SocketAddr,
+    cpu: Option<usize>,
+    tls: Option<Arc<rustls::sign::CertifiedKey>>,
+) -> anyhow::Result<PinnedServer> {
+    let mut site = kagami::config::SiteConfig::new(
+        "bench",
+        &["127.0.0.1", crate::tls::NAME],
+        &format!("http://{origin}"),
+    )?;
     // All load comes from one client address, far above the default per-client budgets
     // (which answer 429). The limiters stay on the path, with a budget that never runs out,
     // so their cost is measured; KAGAMI_BENCH_LIMITS=off removes them.
@@ -286,6 +295,11 @@ pub fn start_kagami(origin: SocketAddr, cpu: Option<usize>) -> anyhow::Result<Pi
     config.limits.hits = unlimited;
     config.limits.misses = unlimited;
     config.log.access = false;
+    let https = tls.is_some();
+    if let Some(cert) = tls {
+        config.sites[0].tls.cert = Some(cert);
+        config.server.listen_tls = vec!["127.0.0.1:0".parse()?];
+    }
 
     PinnedServer::spawn(
         "kagami",
@@ -299,7 +313,11 @@ pub fn start_kagami(origin: SocketAddr, cpu: Option<usize>) -> anyhow::Result<Pi
                     return;
                 }
             };
-            let _ = ready.send(Ok(running.addr()));
+            let addr = match running.tls_addrs.first() {
+                Some(tls) if https => *tls,
+                _ => running.addr(),
+            };
+            let _ = ready.send(Ok(addr));
             let _ = stopped.await;
             running.shutdown(Duration::from_secs(1)).await;
         },
