@@ -6,7 +6,16 @@
 /// origin is asked for (`host`, normalised by `routing::Authority`; empty when the site sends
 /// the origin a fixed Host), and the canonical path and query (`routing::target::canonical`).
 pub fn primary_key(site: &str, host: &str, target: &str) -> String {
-    let mut key = String::with_capacity(site.len() + host.len() + 3 + target.len());
+    let mut key = String::new();
+    primary_key_into(&mut key, site, host, target, "");
+    key
+}
+
+/// [`primary_key`] followed by `suffix`, written over `key` (a buffer reused for lookups, so a
+/// hit builds its key without an allocation).
+pub fn primary_key_into(key: &mut String, site: &str, host: &str, target: &str, suffix: &str) {
+    key.clear();
+    key.reserve(site.len() + host.len() + 3 + target.len() + suffix.len());
     key.push_str(site);
     key.push('\u{0}');
     key.push_str(host);
@@ -15,7 +24,7 @@ pub fn primary_key(site: &str, host: &str, target: &str) -> String {
         key.push('/');
     }
     key.push_str(target);
-    key
+    key.push_str(suffix);
 }
 
 #[cfg(test)]
@@ -38,5 +47,14 @@ mod tests {
             primary_key("s", "", "/p?a=2")
         );
         assert_eq!(primary_key("s", "h", ""), "s\u{0}h\u{0}/");
+    }
+
+    #[test]
+    fn a_reused_buffer_holds_only_the_new_key() {
+        let mut key = String::from("a much longer key left over from an earlier lookup");
+        primary_key_into(&mut key, "s", "h", "/p", "\u{0}https");
+        assert_eq!(key, "s\u{0}h\u{0}/p\u{0}https");
+        primary_key_into(&mut key, "s", "h", "/p", "");
+        assert_eq!(key, primary_key("s", "h", "/p"));
     }
 }

@@ -83,8 +83,15 @@ impl Minute {
 }
 
 fn now_second() -> u64 {
+    second_of(Instant::now())
+}
+
+/// The window's second of `at` (from 1; an instant before the epoch counts as its first).
+fn second_of(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1
+    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_secs()
+        + 1
 }
 
 impl Default for Window {
@@ -99,6 +106,11 @@ impl Window {
     /// Counts one answered request.
     pub fn record(&self, status: &CacheStatus) {
         self.record_at(now_second(), status);
+    }
+
+    /// Counts one request answered at `at`: the request path has read the clock already.
+    pub fn record_answered(&self, at: Instant, status: &CacheStatus) {
+        self.record_at(second_of(at), status);
     }
 
     fn record_at(&self, second: u64, status: &CacheStatus) {

@@ -362,7 +362,7 @@ impl Proxy {
                 cache_status.detail("body-too-large"),
             );
         }
-        let headers = self.origin_headers(site, &parts.headers, client, host, false);
+        let headers = self.origin_headers(site, &parts.headers, &client, host, false);
         let body = match parts.method {
             Method::GET | Method::HEAD => None,
             _ => Some(Upload::new(incoming, self.max_request_body)),
@@ -504,7 +504,7 @@ impl Proxy {
         &self,
         site: &Site,
         client_headers: &HeaderMap,
-        client: Client,
+        client: &Client,
         host: &str,
         fill: bool,
     ) -> HeaderMap {

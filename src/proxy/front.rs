@@ -34,12 +34,14 @@ impl Proxy {
         // Only the access log needs the path; the hit path should not pay for it otherwise.
         let logged = self.access_log.then(|| access::clip(request.uri().path()));
         let method = request.method().clone();
-        let authority = authority_of(&request);
-        let owner = budget::Owner::Client(limit_key(client_ip(
+        let authority = RawAuthority::of(&request);
+        let authority = authority.as_ref().and_then(RawAuthority::as_str);
+        let ip = limit_key(client_ip(
             client.peer.ip(),
             request.headers(),
             &self.trusted,
-        )));
+        ));
+        let owner = budget::Owner::Client(ip);
 
         let ((response, status), site) = match self.enter() {
             None => {
@@ -50,7 +52,7 @@ impl Proxy {
                 // Once a minute is enough to tell staff; a loop (or a forged header) repeats fast.
                 if self.loop_logged.every(Duration::from_secs(60)) {
                     tracing::error!(
-                        host = authority.as_deref().unwrap_or("-"),
+                        host = authority.unwrap_or("-"),
                         "request loop: a site's origin points back at this Kagami; configure \
                          the origin by IP address or an internal name, not the public one"
                     );
@@ -62,15 +64,21 @@ impl Proxy {
                 );
                 (refused, None)
             }
-            Some(_guard) => self.admit(request, client, authority.as_deref()).await,
+            Some(_guard) => self.admit(request, &client, authority, ip).await,
         };
 
         self.stats.record(status.phase, status.collapsed);
         let metrics = site.map_or(&self.unrouted, |index| &self.sites[index].metrics);
-        metrics.record(response.status(), &status, started.elapsed());
+        // One clock read for both: the latency and the `/status` second.
+        let answered = Instant::now();
+        metrics.record(
+            response.status(),
+            &status,
+            answered.saturating_duration_since(started),
+        );
         if let Some(index) = site {
             // The last minute, for `/status`.
-            self.sites[index].window.record(&status);
+            self.sites[index].window.record_answered(answered, &status);
         }
         // A large body that shares a stored entry's buffer must not pin it uncounted once the
         // entry is evicted (see `body::Held`).
@@ -87,7 +95,7 @@ impl Proxy {
                 started,
                 client: client.peer.ip(),
                 method,
-                host: authority.as_deref().map(access::clip),
+                host: authority.map(access::clip),
                 path,
                 status: response.status(),
                 cache: status,
@@ -104,12 +112,13 @@ impl Proxy {
     async fn admit(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
-        client: Client,
+        client: &Client,
         authority: Option<&str>,
+        ip: std::net::IpAddr,
     ) -> (Served, Option<usize>) {
         let method = request.method().clone();
         // Before the Host is even looked at: the CA may name the site in any form.
-        if let Some(answer) = tls::acme_challenge(&self.acme, &client, &request) {
+        if let Some(answer) = tls::acme_challenge(&self.acme, client, &request) {
             return (answer, None);
         }
         let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
@@ -120,7 +129,7 @@ impl Proxy {
             );
             return (refused, None);
         };
-        if let Some(refused) = tls::misdirected(&client, &authority, &method) {
+        if let Some(refused) = tls::misdirected(client, &authority, &method) {
             return (refused, None);
         }
         let default_port = default_port(client.proto);
@@ -161,14 +170,14 @@ impl Proxy {
         // An ACME site is redirected only once it has a certificate to be redirected to.
         let secure = !site.tls.acme || self.acme.has_certificate(&site.name);
         if let Some(redirect) = secure
-            .then(|| tls::redirect(site, &client, &authority, request.uri(), &method))
+            .then(|| tls::redirect(site, client, &authority, request.uri(), &method))
             .flatten()
         {
             return (redirect, Some(index));
         }
-        let host = authority.normalised_on(default_port, client.local_port);
-        let mut served = self.serve(index, request, client, host).await;
-        tls::add_hsts(&self.sites[index].config, &client, &mut served.0);
+        let host = authority.into_normalised_on(default_port, client.local_port);
+        let mut served = self.serve(index, request, client, host, ip).await;
+        tls::add_hsts(&self.sites[index].config, client, &mut served.0);
         (served, Some(index))
     }
 
@@ -195,21 +204,35 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// The request's authority: the URI's (absolute form, HTTP/2 :authority), else `Host`.
-fn authority_of<B>(request: &Request<B>) -> Option<String> {
-    if let Some(authority) = request.uri().authority() {
-        return Some(authority.as_str().to_string());
+/// The request's authority as sent: the URI's (absolute form, HTTP/2 :authority), else the
+/// one `Host`. A handle on the request's own bytes (a reference count, not a copy), so that it
+/// outlives the request moving on without costing an allocation per request.
+enum RawAuthority {
+    Uri(http::uri::Authority),
+    Host(HeaderValue),
+}
+
+impl RawAuthority {
+    fn of<B>(request: &Request<B>) -> Option<RawAuthority> {
+        if let Some(authority) = request.uri().authority() {
+            return Some(RawAuthority::Uri(authority.clone()));
+        }
+        // Two Host lines: which one counts is exactly what cache-poisoning attacks play on.
+        let mut hosts = request.headers().get_all(HOST).iter();
+        let host = hosts.next()?;
+        if hosts.next().is_some() {
+            return None;
+        }
+        Some(RawAuthority::Host(host.clone()))
     }
-    // Two Host lines: which one counts is exactly what cache-poisoning attacks play on.
-    let mut hosts = request.headers().get_all(HOST).iter();
-    let host = hosts.next()?;
-    if hosts.next().is_some() {
-        return None;
+
+    /// The text, trimmed; `None` for an empty or non-text Host.
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            RawAuthority::Uri(authority) => Some(authority.as_str()),
+            RawAuthority::Host(host) => host.to_str().ok().map(str::trim).filter(|h| !h.is_empty()),
+        }
     }
-    host.to_str()
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .map(|h| h.trim().to_string())
 }
 
 /// The port a client means when it names none.

@@ -42,7 +42,7 @@ use crate::cache::key::primary_key;
 use crate::cache::policy::{serve_while_revalidating, stale_on_error, Grace};
 use crate::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings};
 use crate::config::{Config, SiteConfig};
-use crate::limit::{client_ip, limit_key, Limiter, TrustedProxies};
+use crate::limit::{Limiter, TrustedProxies};
 use crate::metrics::site::SiteMetrics;
 use crate::metrics::Stats;
 use crate::origin::{Origin, Slot};
@@ -100,8 +100,8 @@ pub struct Site {
     pub metrics: Arc<SiteMetrics>,
 }
 
-/// Who sent a request.
-#[derive(Debug, Clone, Copy)]
+/// Who sent a request. Kept small (it is moved through every level of the request path).
+#[derive(Debug, Clone)]
 pub struct Client {
     pub peer: SocketAddr,
     pub proto: &'static str,
@@ -164,6 +164,11 @@ pub struct Proxy {
 
 type Served = (Response<Body>, CacheStatus);
 
+thread_local! {
+    /// The buffer `Proxy::lookup` writes cache keys into (see there).
+    static LOOKUP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 impl Proxy {
     /// Builds the proxy; must run inside a tokio runtime (health checks start here).
     pub fn new(config: &Config) -> Result<Proxy, BuildError> {
@@ -178,15 +183,12 @@ impl Proxy {
         self: &Arc<Self>,
         index: usize,
         request: Request<Incoming>,
-        client: Client,
+        client: &Client,
         host: String,
+        // The rate-limit key, worked out once by the front door (`limit_key(client_ip(..))`).
+        ip: IpAddr,
     ) -> Served {
         let method = request.method().clone();
-        let ip = limit_key(client_ip(
-            client.peer.ip(),
-            request.headers(),
-            &self.trusted,
-        ));
         // A forwarding header the operator lets visitors send reaches the origin unkeyed, so
         // such a request is neither answered from nor stored in the shared cache.
         let unkeyed = !self.trusted.contains(client.peer.ip())
@@ -203,7 +205,7 @@ impl Proxy {
                     site: index,
                     parts,
                     sent: OnceLock::new(),
-                    client,
+                    client: client.clone(),
                     host,
                     ip,
                 };
@@ -224,7 +226,8 @@ impl Proxy {
                 } else {
                     "method"
                 };
-                self.pass(index, request, client, &host, reason).await
+                // Boxed for the reason given in `lookup`.
+                Box::pin(self.pass(index, request, client.clone(), &host, reason)).await
             }
         }
     }
@@ -232,9 +235,20 @@ impl Proxy {
     /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
     async fn lookup(self: &Arc<Self>, req: Req) -> Served {
         let site = &self.sites[req.site];
-        let key = site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
+        let key = || site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
-        let (stale, phase) = match self.store.lookup_with(&key, || self.sent(&req)) {
+        // The key is written into a buffer this thread reuses: a hit needs it for the lookup
+        // only, and what keeps a key (a fetch, a background refresh) builds its own copy.
+        let found = LOOKUP_KEY.with_borrow_mut(|buffer| {
+            site.key_into(
+                buffer,
+                req.client.proto,
+                &req.host,
+                path_and_query(&req.parts),
+            );
+            self.store.lookup_with(buffer, || self.sent(&req))
+        });
+        let (stale, phase) = match found {
             Lookup::Found(entry) if entry.serves_fresh(now) => {
                 if let Err(wait) = check(&site.hits, req.ip) {
                     return self.too_many(wait, &req.parts.method);
@@ -247,7 +261,7 @@ impl Proxy {
                 let detail = if entry.may_serve_while_revalidating()
                     && serve_while_revalidating(&entry.stale, staleness)
                 {
-                    self.revalidate_in_background(&req, key.clone(), entry.clone());
+                    self.revalidate_in_background(&req, key(), entry.clone());
                     Some("stale-while-revalidate")
                 } else if site.origin.avoid() && entry.may_serve_stale() {
                     stale_on_error(
@@ -274,7 +288,10 @@ impl Proxy {
             Lookup::VaryMiss => (None, Phase::VaryMiss),
             Lookup::Miss => (None, Phase::Miss),
         };
-        self.fetch_patiently(req, key, stale, phase).await
+        let key = key();
+        // Boxed: the fetch's state is many kilobytes, and hyper moves a request's future into
+        // place for every request, so inline it would be copied on every hit as well.
+        Box::pin(self.fetch_patiently(req, key, stale, phase)).await
     }
 
     /// Charges a request that will reach the origin to the client's origin budget. Over it, a
@@ -497,7 +514,7 @@ impl Proxy {
     fn sent<'r>(&self, req: &'r Req) -> &'r HeaderMap {
         req.sent.get_or_init(|| {
             let site = &self.sites[req.site];
-            self.origin_headers(site, &req.parts.headers, req.client, &req.host, true)
+            self.origin_headers(site, &req.parts.headers, &req.client, &req.host, true)
         })
     }
 }
@@ -512,7 +529,7 @@ impl Req {
             site: self.site,
             parts,
             sent: self.sent.clone(),
-            client: self.client,
+            client: self.client.clone(),
             host: self.host.clone(),
             ip: self.ip,
         }
@@ -532,11 +549,15 @@ impl Site {
     /// unless the origin is always sent the same Host: otherwise one site's hostnames (and every
     /// name a wildcard matches) could be answered with another's pages.
     pub fn key(&self, host: &str, target: &str) -> String {
-        let host = match self.config.origin_host {
+        primary_key(&self.config.name, self.key_host(host), target)
+    }
+
+    /// The host part of this site's keys: none when the origin is always sent the same Host.
+    fn key_host<'h>(&self, host: &'h str) -> &'h str {
+        match self.config.origin_host {
             Some(_) => "",
             None => host,
-        };
-        primary_key(&self.config.name, host, target)
+        }
     }
 }
 
@@ -594,3 +615,5 @@ fn head_copy(parts: &request::Parts) -> request::Parts {
     copy.headers = crate::cache::footprint::compact_headers(&parts.headers);
     copy
 }
+#[cfg(test)]
+mod future_size;

@@ -1,6 +1,7 @@
 //! Building client responses: from a stored entry (Age, conditionals, ranges, HEAD) and
 //! Kagami's own short answers (errors, refusals).
 
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -64,10 +65,44 @@ pub fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Bod
 /// Strict-Transport-Security): room for them is made at once, so adding them never grows the map.
 const ANSWER_FIELDS: usize = 4;
 
+/// Ages with a ready-made `Age` value: a busy page is answered mostly within its first
+/// minutes in the store, and `HeaderValue::from(u64)` allocates on every answer.
+const AGE_TABLE: u64 = 1024;
+
+/// The `Age` value for `secs`: from a table of static values (no allocation, and no shared
+/// reference count for worker threads to fight over) below `AGE_TABLE`.
+fn age_value(secs: u64) -> HeaderValue {
+    static AGES: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    let ages = AGES.get_or_init(|| {
+        // One buffer with every number, made once and kept for the process's life, so that
+        // each value can be a `from_static` slice of it.
+        let mut all = String::new();
+        let mut ends = Vec::with_capacity(AGE_TABLE as usize);
+        let mut number = itoa::Buffer::new();
+        for n in 0..AGE_TABLE {
+            all.push_str(number.format(n));
+            ends.push(all.len());
+        }
+        let all: &'static str = Box::leak(all.into_boxed_str());
+        let mut start = 0;
+        (ends.into_iter())
+            .map(|end| {
+                let value = HeaderValue::from_static(&all[start..end]);
+                start = end;
+                value
+            })
+            .collect()
+    });
+    match ages.get(secs as usize) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from(secs),
+    }
+}
+
 /// Answers a request from a stored entry, with a correct `Age` (RFC 9111 §5.1), client
 /// preconditions and single byte ranges.
 pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> Response<Body> {
-    let age = HeaderValue::from(entry.age(now).as_secs());
+    let age = age_value(entry.age(now).as_secs());
     let head_only = request.method == Method::HEAD;
     // CDN-Cache-Control is addressed to Kagami (RFC 9213): it is stored, not passed on.
     let mut headers = entry
@@ -113,7 +148,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
         }
     }
 
-    headers.insert(AGE, age);
+    headers.insert(AGE, age.clone());
     let length = entry.body.len() as u64;
     if entry.status == StatusCode::OK && request.headers.contains_key(RANGE) {
         match conditional::range(&request.headers, &headers, length) {
@@ -136,7 +171,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
                     headers.insert(CONTENT_RANGE, v);
                 }
-                headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
+                headers.insert(AGE, age);
                 return build(StatusCode::RANGE_NOT_SATISFIABLE, headers, Body::empty());
             }
         }
@@ -147,4 +182,16 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
         Body::full(entry.body.clone())
     };
     build(entry.status, headers, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_values_from_the_table_and_beyond_it_read_as_the_number() {
+        for secs in [0, 1, 9, 10, 99, 100, 599, AGE_TABLE - 1, AGE_TABLE, 86_400] {
+            assert_eq!(age_value(secs), secs.to_string().as_str(), "{secs}");
+        }
+    }
 }

@@ -10,6 +10,7 @@ use http::{Method, Response, StatusCode, Uri};
 use super::body::Body;
 use super::respond::Canned;
 use super::{refuse, Client, Proxy, Served, Site};
+use crate::cache::key::primary_key_into;
 use crate::cache::{CacheStatus, Phase};
 use crate::config::{SiteConfig, ACME_CHALLENGE_PREFIX};
 use crate::routing::Authority;
@@ -50,7 +51,7 @@ pub(super) fn misdirected(
     authority: &Authority,
     method: &Method,
 ) -> Option<Served> {
-    let sni = client.sni?;
+    let sni = client.sni.as_ref()?;
     if authority.host() == sni.as_str() {
         return None;
     }
@@ -126,11 +127,19 @@ pub(super) const HTTPS_KEY_SUFFIX: &str = "\u{0}https";
 impl Site {
     /// The cache key of a request that came in over `proto` (see `Site::key`).
     pub(super) fn key_for(&self, proto: &str, host: &str, target: &str) -> String {
-        let mut key = self.key(host, target);
-        if proto == "https" {
-            key.push_str(HTTPS_KEY_SUFFIX);
-        }
+        let mut key = String::new();
+        self.key_into(&mut key, proto, host, target);
         key
+    }
+
+    /// [`Site::key_for`], written over `key`.
+    pub(super) fn key_into(&self, key: &mut String, proto: &str, host: &str, target: &str) {
+        let suffix = if proto == "https" {
+            HTTPS_KEY_SUFFIX
+        } else {
+            ""
+        };
+        primary_key_into(key, &self.config.name, self.key_host(host), target, suffix);
     }
 }
 

@@ -92,6 +92,21 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// [`Authority::normalised_on`], consuming the authority: the usual case (a name, no port
+    /// left to show) hands back the parsed host's own buffer instead of copying it, once per
+    /// request on the hit path.
+    pub fn into_normalised_on(self, default_port: u16, listener_port: u16) -> String {
+        let port = self
+            .port
+            .filter(|p| *p != default_port && *p != listener_port);
+        match port {
+            None if !self.host.contains(':') => self.host,
+            _ => self.normalised_on(default_port, listener_port),
+        }
+    }
+}
+
 impl fmt::Display for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.normalised(0))
@@ -149,8 +164,10 @@ fn parse_name(text: &str) -> Result<String, AuthorityError> {
     // A name whose last label is all digits can only be an IPv4 address (no top-level domain
     // is numeric); it must then be one in its plain dotted form (no `127.1`, no `0177.0.0.1`).
     if last_label_digits {
-        let ip: Ipv4Addr = name.parse().map_err(|_| AuthorityError::BadHost)?;
-        return Ok(ip.to_string());
+        // std's parser takes exactly four decimal octets without leading zeros, the text its
+        // Display writes: the text is the canonical form already (no formatting per request).
+        let _: Ipv4Addr = name.parse().map_err(|_| AuthorityError::BadHost)?;
+        return Ok(name.to_owned());
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -190,7 +207,13 @@ mod tests {
 
     #[test]
     fn the_listener_port_is_implied() {
-        let on = |text: &str, listener| Authority::parse(text).unwrap().normalised_on(80, listener);
+        let on = |text: &str, listener| {
+            let parsed = Authority::parse(text).unwrap();
+            let owned = parsed.clone().into_normalised_on(80, listener);
+            let borrowed = parsed.normalised_on(80, listener);
+            assert_eq!(owned, borrowed, "{text} on {listener}");
+            borrowed
+        };
         assert_eq!(on("www.pref.test:8080", 8080), "www.pref.test");
         assert_eq!(on("www.pref.test", 8080), "www.pref.test");
         assert_eq!(on("www.pref.test:80", 8080), "www.pref.test");

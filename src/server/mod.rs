@@ -378,9 +378,14 @@ fn serve_connection(
             let tracker = tracker.clone();
             let guard = tracker.request_started();
             let mut overdue = overdue.clone();
+            let client = client.clone();
             async move {
                 let (method, version) = (request.method().clone(), request.version());
                 let response = tokio::select! {
+                    // The request first: a hit is ready at its first poll, and then the drain
+                    // signal is never polled, so a hit does not register with (and unregister
+                    // from) the watch channel's notifier, two lock round trips per request.
+                    biased;
                     response = proxy.handle(request, client) => response,
                     // Only a sent `true` counts: a closed channel means the listener is gone.
                     Ok(_) = overdue.wait_for(|over| *over) => {

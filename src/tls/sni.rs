@@ -1,17 +1,16 @@
 //! The TLS server name (SNI) a connection was opened for, carried with each of its requests.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest DNS name (RFC 1035), and so the longest SNI Kagami can have a certificate for.
 const MAX: usize = 253;
 
-/// A normalised SNI name: lowercase, no trailing dot. Stored inline so that `Client`, which
-/// every request copies around, stays `Copy` and costs no allocation per connection.
-#[derive(Clone, Copy)]
-pub struct SniName {
-    len: u8,
-    bytes: [u8; MAX],
-}
+/// A normalised SNI name: lowercase, no trailing dot. One shared allocation per TLS connection
+/// (nothing beside a handshake), so that `Client`, which every request carries through several
+/// futures, stays small: inline, the name made each of them 250 bytes larger, copied per request.
+#[derive(Clone)]
+pub struct SniName(Arc<str>);
 
 impl SniName {
     /// `None` for names no certificate could be chosen for (empty, too long, not ASCII).
@@ -20,19 +19,11 @@ impl SniName {
         if name.is_empty() || name.len() > MAX || !name.is_ascii() {
             return None;
         }
-        let mut bytes = [0; MAX];
-        for (slot, byte) in bytes.iter_mut().zip(name.bytes()) {
-            *slot = byte.to_ascii_lowercase();
-        }
-        Some(SniName {
-            len: name.len() as u8,
-            bytes,
-        })
+        Some(SniName(name.to_ascii_lowercase().into()))
     }
 
     pub fn as_str(&self) -> &str {
-        // Only ASCII is ever stored, so this never falls back.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+        &self.0
     }
 }
 
