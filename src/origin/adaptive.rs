@@ -24,6 +24,17 @@
 //!    or more (plus `SLACK`): expired pages are then served from their copies at once.
 //! 6. **Reporting.** A change of the whole-number limit by a quarter or more (at least 2) since
 //!    the last report, or to 1 or to the ceiling, is returned for the log.
+//! 7. **Re-measuring the minimum** (after the minRTT recalculation of Envoy's adaptive
+//!    concurrency filter). An origin already queueing when its minimum was learnt (a crowd at
+//!    start-up), or queueing for longer than the baseline windows, never shows its unloaded
+//!    latency: the gradient then holds the limit near `baseline / service time` times too high
+//!    (13 instead of 6 for 4 workers in the surge bench), or at the ceiling. So once queueing
+//!    or a limit in full use has lasted `PROBE_AFTER`, at most every `PROBE_EVERY`, the limit is held at 1 until
+//!    `PROBE_SAMPLES` answers of requests started during the hold have come back. Their mean is
+//!    the new baseline (both windows), and the limit resumes at what Little's law gives for the
+//!    latency seen before the hold against that baseline (`after_probe`), never above where
+//!    it was; the smoothed latency restarts from what that limit should see. The hold is not reported,
+//!    and is given up after `PROBE_GIVE_UP` without its answers.
 
 use std::time::Duration;
 
@@ -50,6 +61,17 @@ pub const LATENCY_SMOOTHING: f64 = 0.1;
 pub const WARM_UP: u32 = 10;
 /// The baseline is the smallest smoothed latency over one to two of these windows (rule 2).
 pub const BASELINE_WINDOW: Duration = Duration::from_secs(30);
+/// Queueing that lasts this long makes the minimum suspect (rule 7).
+pub const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// Time between two re-measurements of the minimum (rule 7): rare, as each costs the origin
+/// about `PROBE_SAMPLES` answers at one request at a time.
+pub const PROBE_EVERY: Duration = Duration::from_secs(30);
+/// Answers averaged into a re-measured minimum (rule 7): several, so that one fast page of a
+/// site with slow ones too does not become the minimum.
+pub const PROBE_SAMPLES: u32 = 5;
+/// A hold that has not gathered its answers in this long (no traffic, or only failures) is
+/// given up: the limit resumes where it was.
+pub const PROBE_GIVE_UP: Duration = Duration::from_secs(10);
 
 /// What one origin exchange showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +104,61 @@ pub struct Limit {
     /// Latencies seen; the baseline is kept only once the average has settled (`WARM_UP`).
     seen: u32,
     reported: usize,
+    /// Since when the latency has been above tolerance or the limit fully used (rule 7).
+    pressed_since: Option<u64>,
+    /// When the minimum was last re-measured (0: never).
+    probed_ms: u64,
+    probe: Option<Probe>,
+}
+
+/// A re-measurement of the minimum under way (rule 7).
+#[derive(Debug, Clone)]
+struct Probe {
+    started_ms: u64,
+    /// The limit to resume from.
+    resume: f64,
+    /// The smoothed latency when the hold began, in seconds.
+    before: f64,
+    samples: u32,
+    sum: f64,
+}
+
+/// Is this latency queueing against the baseline (rule 2)? Both in seconds.
+pub fn queueing(baseline: f64, smoothed: f64) -> bool {
+    smoothed > baseline * TOLERANCE + SLACK.as_secs_f64()
+}
+
+/// Where the gradient moves a limit whose latency shows queueing (rule 2): the gradient,
+/// `baseline × TOLERANCE / smoothed` kept within ½ and 1, times the limit, plus `HEADROOM`.
+pub fn gradient_target(limit: f64, baseline: f64, smoothed: f64) -> f64 {
+    let gradient = (baseline * TOLERANCE / smoothed).clamp(0.5, 1.0);
+    limit * gradient + HEADROOM
+}
+
+/// Growth per exchange within tolerance (rule 3).
+pub fn growth(limit: f64) -> f64 {
+    SMOOTHING * limit.sqrt()
+}
+
+/// Is a re-measurement of the minimum due (rule 7)? Queueing since `since` (if at all), the
+/// last re-measurement at `probed_ms` (0: never), times in milliseconds.
+pub fn probe_due(since: Option<u64>, probed_ms: u64, now_ms: u64) -> bool {
+    let lasted = since.is_some_and(|s| now_ms.saturating_sub(s) >= PROBE_AFTER.as_millis() as u64);
+    let rested =
+        probed_ms == 0 || now_ms.saturating_sub(probed_ms) >= PROBE_EVERY.as_millis() as u64;
+    lasted && rested
+}
+
+/// The limit after a re-measurement (rule 7): `limit` requests in flight took `before` (the
+/// smoothed latency when the hold began), so by Little's law the origin takes about
+/// `limit × baseline / before` at once; the limit resumes at `TOLERANCE` times that plus
+/// `HEADROOM`, never above `limit` and never below 1. Latencies in seconds.
+pub fn after_probe(limit: f64, baseline: f64, before: f64) -> f64 {
+    if before <= 0.0 {
+        return limit.max(1.0);
+    }
+    let capacity = limit * baseline / before;
+    (capacity * TOLERANCE + HEADROOM).clamp(1.0, limit.max(1.0))
 }
 
 impl Limit {
@@ -97,12 +174,23 @@ impl Limit {
             window_started_ms: 0,
             seen: 0,
             reported: ceiling,
+            pressed_since: None,
+            probed_ms: 0,
+            probe: None,
         }
     }
 
-    /// The limit now, in whole requests (rule 4).
+    /// The limit now, in whole requests (rule 4); 1 while the minimum is re-measured (rule 7).
     pub fn get(&self) -> usize {
+        if self.probe.is_some() {
+            return 1;
+        }
         (self.limit.floor() as usize).clamp(1, self.ceiling)
+    }
+
+    /// Is the minimum being re-measured (rule 7)?
+    pub fn probing(&self) -> bool {
+        self.probe.is_some()
     }
 
     /// Smallest recent smoothed latency (rule 2), once known.
@@ -130,33 +218,102 @@ impl Limit {
     /// Takes one exchange into account. `in_flight` is how many origin requests were under way
     /// when it finished (itself included); `now_ms` a monotonic clock in milliseconds.
     pub fn observe(&mut self, sample: Sample, in_flight: usize, now_ms: u64) -> Option<Change> {
-        match sample {
-            Sample::Overloaded => self.limit *= DROP_FACTOR,
-            Sample::Answered(latency) => {
-                let latency = latency.as_secs_f64();
-                self.seen = self.seen.saturating_add(1);
-                let weight = (1.0 / f64::from(self.seen)).max(LATENCY_SMOOTHING);
-                let smoothed = match self.smoothed {
-                    None => latency,
-                    Some(s) => s + (latency - s) * weight,
-                };
-                self.smoothed = Some(smoothed);
-                if self.seen >= WARM_UP {
-                    self.track_baseline(smoothed, now_ms);
+        if let Some(probe) = &self.probe {
+            if now_ms.saturating_sub(probe.started_ms) >= PROBE_GIVE_UP.as_millis() as u64 {
+                self.limit = probe.resume;
+                self.probed_ms = now_ms;
+                self.pressed_since = None;
+                self.probe = None;
+            }
+        }
+        let latency = match sample {
+            Sample::Overloaded => {
+                match &mut self.probe {
+                    Some(probe) => probe.resume *= DROP_FACTOR,
+                    None => self.limit *= DROP_FACTOR,
                 }
-                let base = self.baseline().map_or(smoothed, |b| b.as_secs_f64());
-                let allowed = base * TOLERANCE + SLACK.as_secs_f64();
-                if smoothed > allowed {
-                    let gradient = (base * TOLERANCE / smoothed).clamp(0.5, 1.0);
-                    let target = self.limit * gradient + HEADROOM;
-                    self.limit += (target - self.limit) * SMOOTHING;
-                } else if in_flight * 2 >= self.get() {
-                    self.limit += SMOOTHING * self.limit.sqrt();
-                }
+                None
+            }
+            Sample::Answered(latency) => Some(latency.as_secs_f64()),
+        };
+        if let Some(latency) = latency {
+            if self.probe.is_some() {
+                self.probe_answer(latency, now_ms);
+            } else {
+                self.answered(latency, in_flight, now_ms);
             }
         }
         self.limit = self.limit.clamp(1.0, self.ceiling as f64);
+        if self.probe.is_some() {
+            return None;
+        }
         self.report()
+    }
+
+    /// Rules 2, 3 and the start of rule 7 for one answer.
+    fn answered(&mut self, latency: f64, in_flight: usize, now_ms: u64) {
+        self.seen = self.seen.saturating_add(1);
+        let weight = (1.0 / f64::from(self.seen)).max(LATENCY_SMOOTHING);
+        let smoothed = match self.smoothed {
+            None => latency,
+            Some(s) => s + (latency - s) * weight,
+        };
+        self.smoothed = Some(smoothed);
+        if self.seen >= WARM_UP {
+            self.track_baseline(smoothed, now_ms);
+        }
+        let base = self.baseline().map_or(smoothed, |b| b.as_secs_f64());
+        // A limit in full use may hide queueing that started before the baseline was learnt.
+        let pressed = queueing(base, smoothed) || in_flight >= self.get();
+        if queueing(base, smoothed) {
+            let target = gradient_target(self.limit, base, smoothed);
+            self.limit += (target - self.limit) * SMOOTHING;
+        } else if in_flight * 2 >= self.get() {
+            self.limit += growth(self.limit);
+        }
+        self.limit = self.limit.clamp(1.0, self.ceiling as f64);
+        if !pressed || self.seen < WARM_UP {
+            self.pressed_since = None;
+            return;
+        }
+        let since = *self.pressed_since.get_or_insert(now_ms);
+        if probe_due(Some(since), self.probed_ms, now_ms) {
+            self.probe = Some(Probe {
+                started_ms: now_ms,
+                resume: self.limit,
+                before: smoothed,
+                samples: 0,
+                sum: 0.0,
+            });
+        }
+    }
+
+    /// Rule 7: an answer during the hold; only requests started during it count.
+    fn probe_answer(&mut self, latency: f64, now_ms: u64) {
+        let Some(probe) = self.probe.as_mut() else {
+            return;
+        };
+        let started = now_ms.saturating_sub((latency * 1000.0) as u64);
+        if started < probe.started_ms {
+            return;
+        }
+        probe.samples += 1;
+        probe.sum += latency;
+        if probe.samples < PROBE_SAMPLES {
+            return;
+        }
+        let base = probe.sum / f64::from(probe.samples);
+        self.limit = after_probe(probe.resume, base, probe.before);
+        self.current_min = Some(base);
+        self.previous_min = None;
+        self.window_started_ms = now_ms;
+        // What the resumed limit will see (Little's law again), so that the average neither
+        // claims the origin idle (and grows the limit) nor keeps the old queue.
+        let expected = probe.before * self.limit / probe.resume.max(1.0);
+        self.smoothed = Some(expected.max(base));
+        self.pressed_since = None;
+        self.probed_ms = now_ms;
+        self.probe = None;
     }
 
     fn track_baseline(&mut self, smoothed: f64, now_ms: u64) {
@@ -313,11 +470,15 @@ mod tests {
         let mut t = 0;
         feed(&mut l, 50, 10, 32, &mut t);
         assert_eq!(l.baseline(), Some(Duration::from_millis(10)));
-        // Slow for two whole windows: the old minimum is forgotten.
+        // Slow for two whole windows (4 workers at 200 ms: an answer every 50 ms): the old
+        // minimum is forgotten, or re-measured (rule 7).
         let window = BASELINE_WINDOW.as_millis() as u64;
         for _ in 0..3 {
             t += window;
-            feed(&mut l, 30, 200, 32, &mut t);
+            for _ in 0..30 {
+                t += 50;
+                l.observe(ms(200), 4, t);
+            }
         }
         let base = l.baseline().unwrap();
         assert!(base > Duration::from_millis(150), "baseline now {base:?}");
@@ -365,5 +526,130 @@ mod tests {
             changes.len() < 15,
             "a few lines, not one per step: {changes:?}"
         );
+    }
+
+    /// A closed loop against an origin with 4 workers at 200 ms (Little's law: `in_flight`
+    /// requests take `max(200, 50 × in_flight)` ms), the limit always in full use, for
+    /// `seconds` of simulated time from `t`. Returns the highest limit outside holds.
+    fn saturated(l: &mut Limit, seconds: u64, t: &mut u64) -> usize {
+        let end = *t + seconds * 1000;
+        let mut highest = 0;
+        while *t < end {
+            let in_flight = l.get();
+            let latency = 200.max(50 * in_flight as u64);
+            *t += latency / in_flight as u64;
+            l.observe(ms(latency), in_flight, *t);
+            if !l.probing() {
+                highest = highest.max(l.get());
+            }
+        }
+        highest
+    }
+
+    #[test]
+    fn queueing_is_latency_over_tolerance_and_slack() {
+        assert!(!queueing(0.200, 0.250), "within a quarter");
+        assert!(!queueing(0.001, 0.005), "within the slack");
+        assert!(queueing(0.200, 0.300));
+    }
+
+    #[test]
+    fn the_gradient_target_follows_the_latency_ratio_within_bounds() {
+        assert_eq!(
+            gradient_target(10.0, 0.2, 0.2),
+            11.0,
+            "no queueing: + headroom"
+        );
+        assert_eq!(gradient_target(10.0, 0.2, 0.5), 6.0, "gradient ½");
+        assert_eq!(gradient_target(10.0, 0.2, 5.0), 6.0, "never below ½");
+        assert!(growth(16.0) > growth(4.0));
+    }
+
+    #[test]
+    fn a_probe_is_due_after_lasting_pressure_and_a_rest() {
+        assert!(!probe_due(None, 0, 10_000), "no pressure");
+        assert!(!probe_due(Some(9_000), 0, 10_000), "pressure for 1 s only");
+        assert!(probe_due(Some(8_000), 0, 10_000), "2 s, never probed");
+        assert!(!probe_due(Some(8_000), 5_000, 10_000), "probed 5 s ago");
+        assert!(probe_due(Some(8_000), 5_000, 40_000), "30 s since the last");
+    }
+
+    #[test]
+    fn after_a_probe_the_limit_is_what_littles_law_gives() {
+        // 13 in flight took 650 ms where one takes 200: about 4 at once, so 6.
+        assert_eq!(after_probe(13.0, 0.2, 0.65), 6.0);
+        assert_eq!(
+            after_probe(13.0, 0.2, 0.2),
+            13.0,
+            "no queueing: where it was"
+        );
+        assert!(after_probe(3.0, 0.2, 100.0) < 1.1, "never below 1");
+        assert_eq!(after_probe(0.5, 0.2, 100.0), 1.0, "never below 1");
+        assert_eq!(after_probe(3.0, 0.2, 0.0), 3.0);
+    }
+
+    #[test]
+    fn a_baseline_learnt_while_queueing_is_re_measured_and_the_limit_falls_to_six() {
+        // The crowd is there from the first request: 32 in flight, every answer 1.6 s, which
+        // the baseline takes for the origin's speed.
+        let mut l = Limit::new(32);
+        let mut t = 1;
+        saturated(&mut l, 1, &mut t);
+        assert!(l.baseline().unwrap() > Duration::from_millis(1000));
+        assert_eq!(l.get(), 32, "nothing looks like queueing yet");
+        let highest = saturated(&mut l, 60, &mut t);
+        assert!((5..=7).contains(&l.get()), "settled at {}", l.get());
+        let base = l.baseline().unwrap();
+        assert!(base < Duration::from_millis(250), "re-measured {base:?}");
+        // After the first re-measurement it stays there (capacity + 2 at most).
+        let later = saturated(&mut l, 60, &mut t);
+        assert!(later <= 6 + 1, "highest {later} (before: {highest})");
+    }
+
+    #[test]
+    fn a_probe_holds_the_limit_at_one_and_counts_only_requests_started_during_it() {
+        let mut l = Limit::new(32);
+        let mut t = 1;
+        feed(&mut l, 20, 10, 32, &mut t);
+        // Full use for 2 s: the hold begins.
+        let mut reported = Vec::new();
+        for _ in 0..2_100 {
+            t += 1;
+            reported.extend(l.observe(ms(10), 32, t));
+            if l.probing() {
+                break;
+            }
+        }
+        assert!(l.probing());
+        assert_eq!(l.get(), 1);
+        assert!(reported.is_empty(), "the hold is not logged: {reported:?}");
+        // Answers of requests sent before the hold do not count.
+        for _ in 0..10 {
+            l.observe(ms(500), 32, t + 1);
+        }
+        assert!(l.probing());
+        for _ in 0..PROBE_SAMPLES {
+            t += 10;
+            l.observe(ms(10), 1, t);
+        }
+        assert!(!l.probing());
+        assert_eq!(l.get(), 32, "a fast origin gets its limit back");
+    }
+
+    #[test]
+    fn a_probe_without_answers_is_given_up() {
+        let mut l = Limit::new(32);
+        let mut t = 1;
+        for _ in 0..2_100 {
+            t += 1;
+            l.observe(ms(10), 32, t);
+            if l.probing() {
+                break;
+            }
+        }
+        assert!(l.probing());
+        l.observe(Sample::Overloaded, 1, t + PROBE_GIVE_UP.as_millis() as u64);
+        assert!(!l.probing());
+        assert_eq!(l.get(), 28, "where it was, less the overload");
     }
 }
