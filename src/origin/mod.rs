@@ -234,6 +234,17 @@ impl Origin {
         }
     }
 
+    /// An origin slot for a background refresh: behind every waiting visitor, at most the
+    /// site's queue timeout.
+    pub async fn background_slot(&self, client: Option<IpAddr>) -> Result<Slot, OriginError> {
+        match tokio::time::timeout(self.queue_timeout, self.slots.take_behind_visitors(client))
+            .await
+        {
+            Ok(Some(slot)) => Ok(slot),
+            _ => Err(OriginError::Busy),
+        }
+    }
+
     /// Sends a request, trying backups in order when it is idempotent and has no body (so it
     /// can be repeated), and waits at most the response timeout for each response head.
     /// Failures caused by the client's upload are returned as such and never count against an
