@@ -20,8 +20,11 @@
 //!    `SMOOTHING × √limit` per exchange, so it finds its way back from 1 to 32 in about fifty
 //!    fast exchanges.
 //! 4. **Bounds.** Never below 1, never above the ceiling (`origin_concurrency`).
-//! 5. **Stress.** The origin is under stress while its latency is `STRESS` times the baseline
-//!    or more (plus `SLACK`): expired pages are then served from their copies at once.
+//! 5. **Stress.** The origin is under stress while its latency shows queueing as in rule 2
+//!    (over `TOLERANCE` times the baseline plus `SLACK`): expired pages are then served from
+//!    their copies at once. Not a higher bar: the gradient holds an overloaded origin's
+//!    latency just above tolerance (1.5 times the baseline for 4 workers), and a visitor who
+//!    joined that queue would wait a whole service time and more for a page it has.
 //! 6. **Reporting.** A change of the whole-number limit by a quarter or more (at least 2) since
 //!    the last report, or to 1 or to the ceiling, is returned for the log.
 //! 7. **Re-measuring the minimum** (after the minRTT recalculation of Envoy's adaptive
@@ -48,8 +51,6 @@ pub const TOLERANCE: f64 = 1.25;
 pub const HEADROOM: f64 = 1.0;
 /// Latency this far over the baseline (in absolute terms) is never counted as queueing.
 pub const SLACK: Duration = Duration::from_millis(5);
-/// Smoothed latency this many times the baseline means the origin is under stress (rule 5).
-pub const STRESS: f64 = 4.0;
 /// Weight of each exchange in the limit's moving average.
 pub const SMOOTHING: f64 = 0.2;
 /// Weight of each exchange in the latency's moving average: over about ten exchanges, so that
@@ -207,10 +208,10 @@ impl Limit {
         self.smoothed.map(Duration::from_secs_f64)
     }
 
-    /// Is the origin's latency far above its baseline (rule 5)?
+    /// Does the origin's latency show queueing against its baseline (rule 5)?
     pub fn stressed(&self) -> bool {
         match (self.smoothed, self.baseline()) {
-            (Some(now), Some(base)) => now > base.as_secs_f64() * STRESS + SLACK.as_secs_f64(),
+            (Some(now), Some(base)) => queueing(base.as_secs_f64(), now),
             _ => false,
         }
     }
@@ -651,5 +652,15 @@ mod tests {
         l.observe(Sample::Overloaded, 1, t + PROBE_GIVE_UP.as_millis() as u64);
         assert!(!l.probing());
         assert_eq!(l.get(), 28, "where it was, less the overload");
+    }
+
+    #[test]
+    fn stress_is_the_queueing_the_gradient_holds_an_overloaded_origin_at() {
+        // Settled at about 6 against 4 workers: latency about 1.5 times the baseline.
+        let mut l = Limit::new(32);
+        let mut t = 1;
+        saturated(&mut l, 10, &mut t);
+        assert!(!l.probing());
+        assert!(l.stressed(), "{:?} against {:?}", l.latency(), l.baseline());
     }
 }

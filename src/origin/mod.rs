@@ -191,8 +191,8 @@ impl Origin {
         self.backoff.is_failing() || self.servers.iter().all(|s| s.breaker.rejecting())
     }
 
-    /// Is the origin under stress: every slot of its adaptive limit taken, or its latency far
-    /// above its own baseline? Expired pages are then served from their copies at once.
+    /// Is the origin under stress: every slot of its adaptive limit taken, or its latency
+    /// showing queueing against its own baseline? Expired pages are then served from their copies at once.
     pub fn stressed(&self) -> bool {
         self.capacity.stressed(&self.slots)
     }

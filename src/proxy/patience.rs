@@ -3,7 +3,7 @@
 //! An expired page whose stored copy may still be served stale to this visitor (shareable 2xx,
 //! within `grace` or stale-if-error, as when the origin fails):
 //! - while the origin is under stress (every slot of its adaptive limit taken, or its latency
-//!   far above its baseline, see `origin::adaptive`), is answered from the copy at once and
+//!   showing queueing against its baseline, see `origin::adaptive`), is answered from the copy at once and
 //!   refreshed in the background, one fetch per key, waiting its turn for a slot behind the
 //!   visitors waiting for one: under stress the slots are full, and a refresh that never runs
 //!   would let pages grow old;
