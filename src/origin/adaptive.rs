@@ -15,8 +15,9 @@
 //!    exchange. By Little's law an origin with C workers answers L requests in flight in about
 //!    `baseline × L / C`, so the limit settles near `TOLERANCE × C + HEADROOM`: 6 for an
 //!    origin that takes 4 at once, and 2 at worst.
-//! 3. **Growth.** Within tolerance, and only while the limit is really used (at least half of
-//!    it in flight: a light load says nothing about capacity), the limit grows by
+//! 3. **Growth.** Within tolerance, and only while the limit is in full use (as many in flight:
+//!    a lighter load says nothing about capacity, and an origin with 4 workers answers 5 at
+//!    once within tolerance, so growing at half use let the limit climb to 11), it grows by
 //!    `SMOOTHING × √limit` per exchange, so it finds its way back from 1 to 32 in about fifty
 //!    fast exchanges.
 //! 4. **Bounds.** Never below 1, never above the ceiling (`origin_concurrency`).
@@ -269,7 +270,7 @@ impl Limit {
         if queueing(base, smoothed) {
             let target = gradient_target(self.limit, base, smoothed);
             self.limit += (target - self.limit) * SMOOTHING;
-        } else if in_flight * 2 >= self.get() {
+        } else if in_flight >= self.get() {
             self.limit += growth(self.limit);
         }
         self.limit = self.limit.clamp(1.0, self.ceiling as f64);
@@ -662,5 +663,28 @@ mod tests {
         saturated(&mut l, 10, &mut t);
         assert!(!l.probing());
         assert!(l.stressed(), "{:?} against {:?}", l.latency(), l.baseline());
+    }
+
+    #[test]
+    fn a_limit_not_in_full_use_does_not_grow_even_within_tolerance() {
+        // Limit 10, 5 in flight at 250 ms against 4 workers at 200: within tolerance, but
+        // the limit is not what holds the requests back.
+        let mut l = Limit::new(32);
+        let mut t = 1;
+        feed(&mut l, 20, 200, 4, &mut t);
+        for _ in 0..15 {
+            l.observe(Sample::Overloaded, 4, t);
+        }
+        assert_eq!(l.get(), 6);
+        for _ in 0..100 {
+            t += 50;
+            l.observe(ms(250), 5, t);
+        }
+        assert_eq!(l.get(), 6, "5 of 6 in flight: no growth");
+        for _ in 0..5 {
+            t += 50;
+            l.observe(ms(250), 6, t);
+        }
+        assert!(l.get() > 6, "all 6 in flight and within tolerance: growth");
     }
 }
