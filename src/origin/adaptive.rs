@@ -38,7 +38,7 @@
 //!    the new baseline (both windows), and the limit resumes at what Little's law gives for the
 //!    latency seen before the hold against that baseline (`after_probe`), never above where
 //!    it was; the smoothed latency restarts from what that limit should see. The hold is not reported,
-//!    and is given up after `PROBE_GIVE_UP` without its answers.
+//!    and is given up after `PROBE_GIVE_UP` without its answers (then the next waits longer).
 
 use std::time::Duration;
 
@@ -223,7 +223,9 @@ impl Limit {
         if let Some(probe) = &self.probe {
             if now_ms.saturating_sub(probe.started_ms) >= PROBE_GIVE_UP.as_millis() as u64 {
                 self.limit = probe.resume;
-                self.probed_ms = now_ms;
+                // An origin too slow for a hold to finish (five answers in 10 s) would spend a
+                // quarter of its time at 1: the next try waits four rests instead of one.
+                self.probed_ms = now_ms + 3 * PROBE_EVERY.as_millis() as u64;
                 self.pressed_since = None;
                 self.probe = None;
             }
@@ -653,6 +655,13 @@ mod tests {
         l.observe(Sample::Overloaded, 1, t + PROBE_GIVE_UP.as_millis() as u64);
         assert!(!l.probing());
         assert_eq!(l.get(), 28, "where it was, less the overload");
+        let gave_up = t + PROBE_GIVE_UP.as_millis() as u64;
+        let rest = PROBE_EVERY.as_millis() as u64;
+        assert!(
+            !probe_due(Some(1), l.probed_ms, gave_up + 3 * rest),
+            "waits longer"
+        );
+        assert!(probe_due(Some(1), l.probed_ms, gave_up + 4 * rest));
     }
 
     #[test]
