@@ -1,4 +1,6 @@
-//! The 3.11 surge bench: a fragile municipal origin, Kagami in front of it, a crowd that ramps
+//! The 3.11 surge bench: a fragile municipal origin, Kagami in front of it, every page warmed
+//! once (as in issue 9's scenario: the pages a crowd asks for have been visited before, at the
+//! origin's own pace, and are expired but within grace by the time it comes), a crowd that ramps
 //! from tens to thousands of visitors, then stays at its peak while the origin, alive, is
 //! saturated (issue 9: overloaded, not dead), then an origin outage, then recovery. Everything
 //! runs on 127.0.0.0/8 and stops by itself. Kagami runs with its default settings (origin cap
@@ -264,6 +266,8 @@ struct PhaseStats {
     origin_peak: usize,
     /// Kagami's adaptive origin limit at the end of the phase, if it has one.
     adaptive_limit: Option<u64>,
+    /// The highest adaptive limit seen during the phase (sampled every 20 ms).
+    adaptive_limit_max: Option<u64>,
     seconds: f64,
 }
 
@@ -273,6 +277,8 @@ struct Crowd {
     /// Pages that had been answered 200 before the outage began.
     visited: Mutex<HashSet<usize>>,
     stop: AtomicBool,
+    /// The highest adaptive limit sampled since the phase began.
+    limit_max: AtomicU64,
 }
 
 impl Crowd {
@@ -449,10 +455,33 @@ fn main() {
         stats: Mutex::new(Default::default()),
         visited: Mutex::new(HashSet::new()),
         stop: AtomicBool::new(false),
+        limit_max: AtomicU64::new(0),
     });
     let zipf = Arc::new(Zipf::new(page_count));
 
+    let warmed = crowd_rt.block_on(warm(kagami_addr, &site, &crowd));
+    println!(
+        "warm-up: {} of {page_count} pages stored in {:.1} s, {ORIGIN_WORKERS} at a time (not \
+         measured)",
+        warmed.0,
+        warmed.1.as_secs_f64()
+    );
+    // The ramp's peak in flight starts from here, not from the warm-up's.
+    origin.counters.peak.store(0, Ordering::Relaxed);
+
     crowd_rt.block_on(async {
+        // Samples the adaptive limit so each phase reports its highest, not only its last.
+        let sampler = {
+            let (crowd, stats) = (crowd.clone(), stats.clone());
+            tokio::spawn(async move {
+                while !crowd.stop.load(Ordering::Relaxed) {
+                    if let Some(limit) = adaptive_limit(&stats) {
+                        crowd.limit_max.fetch_max(limit, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
         let mut visitors = JoinSet::new();
         let started = Instant::now();
         let mut since = (started, origin.counters.requests.load(Ordering::Relaxed));
@@ -492,12 +521,66 @@ fn main() {
         })
         .await;
         visitors.abort_all();
+        sampler.abort();
     });
 
     let kagami_stats = stats.snapshot();
     kagami_rt.block_on(running.shutdown(Duration::from_secs(1)));
     report::report(&crowd, &origin, origin_cap, kagami_stats, &json_path);
     origin.down();
+}
+
+/// Visits every page once before the crowd comes, `ORIGIN_WORKERS` at a time (what the origin
+/// takes at once, so that nothing queues), each warmer from an address of its own (127.2.0.x,
+/// outside the crowd's). Returns how many pages were answered 200 and how long it took.
+async fn warm(kagami: SocketAddr, site: &Arc<Site>, crowd: &Arc<Crowd>) -> (usize, Duration) {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut warmers = JoinSet::new();
+    for w in 0..ORIGIN_WORKERS {
+        let (site, crowd, next) = (site.clone(), crowd.clone(), next.clone());
+        warmers.spawn(async move {
+            let from = IpAddr::V4(Ipv4Addr::new(127, 2, 0, w as u8 + 1));
+            let mut sender = None;
+            loop {
+                let page = next.fetch_add(1, Ordering::Relaxed);
+                if page >= site.pages.len() {
+                    break;
+                }
+                // Two tries a page, each bounded, so a hiccup does not leave a page cold.
+                for _ in 0..2 {
+                    if sender.is_none() {
+                        sender = connect(from, kagami).await;
+                    }
+                    let Some(conn) = sender.as_mut() else {
+                        continue;
+                    };
+                    let request = Request::get(site.pages[page].0.as_str())
+                        .header("host", "127.0.0.1")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let ok = tokio::time::timeout(Duration::from_secs(10), async {
+                        let response = conn.send_request(request).await.ok()?;
+                        let status = response.status();
+                        response.into_body().collect().await.ok()?;
+                        Some(status == StatusCode::OK)
+                    })
+                    .await;
+                    match ok {
+                        Ok(Some(true)) => {
+                            crowd.visited.lock().unwrap().insert(page);
+                            break;
+                        }
+                        Ok(Some(false)) => {}
+                        _ => sender = None,
+                    }
+                }
+            }
+        });
+    }
+    while warmers.join_next().await.is_some() {}
+    let stored = crowd.visited.lock().unwrap().len();
+    (stored, started.elapsed())
 }
 
 /// Closes the current phase's origin figures (requests, peak in flight, Kagami's adaptive limit,
@@ -521,6 +604,8 @@ fn close_phase(
         s.origin_requests = requests - since.1;
         s.origin_peak = peak;
         s.adaptive_limit = adaptive_limit(kagami);
+        let now = s.adaptive_limit.unwrap_or(0);
+        s.adaptive_limit_max = Some(crowd.limit_max.swap(now, Ordering::Relaxed).max(now));
         s.seconds = since.0.elapsed().as_secs_f64();
     }
     if let Some(next) = next {

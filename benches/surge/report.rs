@@ -14,7 +14,7 @@ pub fn report(
     let mut stats = crowd.stats.lock().unwrap();
     println!();
     println!(
-        "{:<10} {:>8} {:>9} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>5} {:>5} {:>6} {:>6} {:>6}",
+        "{:<10} {:>8} {:>9} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>5} {:>9} {:>6} {:>6} {:>6}",
         "phase",
         "requests",
         "answers/s",
@@ -28,7 +28,7 @@ pub fn report(
         "age s",
         "origin",
         "peak",
-        "limit",
+        "limit/max",
         "429",
         "503",
         "errors"
@@ -41,7 +41,7 @@ pub fn report(
         s.ages.sort_unstable();
         let row = Row::of(phase, s);
         println!(
-            "{:<10} {:>8} {:>9.0} {:>6.2} {:>6} {:>7.2} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>6} {:>7} {:>5} {:>5} {:>6} {:>6} {:>6}",
+            "{:<10} {:>8} {:>9.0} {:>6.2} {:>6} {:>7.2} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>6} {:>7} {:>5} {:>9} {:>6} {:>6} {:>6}",
             row.phase,
             s.requests,
             row.answers_per_s,
@@ -59,7 +59,10 @@ pub fn report(
             row.median_age.map_or("-".to_string(), |a| a.to_string()),
             s.origin_requests,
             s.origin_peak,
-            s.adaptive_limit.map_or("-".to_string(), |l| l.to_string()),
+            match (s.adaptive_limit, s.adaptive_limit_max) {
+                (Some(l), Some(m)) => format!("{l}/{m}"),
+                _ => "-".to_string(),
+            },
             s.limited,
             s.unavailable,
             s.errors,
@@ -72,7 +75,7 @@ pub fn report(
     println!(
         "origin requests: {all_origin} of {all_requests} client requests ({:.2} %); the origin \
          takes {ORIGIN_WORKERS} at once, Kagami's cap is {origin_cap}; peak: most origin requests \
-         in flight when one arrived during the phase; limit: Kagami's adaptive origin limit at the phase's end",
+         in flight when one arrived during the phase; limit/max: Kagami's adaptive origin limit at the phase's end and the highest during it",
         pct(all_origin, all_requests),
     );
     println!(
@@ -152,7 +155,7 @@ impl Row {
 
     fn json(&self, s: &PhaseStats) -> String {
         format!(
-            "{{\"phase\":\"{}\",\"seconds\":{:.3},\"requests\":{},\"answers_per_s\":{:.1},\"ok_pct\":{:.4},\"failures\":{},\"stale_pct\":{:.4},\"visited_ok_pct\":{:.4},\"visited_requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"median_age_s\":{},\"origin_requests\":{},\"origin_peak_in_flight\":{},\"adaptive_limit\":{},\"status_429\":{},\"status_503\":{},\"errors\":{}}}",
+            "{{\"phase\":\"{}\",\"seconds\":{:.3},\"requests\":{},\"answers_per_s\":{:.1},\"ok_pct\":{:.4},\"failures\":{},\"stale_pct\":{:.4},\"visited_ok_pct\":{:.4},\"visited_requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"median_age_s\":{},\"origin_requests\":{},\"origin_peak_in_flight\":{},\"adaptive_limit\":{},\"adaptive_limit_max\":{},\"status_429\":{},\"status_503\":{},\"errors\":{}}}",
             self.phase,
             s.seconds,
             s.requests,
@@ -169,6 +172,8 @@ impl Row {
             s.origin_requests,
             s.origin_peak,
             s.adaptive_limit.map_or("null".to_string(), |l| l.to_string()),
+            s.adaptive_limit_max
+                .map_or("null".to_string(), |l| l.to_string()),
             s.limited,
             s.unavailable,
             s.errors

@@ -15,15 +15,30 @@
 //!    exchange. By Little's law an origin with C workers answers L requests in flight in about
 //!    `baseline × L / C`, so the limit settles near `TOLERANCE × C + HEADROOM`: 6 for an
 //!    origin that takes 4 at once, and 2 at worst.
-//! 3. **Growth.** Within tolerance, and only while the limit is really used (at least half of
-//!    it in flight: a light load says nothing about capacity), the limit grows by
+//! 3. **Growth.** Within tolerance, and only while the limit is in full use (as many in flight:
+//!    a lighter load says nothing about capacity, and an origin with 4 workers answers 5 at
+//!    once within tolerance, so growing at half use let the limit climb to 11), it grows by
 //!    `SMOOTHING × √limit` per exchange, so it finds its way back from 1 to 32 in about fifty
 //!    fast exchanges.
 //! 4. **Bounds.** Never below 1, never above the ceiling (`origin_concurrency`).
-//! 5. **Stress.** The origin is under stress while its latency is `STRESS` times the baseline
-//!    or more (plus `SLACK`): expired pages are then served from their copies at once.
+//! 5. **Stress.** The origin is under stress while its latency shows queueing as in rule 2
+//!    (over `TOLERANCE` times the baseline plus `SLACK`): expired pages are then served from
+//!    their copies at once. Not a higher bar: the gradient holds an overloaded origin's
+//!    latency just above tolerance (1.5 times the baseline for 4 workers), and a visitor who
+//!    joined that queue would wait a whole service time and more for a page it has.
 //! 6. **Reporting.** A change of the whole-number limit by a quarter or more (at least 2) since
 //!    the last report, or to 1 or to the ceiling, is returned for the log.
+//! 7. **Re-measuring the minimum** (after the minRTT recalculation of Envoy's adaptive
+//!    concurrency filter). An origin already queueing when its minimum was learnt (a crowd at
+//!    start-up), or queueing for longer than the baseline windows, never shows its unloaded
+//!    latency: the gradient then holds the limit near `baseline / service time` times too high
+//!    (13 instead of 6 for 4 workers in the surge bench), or at the ceiling. So once queueing
+//!    or a limit in full use has lasted `PROBE_AFTER`, at most every `PROBE_EVERY`, the limit is held at 1 until
+//!    `PROBE_SAMPLES` answers of requests started during the hold have come back. Their mean is
+//!    the new baseline (both windows), and the limit resumes at what Little's law gives for the
+//!    latency seen before the hold against that baseline (`after_probe`), never above where
+//!    it was; the smoothed latency restarts from what that limit should see. The hold is not reported,
+//!    and is given up after `PROBE_GIVE_UP` without its answers (then the next waits longer).
 
 use std::time::Duration;
 
@@ -37,8 +52,6 @@ pub const TOLERANCE: f64 = 1.25;
 pub const HEADROOM: f64 = 1.0;
 /// Latency this far over the baseline (in absolute terms) is never counted as queueing.
 pub const SLACK: Duration = Duration::from_millis(5);
-/// Smoothed latency this many times the baseline means the origin is under stress (rule 5).
-pub const STRESS: f64 = 4.0;
 /// Weight of each exchange in the limit's moving average.
 pub const SMOOTHING: f64 = 0.2;
 /// Weight of each exchange in the latency's moving average: over about ten exchanges, so that
@@ -50,6 +63,17 @@ pub const LATENCY_SMOOTHING: f64 = 0.1;
 pub const WARM_UP: u32 = 10;
 /// The baseline is the smallest smoothed latency over one to two of these windows (rule 2).
 pub const BASELINE_WINDOW: Duration = Duration::from_secs(30);
+/// Queueing that lasts this long makes the minimum suspect (rule 7).
+pub const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// Time between two re-measurements of the minimum (rule 7): rare, as each costs the origin
+/// about `PROBE_SAMPLES` answers at one request at a time.
+pub const PROBE_EVERY: Duration = Duration::from_secs(30);
+/// Answers averaged into a re-measured minimum (rule 7): several, so that one fast page of a
+/// site with slow ones too does not become the minimum.
+pub const PROBE_SAMPLES: u32 = 5;
+/// A hold that has not gathered its answers in this long (no traffic, or only failures) is
+/// given up: the limit resumes where it was.
+pub const PROBE_GIVE_UP: Duration = Duration::from_secs(10);
 
 /// What one origin exchange showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +106,61 @@ pub struct Limit {
     /// Latencies seen; the baseline is kept only once the average has settled (`WARM_UP`).
     seen: u32,
     reported: usize,
+    /// Since when the latency has been above tolerance or the limit fully used (rule 7).
+    pressed_since: Option<u64>,
+    /// When the minimum was last re-measured (0: never).
+    probed_ms: u64,
+    probe: Option<Probe>,
+}
+
+/// A re-measurement of the minimum under way (rule 7).
+#[derive(Debug, Clone)]
+struct Probe {
+    started_ms: u64,
+    /// The limit to resume from.
+    resume: f64,
+    /// The smoothed latency when the hold began, in seconds.
+    before: f64,
+    samples: u32,
+    sum: f64,
+}
+
+/// Is this latency queueing against the baseline (rule 2)? Both in seconds.
+pub fn queueing(baseline: f64, smoothed: f64) -> bool {
+    smoothed > baseline * TOLERANCE + SLACK.as_secs_f64()
+}
+
+/// Where the gradient moves a limit whose latency shows queueing (rule 2): the gradient,
+/// `baseline × TOLERANCE / smoothed` kept within ½ and 1, times the limit, plus `HEADROOM`.
+pub fn gradient_target(limit: f64, baseline: f64, smoothed: f64) -> f64 {
+    let gradient = (baseline * TOLERANCE / smoothed).clamp(0.5, 1.0);
+    limit * gradient + HEADROOM
+}
+
+/// Growth per exchange within tolerance (rule 3).
+pub fn growth(limit: f64) -> f64 {
+    SMOOTHING * limit.sqrt()
+}
+
+/// Is a re-measurement of the minimum due (rule 7)? Queueing since `since` (if at all), the
+/// last re-measurement at `probed_ms` (0: never), times in milliseconds.
+pub fn probe_due(since: Option<u64>, probed_ms: u64, now_ms: u64) -> bool {
+    let lasted = since.is_some_and(|s| now_ms.saturating_sub(s) >= PROBE_AFTER.as_millis() as u64);
+    let rested =
+        probed_ms == 0 || now_ms.saturating_sub(probed_ms) >= PROBE_EVERY.as_millis() as u64;
+    lasted && rested
+}
+
+/// The limit after a re-measurement (rule 7): `limit` requests in flight took `before` (the
+/// smoothed latency when the hold began), so by Little's law the origin takes about
+/// `limit × baseline / before` at once; the limit resumes at `TOLERANCE` times that plus
+/// `HEADROOM`, never above `limit` and never below 1. Latencies in seconds.
+pub fn after_probe(limit: f64, baseline: f64, before: f64) -> f64 {
+    if before <= 0.0 {
+        return limit.max(1.0);
+    }
+    let capacity = limit * baseline / before;
+    (capacity * TOLERANCE + HEADROOM).clamp(1.0, limit.max(1.0))
 }
 
 impl Limit {
@@ -97,12 +176,23 @@ impl Limit {
             window_started_ms: 0,
             seen: 0,
             reported: ceiling,
+            pressed_since: None,
+            probed_ms: 0,
+            probe: None,
         }
     }
 
-    /// The limit now, in whole requests (rule 4).
+    /// The limit now, in whole requests (rule 4); 1 while the minimum is re-measured (rule 7).
     pub fn get(&self) -> usize {
+        if self.probe.is_some() {
+            return 1;
+        }
         (self.limit.floor() as usize).clamp(1, self.ceiling)
+    }
+
+    /// Is the minimum being re-measured (rule 7)?
+    pub fn probing(&self) -> bool {
+        self.probe.is_some()
     }
 
     /// Smallest recent smoothed latency (rule 2), once known.
@@ -119,10 +209,10 @@ impl Limit {
         self.smoothed.map(Duration::from_secs_f64)
     }
 
-    /// Is the origin's latency far above its baseline (rule 5)?
+    /// Does the origin's latency show queueing against its baseline (rule 5)?
     pub fn stressed(&self) -> bool {
         match (self.smoothed, self.baseline()) {
-            (Some(now), Some(base)) => now > base.as_secs_f64() * STRESS + SLACK.as_secs_f64(),
+            (Some(now), Some(base)) => queueing(base.as_secs_f64(), now),
             _ => false,
         }
     }
@@ -130,33 +220,104 @@ impl Limit {
     /// Takes one exchange into account. `in_flight` is how many origin requests were under way
     /// when it finished (itself included); `now_ms` a monotonic clock in milliseconds.
     pub fn observe(&mut self, sample: Sample, in_flight: usize, now_ms: u64) -> Option<Change> {
-        match sample {
-            Sample::Overloaded => self.limit *= DROP_FACTOR,
-            Sample::Answered(latency) => {
-                let latency = latency.as_secs_f64();
-                self.seen = self.seen.saturating_add(1);
-                let weight = (1.0 / f64::from(self.seen)).max(LATENCY_SMOOTHING);
-                let smoothed = match self.smoothed {
-                    None => latency,
-                    Some(s) => s + (latency - s) * weight,
-                };
-                self.smoothed = Some(smoothed);
-                if self.seen >= WARM_UP {
-                    self.track_baseline(smoothed, now_ms);
+        if let Some(probe) = &self.probe {
+            if now_ms.saturating_sub(probe.started_ms) >= PROBE_GIVE_UP.as_millis() as u64 {
+                self.limit = probe.resume;
+                // An origin too slow for a hold to finish (five answers in 10 s) would spend a
+                // quarter of its time at 1: the next try waits four rests instead of one.
+                self.probed_ms = now_ms + 3 * PROBE_EVERY.as_millis() as u64;
+                self.pressed_since = None;
+                self.probe = None;
+            }
+        }
+        let latency = match sample {
+            Sample::Overloaded => {
+                match &mut self.probe {
+                    Some(probe) => probe.resume *= DROP_FACTOR,
+                    None => self.limit *= DROP_FACTOR,
                 }
-                let base = self.baseline().map_or(smoothed, |b| b.as_secs_f64());
-                let allowed = base * TOLERANCE + SLACK.as_secs_f64();
-                if smoothed > allowed {
-                    let gradient = (base * TOLERANCE / smoothed).clamp(0.5, 1.0);
-                    let target = self.limit * gradient + HEADROOM;
-                    self.limit += (target - self.limit) * SMOOTHING;
-                } else if in_flight * 2 >= self.get() {
-                    self.limit += SMOOTHING * self.limit.sqrt();
-                }
+                None
+            }
+            Sample::Answered(latency) => Some(latency.as_secs_f64()),
+        };
+        if let Some(latency) = latency {
+            if self.probe.is_some() {
+                self.probe_answer(latency, now_ms);
+            } else {
+                self.answered(latency, in_flight, now_ms);
             }
         }
         self.limit = self.limit.clamp(1.0, self.ceiling as f64);
+        if self.probe.is_some() {
+            return None;
+        }
         self.report()
+    }
+
+    /// Rules 2, 3 and the start of rule 7 for one answer.
+    fn answered(&mut self, latency: f64, in_flight: usize, now_ms: u64) {
+        self.seen = self.seen.saturating_add(1);
+        let weight = (1.0 / f64::from(self.seen)).max(LATENCY_SMOOTHING);
+        let smoothed = match self.smoothed {
+            None => latency,
+            Some(s) => s + (latency - s) * weight,
+        };
+        self.smoothed = Some(smoothed);
+        if self.seen >= WARM_UP {
+            self.track_baseline(smoothed, now_ms);
+        }
+        let base = self.baseline().map_or(smoothed, |b| b.as_secs_f64());
+        // A limit in full use may hide queueing that started before the baseline was learnt.
+        let pressed = queueing(base, smoothed) || in_flight >= self.get();
+        if queueing(base, smoothed) {
+            let target = gradient_target(self.limit, base, smoothed);
+            self.limit += (target - self.limit) * SMOOTHING;
+        } else if in_flight >= self.get() {
+            self.limit += growth(self.limit);
+        }
+        self.limit = self.limit.clamp(1.0, self.ceiling as f64);
+        if !pressed || self.seen < WARM_UP {
+            self.pressed_since = None;
+            return;
+        }
+        let since = *self.pressed_since.get_or_insert(now_ms);
+        if probe_due(Some(since), self.probed_ms, now_ms) {
+            self.probe = Some(Probe {
+                started_ms: now_ms,
+                resume: self.limit,
+                before: smoothed,
+                samples: 0,
+                sum: 0.0,
+            });
+        }
+    }
+
+    /// Rule 7: an answer during the hold; only requests started during it count.
+    fn probe_answer(&mut self, latency: f64, now_ms: u64) {
+        let Some(probe) = self.probe.as_mut() else {
+            return;
+        };
+        let started = now_ms.saturating_sub((latency * 1000.0) as u64);
+        if started < probe.started_ms {
+            return;
+        }
+        probe.samples += 1;
+        probe.sum += latency;
+        if probe.samples < PROBE_SAMPLES {
+            return;
+        }
+        let base = probe.sum / f64::from(probe.samples);
+        self.limit = after_probe(probe.resume, base, probe.before);
+        self.current_min = Some(base);
+        self.previous_min = None;
+        self.window_started_ms = now_ms;
+        // What the resumed limit will see (Little's law again), so that the average neither
+        // claims the origin idle (and grows the limit) nor keeps the old queue.
+        let expected = probe.before * self.limit / probe.resume.max(1.0);
+        self.smoothed = Some(expected.max(base));
+        self.pressed_since = None;
+        self.probed_ms = now_ms;
+        self.probe = None;
     }
 
     fn track_baseline(&mut self, smoothed: f64, now_ms: u64) {
@@ -179,191 +340,5 @@ impl Limit {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(n: u64) -> Sample {
-        Sample::Answered(Duration::from_millis(n))
-    }
-
-    /// `n` exchanges of `latency_ms` with `in_flight` under way, one per millisecond from `t`.
-    fn feed(l: &mut Limit, n: usize, latency_ms: u64, in_flight: usize, t: &mut u64) {
-        for _ in 0..n {
-            *t += 1;
-            l.observe(ms(latency_ms), in_flight, *t);
-        }
-    }
-
-    #[test]
-    fn starts_at_the_ceiling_and_never_leaves_its_bounds() {
-        let mut l = Limit::new(32);
-        assert_eq!(l.get(), 32);
-        for _ in 0..500 {
-            l.observe(Sample::Overloaded, 32, 1);
-        }
-        assert_eq!(l.get(), 1, "never below 1");
-        let mut t = 1;
-        feed(&mut l, 500, 10, 64, &mut t);
-        assert_eq!(l.get(), 32, "never above the ceiling");
-        assert_eq!(Limit::new(0).get(), 1, "a ceiling of 0 still allows one");
-    }
-
-    #[test]
-    fn overload_answers_shrink_the_limit_multiplicatively() {
-        let mut l = Limit::new(32);
-        l.observe(Sample::Overloaded, 32, 1);
-        assert_eq!(l.get(), 28, "32 × 0.9");
-        for _ in 0..10 {
-            l.observe(Sample::Overloaded, 32, 1);
-        }
-        assert_eq!(l.get(), 10, "32 × 0.9^11 ≈ 10");
-    }
-
-    #[test]
-    fn latency_far_above_its_minimum_makes_the_limit_fall() {
-        let mut l = Limit::new(32);
-        let mut t = 0;
-        feed(&mut l, 50, 10, 32, &mut t);
-        assert_eq!(l.get(), 32);
-        feed(&mut l, 60, 500, 32, &mut t);
-        assert_eq!(l.get(), 2, "fifty times slower: the floor of rule 2");
-        assert!(l.stressed());
-    }
-
-    #[test]
-    fn an_origin_that_takes_four_at_once_settles_near_six() {
-        // Little's law: 4 workers at 200 ms answer L requests in flight in 50 ms × L.
-        let mut l = Limit::new(32);
-        let mut t = 0;
-        feed(&mut l, 20, 200, 4, &mut t);
-        for _ in 0..400 {
-            let in_flight = l.get();
-            let latency = 200.max(50 * in_flight as u64);
-            t += 1;
-            l.observe(ms(latency), in_flight, t);
-        }
-        assert!((5..=7).contains(&l.get()), "settled at {}", l.get());
-    }
-
-    #[test]
-    fn one_slow_answer_among_fast_ones_is_not_a_trend() {
-        let mut l = Limit::new(32);
-        let mut t = 0;
-        feed(&mut l, 50, 10, 32, &mut t);
-        feed(&mut l, 1, 30, 32, &mut t);
-        assert_eq!(l.get(), 32);
-        assert!(!l.stressed());
-    }
-
-    #[test]
-    fn a_mix_of_fast_and_slow_pages_is_not_queueing() {
-        let mut l = Limit::new(32);
-        let mut t = 0;
-        for i in 0..400 {
-            t += 1;
-            l.observe(ms(if i % 2 == 0 { 5 } else { 100 }), 32, t);
-        }
-        assert_eq!(l.get(), 32);
-        assert!(!l.stressed());
-        let base = l.baseline().unwrap();
-        assert!(base > Duration::from_millis(40), "baseline {base:?}");
-    }
-
-    #[test]
-    fn jitter_of_a_very_fast_origin_is_not_queueing() {
-        let mut l = Limit::new(32);
-        let mut t = 0;
-        feed(&mut l, 50, 1, 32, &mut t);
-        feed(&mut l, 50, 4, 32, &mut t);
-        assert_eq!(l.get(), 32, "4 ms is within the slack of a 1 ms origin");
-        assert!(!l.stressed());
-    }
-
-    #[test]
-    fn the_limit_grows_back_when_latency_returns_and_the_limit_is_used() {
-        let mut l = Limit::new(32);
-        for _ in 0..40 {
-            l.observe(Sample::Overloaded, 32, 1);
-        }
-        assert_eq!(l.get(), 1);
-        let mut t = 1;
-        feed(&mut l, 60, 10, 32, &mut t);
-        assert_eq!(l.get(), 32, "back at the ceiling within 60 fast exchanges");
-    }
-
-    #[test]
-    fn a_light_load_does_not_raise_the_limit() {
-        let mut l = Limit::new(32);
-        for _ in 0..20 {
-            l.observe(Sample::Overloaded, 32, 1);
-        }
-        let before = l.get();
-        let mut t = 1;
-        feed(&mut l, 100, 10, 1, &mut t);
-        assert_eq!(
-            l.get(),
-            before,
-            "one request at a time says nothing about capacity"
-        );
-    }
-
-    #[test]
-    fn the_baseline_follows_an_origin_that_really_got_slower() {
-        let mut l = Limit::new(32);
-        let mut t = 0;
-        feed(&mut l, 50, 10, 32, &mut t);
-        assert_eq!(l.baseline(), Some(Duration::from_millis(10)));
-        // Slow for two whole windows: the old minimum is forgotten.
-        let window = BASELINE_WINDOW.as_millis() as u64;
-        for _ in 0..3 {
-            t += window;
-            feed(&mut l, 30, 200, 32, &mut t);
-        }
-        let base = l.baseline().unwrap();
-        assert!(base > Duration::from_millis(150), "baseline now {base:?}");
-        assert!(!l.stressed());
-    }
-
-    #[test]
-    fn stress_needs_latency_far_above_the_baseline() {
-        let mut l = Limit::new(32);
-        assert!(!l.stressed(), "no data, no stress");
-        let mut t = 0;
-        feed(&mut l, 50, 10, 4, &mut t);
-        feed(&mut l, 3, 30, 4, &mut t);
-        assert!(!l.stressed(), "a little slower is not stress");
-        feed(&mut l, 10, 200, 4, &mut t);
-        assert!(l.stressed());
-        feed(&mut l, 60, 10, 4, &mut t);
-        assert!(!l.stressed(), "stress ends with the latency");
-    }
-
-    #[test]
-    fn only_big_changes_are_reported() {
-        let mut l = Limit::new(32);
-        assert_eq!(
-            l.observe(Sample::Overloaded, 32, 1),
-            None,
-            "32 → 28 is small"
-        );
-        assert_eq!(l.observe(Sample::Overloaded, 32, 1), None, "32 → 25 too");
-        assert_eq!(
-            l.observe(Sample::Overloaded, 32, 1),
-            Some(Change { from: 32, to: 23 })
-        );
-        for _ in 0..60 {
-            l.observe(Sample::Overloaded, 32, 1);
-        }
-        let mut t = 1;
-        let mut changes = Vec::new();
-        for _ in 0..60 {
-            t += 1;
-            changes.extend(l.observe(ms(10), 32, t));
-        }
-        assert_eq!(changes.last().map(|c| c.to), Some(32), "{changes:?}");
-        assert!(
-            changes.len() < 15,
-            "a few lines, not one per step: {changes:?}"
-        );
-    }
-}
+#[path = "adaptive_tests.rs"]
+mod tests;

@@ -81,7 +81,7 @@ impl Capacity {
         }
     }
 
-    /// Every slot of the (adaptive) limit taken, or latency far above its baseline.
+    /// Every slot of the (adaptive) limit taken, or latency showing queueing.
     pub(super) fn stressed(&self, slots: &Slots) -> bool {
         self.slow.load(Ordering::Relaxed) || slots.held() >= slots.limit()
     }

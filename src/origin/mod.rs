@@ -191,8 +191,8 @@ impl Origin {
         self.backoff.is_failing() || self.servers.iter().all(|s| s.breaker.rejecting())
     }
 
-    /// Is the origin under stress: every slot of its adaptive limit taken, or its latency far
-    /// above its own baseline? Expired pages are then served from their copies at once.
+    /// Is the origin under stress: every slot of its adaptive limit taken, or its latency
+    /// showing queueing against its own baseline? Expired pages are then served from their copies at once.
     pub fn stressed(&self) -> bool {
         self.capacity.stressed(&self.slots)
     }
@@ -229,6 +229,17 @@ impl Origin {
         }
         self.stats.add(&self.stats.origin_busy);
         match tokio::time::timeout(self.queue_timeout, self.slots.take(client)).await {
+            Ok(Some(slot)) => Ok(slot),
+            _ => Err(OriginError::Busy),
+        }
+    }
+
+    /// An origin slot for a background refresh: behind every waiting visitor, at most the
+    /// site's queue timeout.
+    pub async fn background_slot(&self, client: Option<IpAddr>) -> Result<Slot, OriginError> {
+        match tokio::time::timeout(self.queue_timeout, self.slots.take_behind_visitors(client))
+            .await
+        {
             Ok(Some(slot)) => Ok(slot),
             _ => Err(OriginError::Busy),
         }

@@ -10,13 +10,17 @@
 //! so waiting requests keep their place in line whatever the limit does. A client's share
 //! shrinks with it in proportion (`weight`), so that one client (sending requests for a slow
 //! URL, say) cannot hold most of a limit its own requests talked down.
+//!
+//! Kagami's own background refreshes (of pages that have a copy) queue behind visitors
+//! (`take_behind_visitors`): on a saturated origin a visitor of an uncached page, who has
+//! nothing else to get, would otherwise wait behind a refresh for every expired page.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// One origin slot; released when dropped.
 pub struct Slot {
@@ -39,6 +43,8 @@ struct Cap {
     held: AtomicUsize,
     /// The limit now.
     limit: AtomicUsize,
+    /// Told whenever a site slot is given back (for `take_behind_visitors`).
+    released: Notify,
 }
 
 impl Drop for SitePermit {
@@ -48,9 +54,12 @@ impl Drop for SitePermit {
             .cap
             .owed
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
-        if let (Ok(_), Some(permit)) = (owed, self.permit.take()) {
-            permit.forget();
+        match (owed, self.permit.take()) {
+            (Ok(_), Some(permit)) => permit.forget(),
+            (_, permit) => drop(permit),
         }
+        // After the permit is back, so that a woken background refresh can take it.
+        self.cap.released.notify_waiters();
     }
 }
 
@@ -161,6 +170,26 @@ pub(super) struct Slots {
     ceiling: usize,
     cap: Arc<Cap>,
     clients: ClientSlots,
+    /// Visitors waiting in `take` now.
+    waiting: Arc<AtomicUsize>,
+    /// One background refresh at a time watches for a free slot; the others wait in line here.
+    background: Semaphore,
+}
+
+/// Counts a visitor waiting in `Slots::take` while it lives.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(count: &Arc<AtomicUsize>) -> Waiting {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Slots {
@@ -172,6 +201,8 @@ impl Slots {
             ceiling: site.max(1),
             cap: Arc::new(cap),
             clients: ClientSlots::new(per_client),
+            waiting: Arc::default(),
+            background: Semaphore::new(1),
         }
     }
 
@@ -244,6 +275,7 @@ impl Slots {
 
     /// A slot, waiting as long as the caller lets this future run.
     pub(super) async fn take(&self, client: Option<IpAddr>) -> Option<Slot> {
+        let _waiting = Waiting::new(&self.waiting);
         let client = match client {
             Some(ip) => Some(self.clients.take(ip, self.weight()).await?),
             None => None,
@@ -253,6 +285,27 @@ impl Slots {
             _site: self.site_permit(site),
             _client: client,
         })
+    }
+}
+
+impl Slots {
+    /// A slot for work nobody waits on (a background refresh), taken only when no visitor
+    /// waits in `take`: a slot given back goes to a waiting visitor first (the semaphore hands
+    /// it over in order). Waits as long as the caller lets this future run.
+    pub(super) async fn take_behind_visitors(&self, client: Option<IpAddr>) -> Option<Slot> {
+        let _turn = self.background.acquire().await.ok()?;
+        loop {
+            // Registered before looking, so that a slot given back in between is not missed.
+            let released = self.cap.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.waiting.load(Ordering::Acquire) == 0 {
+                if let Some(slot) = self.try_take(client) {
+                    return Some(slot);
+                }
+            }
+            released.await;
+        }
     }
 }
 
@@ -375,5 +428,34 @@ mod tests {
             .await
             .unwrap()
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_visitor_gets_a_slot_before_a_background_refresh() {
+        let slots = Arc::new(Slots::new(1, 1));
+        let held = slots.try_take(None).unwrap();
+        let refresh = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take_behind_visitors(ip(1)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let visitor = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(ip(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        let visitor = tokio::time::timeout(Duration::from_secs(2), visitor)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the visitor came second but got the slot");
+        assert!(!refresh.is_finished(), "the refresh still waits");
+        drop(visitor);
+        let refreshed = tokio::time::timeout(Duration::from_secs(2), refresh)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(refreshed.is_some(), "then the refresh gets it");
     }
 }

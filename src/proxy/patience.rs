@@ -3,9 +3,10 @@
 //! An expired page whose stored copy may still be served stale to this visitor (shareable 2xx,
 //! within `grace` or stale-if-error, as when the origin fails):
 //! - while the origin is under stress (every slot of its adaptive limit taken, or its latency
-//!   far above its baseline, see `origin::adaptive`), is answered from the copy at once and
-//!   refreshed in the background, one fetch per key, waiting its turn for a slot: under stress
-//!   the slots are full, and a refresh that never runs would let pages grow old;
+//!   showing queueing against its baseline, see `origin::adaptive`), is answered from the copy at once and
+//!   refreshed in the background, one fetch per key, waiting its turn for a slot behind the
+//!   visitors waiting for one: under stress the slots are full, and a refresh that never runs
+//!   would let pages grow old;
 //! - otherwise is revalidated as before, but the visitor waits at most `origin_patience`: then
 //!   the copy is served and the fetch (or the wait on another visitor's fetch, so coalesced
 //!   waiters follow the same rule) finishes in the background and updates the store.
@@ -87,8 +88,9 @@ impl Proxy {
         (from_entry(entry, &req.parts, now), status)
     }
 
-    /// One background refresh per key, which queues for an origin slot like a visitor would
-    /// (at most `origin_queue_timeout`); errors never touch the stored copy (`fetch`).
+    /// One background refresh per key, which queues for an origin slot behind the visitors
+    /// waiting for one (at most `origin_queue_timeout`); errors never touch the stored copy
+    /// (`fetch`).
     fn refresh_when_possible(self: &Arc<Self>, req: &Req, key: String, stale: Arc<Entry>) {
         let Some(leader) = self.coalescer.try_lead(&key) else {
             return;
@@ -98,7 +100,7 @@ impl Proxy {
         tokio::spawn(async move {
             let site = &proxy.sites[req.site];
             // No slot in time: the leader is dropped, and the next visitor may try again.
-            let Ok(permit) = site.origin.slot(Some(req.ip)).await else {
+            let Ok(permit) = site.origin.background_slot(Some(req.ip)).await else {
                 return;
             };
             proxy.refresh(req, key, stale, leader, permit).await;

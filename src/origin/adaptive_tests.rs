@@ -1,0 +1,357 @@
+//! Unit tests of the adaptive limit's rules (`adaptive`), one or more per rule.
+
+use super::*;
+
+fn ms(n: u64) -> Sample {
+    Sample::Answered(Duration::from_millis(n))
+}
+
+/// `n` exchanges of `latency_ms` with `in_flight` under way, one per millisecond from `t`.
+fn feed(l: &mut Limit, n: usize, latency_ms: u64, in_flight: usize, t: &mut u64) {
+    for _ in 0..n {
+        *t += 1;
+        l.observe(ms(latency_ms), in_flight, *t);
+    }
+}
+
+#[test]
+fn starts_at_the_ceiling_and_never_leaves_its_bounds() {
+    let mut l = Limit::new(32);
+    assert_eq!(l.get(), 32);
+    for _ in 0..500 {
+        l.observe(Sample::Overloaded, 32, 1);
+    }
+    assert_eq!(l.get(), 1, "never below 1");
+    let mut t = 1;
+    feed(&mut l, 500, 10, 64, &mut t);
+    assert_eq!(l.get(), 32, "never above the ceiling");
+    assert_eq!(Limit::new(0).get(), 1, "a ceiling of 0 still allows one");
+}
+
+#[test]
+fn overload_answers_shrink_the_limit_multiplicatively() {
+    let mut l = Limit::new(32);
+    l.observe(Sample::Overloaded, 32, 1);
+    assert_eq!(l.get(), 28, "32 × 0.9");
+    for _ in 0..10 {
+        l.observe(Sample::Overloaded, 32, 1);
+    }
+    assert_eq!(l.get(), 10, "32 × 0.9^11 ≈ 10");
+}
+
+#[test]
+fn latency_far_above_its_minimum_makes_the_limit_fall() {
+    let mut l = Limit::new(32);
+    let mut t = 0;
+    feed(&mut l, 50, 10, 32, &mut t);
+    assert_eq!(l.get(), 32);
+    feed(&mut l, 60, 500, 32, &mut t);
+    assert_eq!(l.get(), 2, "fifty times slower: the floor of rule 2");
+    assert!(l.stressed());
+}
+
+#[test]
+fn an_origin_that_takes_four_at_once_settles_near_six() {
+    // Little's law: 4 workers at 200 ms answer L requests in flight in 50 ms × L.
+    let mut l = Limit::new(32);
+    let mut t = 0;
+    feed(&mut l, 20, 200, 4, &mut t);
+    for _ in 0..400 {
+        let in_flight = l.get();
+        let latency = 200.max(50 * in_flight as u64);
+        t += 1;
+        l.observe(ms(latency), in_flight, t);
+    }
+    assert!((5..=7).contains(&l.get()), "settled at {}", l.get());
+}
+
+#[test]
+fn one_slow_answer_among_fast_ones_is_not_a_trend() {
+    let mut l = Limit::new(32);
+    let mut t = 0;
+    feed(&mut l, 50, 10, 32, &mut t);
+    feed(&mut l, 1, 30, 32, &mut t);
+    assert_eq!(l.get(), 32);
+    assert!(!l.stressed());
+}
+
+#[test]
+fn a_mix_of_fast_and_slow_pages_is_not_queueing() {
+    let mut l = Limit::new(32);
+    let mut t = 0;
+    for i in 0..400 {
+        t += 1;
+        l.observe(ms(if i % 2 == 0 { 5 } else { 100 }), 32, t);
+    }
+    assert_eq!(l.get(), 32);
+    assert!(!l.stressed());
+    let base = l.baseline().unwrap();
+    assert!(base > Duration::from_millis(40), "baseline {base:?}");
+}
+
+#[test]
+fn jitter_of_a_very_fast_origin_is_not_queueing() {
+    let mut l = Limit::new(32);
+    let mut t = 0;
+    feed(&mut l, 50, 1, 32, &mut t);
+    feed(&mut l, 50, 4, 32, &mut t);
+    assert_eq!(l.get(), 32, "4 ms is within the slack of a 1 ms origin");
+    assert!(!l.stressed());
+}
+
+#[test]
+fn the_limit_grows_back_when_latency_returns_and_the_limit_is_used() {
+    let mut l = Limit::new(32);
+    for _ in 0..40 {
+        l.observe(Sample::Overloaded, 32, 1);
+    }
+    assert_eq!(l.get(), 1);
+    let mut t = 1;
+    feed(&mut l, 60, 10, 32, &mut t);
+    assert_eq!(l.get(), 32, "back at the ceiling within 60 fast exchanges");
+}
+
+#[test]
+fn a_light_load_does_not_raise_the_limit() {
+    let mut l = Limit::new(32);
+    for _ in 0..20 {
+        l.observe(Sample::Overloaded, 32, 1);
+    }
+    let before = l.get();
+    let mut t = 1;
+    feed(&mut l, 100, 10, 1, &mut t);
+    assert_eq!(
+        l.get(),
+        before,
+        "one request at a time says nothing about capacity"
+    );
+}
+
+#[test]
+fn the_baseline_follows_an_origin_that_really_got_slower() {
+    let mut l = Limit::new(32);
+    let mut t = 0;
+    feed(&mut l, 50, 10, 32, &mut t);
+    assert_eq!(l.baseline(), Some(Duration::from_millis(10)));
+    // Slow for two whole windows (4 workers at 200 ms: an answer every 50 ms): the old
+    // minimum is forgotten, or re-measured (rule 7).
+    let window = BASELINE_WINDOW.as_millis() as u64;
+    for _ in 0..3 {
+        t += window;
+        for _ in 0..30 {
+            t += 50;
+            l.observe(ms(200), 4, t);
+        }
+    }
+    let base = l.baseline().unwrap();
+    assert!(base > Duration::from_millis(150), "baseline now {base:?}");
+    assert!(!l.stressed());
+}
+
+#[test]
+fn stress_needs_latency_far_above_the_baseline() {
+    let mut l = Limit::new(32);
+    assert!(!l.stressed(), "no data, no stress");
+    let mut t = 0;
+    feed(&mut l, 50, 10, 4, &mut t);
+    feed(&mut l, 3, 30, 4, &mut t);
+    assert!(!l.stressed(), "a little slower is not stress");
+    feed(&mut l, 10, 200, 4, &mut t);
+    assert!(l.stressed());
+    feed(&mut l, 60, 10, 4, &mut t);
+    assert!(!l.stressed(), "stress ends with the latency");
+}
+
+#[test]
+fn only_big_changes_are_reported() {
+    let mut l = Limit::new(32);
+    assert_eq!(
+        l.observe(Sample::Overloaded, 32, 1),
+        None,
+        "32 → 28 is small"
+    );
+    assert_eq!(l.observe(Sample::Overloaded, 32, 1), None, "32 → 25 too");
+    assert_eq!(
+        l.observe(Sample::Overloaded, 32, 1),
+        Some(Change { from: 32, to: 23 })
+    );
+    for _ in 0..60 {
+        l.observe(Sample::Overloaded, 32, 1);
+    }
+    let mut t = 1;
+    let mut changes = Vec::new();
+    for _ in 0..60 {
+        t += 1;
+        changes.extend(l.observe(ms(10), 32, t));
+    }
+    assert_eq!(changes.last().map(|c| c.to), Some(32), "{changes:?}");
+    assert!(
+        changes.len() < 15,
+        "a few lines, not one per step: {changes:?}"
+    );
+}
+
+/// A closed loop against an origin with 4 workers at 200 ms (Little's law: `in_flight`
+/// requests take `max(200, 50 × in_flight)` ms), the limit always in full use, for
+/// `seconds` of simulated time from `t`. Returns the highest limit outside holds.
+fn saturated(l: &mut Limit, seconds: u64, t: &mut u64) -> usize {
+    let end = *t + seconds * 1000;
+    let mut highest = 0;
+    while *t < end {
+        let in_flight = l.get();
+        let latency = 200.max(50 * in_flight as u64);
+        *t += latency / in_flight as u64;
+        l.observe(ms(latency), in_flight, *t);
+        if !l.probing() {
+            highest = highest.max(l.get());
+        }
+    }
+    highest
+}
+
+#[test]
+fn queueing_is_latency_over_tolerance_and_slack() {
+    assert!(!queueing(0.200, 0.250), "within a quarter");
+    assert!(!queueing(0.001, 0.005), "within the slack");
+    assert!(queueing(0.200, 0.300));
+}
+
+#[test]
+fn the_gradient_target_follows_the_latency_ratio_within_bounds() {
+    assert_eq!(
+        gradient_target(10.0, 0.2, 0.2),
+        11.0,
+        "no queueing: + headroom"
+    );
+    assert_eq!(gradient_target(10.0, 0.2, 0.5), 6.0, "gradient ½");
+    assert_eq!(gradient_target(10.0, 0.2, 5.0), 6.0, "never below ½");
+    assert!(growth(16.0) > growth(4.0));
+}
+
+#[test]
+fn a_probe_is_due_after_lasting_pressure_and_a_rest() {
+    assert!(!probe_due(None, 0, 10_000), "no pressure");
+    assert!(!probe_due(Some(9_000), 0, 10_000), "pressure for 1 s only");
+    assert!(probe_due(Some(8_000), 0, 10_000), "2 s, never probed");
+    assert!(!probe_due(Some(8_000), 5_000, 10_000), "probed 5 s ago");
+    assert!(probe_due(Some(8_000), 5_000, 40_000), "30 s since the last");
+}
+
+#[test]
+fn after_a_probe_the_limit_is_what_littles_law_gives() {
+    // 13 in flight took 650 ms where one takes 200: about 4 at once, so 6.
+    assert_eq!(after_probe(13.0, 0.2, 0.65), 6.0);
+    assert_eq!(
+        after_probe(13.0, 0.2, 0.2),
+        13.0,
+        "no queueing: where it was"
+    );
+    assert!(after_probe(3.0, 0.2, 100.0) < 1.1, "never below 1");
+    assert_eq!(after_probe(0.5, 0.2, 100.0), 1.0, "never below 1");
+    assert_eq!(after_probe(3.0, 0.2, 0.0), 3.0);
+}
+
+#[test]
+fn a_baseline_learnt_while_queueing_is_re_measured_and_the_limit_falls_to_six() {
+    // The crowd is there from the first request: 32 in flight, every answer 1.6 s, which
+    // the baseline takes for the origin's speed.
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    saturated(&mut l, 1, &mut t);
+    assert!(l.baseline().unwrap() > Duration::from_millis(1000));
+    assert_eq!(l.get(), 32, "nothing looks like queueing yet");
+    let highest = saturated(&mut l, 60, &mut t);
+    assert!((5..=7).contains(&l.get()), "settled at {}", l.get());
+    let base = l.baseline().unwrap();
+    assert!(base < Duration::from_millis(250), "re-measured {base:?}");
+    // After the first re-measurement it stays there (capacity + 2 at most).
+    let later = saturated(&mut l, 60, &mut t);
+    assert!(later <= 6 + 1, "highest {later} (before: {highest})");
+}
+
+#[test]
+fn a_probe_holds_the_limit_at_one_and_counts_only_requests_started_during_it() {
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    feed(&mut l, 20, 10, 32, &mut t);
+    // Full use for 2 s: the hold begins.
+    let mut reported = Vec::new();
+    for _ in 0..2_100 {
+        t += 1;
+        reported.extend(l.observe(ms(10), 32, t));
+        if l.probing() {
+            break;
+        }
+    }
+    assert!(l.probing());
+    assert_eq!(l.get(), 1);
+    assert!(reported.is_empty(), "the hold is not logged: {reported:?}");
+    // Answers of requests sent before the hold do not count.
+    for _ in 0..10 {
+        l.observe(ms(500), 32, t + 1);
+    }
+    assert!(l.probing());
+    for _ in 0..PROBE_SAMPLES {
+        t += 10;
+        l.observe(ms(10), 1, t);
+    }
+    assert!(!l.probing());
+    assert_eq!(l.get(), 32, "a fast origin gets its limit back");
+}
+
+#[test]
+fn a_probe_without_answers_is_given_up() {
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    for _ in 0..2_100 {
+        t += 1;
+        l.observe(ms(10), 32, t);
+        if l.probing() {
+            break;
+        }
+    }
+    assert!(l.probing());
+    l.observe(Sample::Overloaded, 1, t + PROBE_GIVE_UP.as_millis() as u64);
+    assert!(!l.probing());
+    assert_eq!(l.get(), 28, "where it was, less the overload");
+    let gave_up = t + PROBE_GIVE_UP.as_millis() as u64;
+    let rest = PROBE_EVERY.as_millis() as u64;
+    assert!(
+        !probe_due(Some(1), l.probed_ms, gave_up + 3 * rest),
+        "waits longer"
+    );
+    assert!(probe_due(Some(1), l.probed_ms, gave_up + 4 * rest));
+}
+
+#[test]
+fn stress_is_the_queueing_the_gradient_holds_an_overloaded_origin_at() {
+    // Settled at about 6 against 4 workers: latency about 1.5 times the baseline.
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    saturated(&mut l, 10, &mut t);
+    assert!(!l.probing());
+    assert!(l.stressed(), "{:?} against {:?}", l.latency(), l.baseline());
+}
+
+#[test]
+fn a_limit_not_in_full_use_does_not_grow_even_within_tolerance() {
+    // Limit 10, 5 in flight at 250 ms against 4 workers at 200: within tolerance, but
+    // the limit is not what holds the requests back.
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    feed(&mut l, 20, 200, 4, &mut t);
+    for _ in 0..15 {
+        l.observe(Sample::Overloaded, 4, t);
+    }
+    assert_eq!(l.get(), 6);
+    for _ in 0..100 {
+        t += 50;
+        l.observe(ms(250), 5, t);
+    }
+    assert_eq!(l.get(), 6, "5 of 6 in flight: no growth");
+    for _ in 0..5 {
+        t += 50;
+        l.observe(ms(250), 6, t);
+    }
+    assert!(l.get() > 6, "all 6 in flight and within tolerance: growth");
+}
