@@ -84,6 +84,31 @@ fn free_port() -> u16 {
     listener.local_addr().expect("its address").port()
 }
 
+/// A `kagami run` with JSON logs, one site `city` on `origin` and the `[admin]` lines given,
+/// once it has logged that it is serving: its folder, its port, the process and that line.
+fn serving(origin: &Origin, admin: &str) -> (tempfile::TempDir, u16, Running, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let port = free_port();
+    let config = dir.path().join("kagami.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n[log]\nformat = \"json\"\n\n\
+             [admin]\n{admin}\n\n[[site]]\nname = \"city\"\n\
+             hosts = [\"127.0.0.1\"]\norigin = \"{}\"\n",
+            origin.url()
+        ),
+    )
+    .expect("write the config");
+    let kagami = Running::start(&config);
+    let line = kagami.until(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("kagami is serving"))
+    });
+    (dir, port, kagami, line)
+}
+
 #[tokio::test]
 async fn json_access_lines_tell_site_status_cache_bytes_and_a_cut_off_download() {
     let origin = Origin::start().await;
@@ -96,25 +121,7 @@ async fn json_access_lines_tell_site_status_cache_bytes_and_a_cut_off_download()
     const BIG: usize = 24 << 20;
     origin.route("/big", Route::ok(vec![b'x'; BIG]));
 
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let port = free_port();
-    let config = dir.path().join("kagami.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n[log]\nformat = \"json\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\n[[site]]\nname = \"city\"\n\
-             hosts = [\"127.0.0.1\"]\norigin = \"{}\"\n",
-            origin.url()
-        ),
-    )
-    .expect("write the config");
-    let kagami = Running::start(&config);
-    let serving = kagami.until(|l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("kagami is serving"))
-    });
+    let (_dir, port, kagami, serving) = serving(&origin, "listen = \"127.0.0.1:0\"");
     assert_eq!(serving["level"], "INFO");
 
     let client = reqwest::Client::new();
@@ -199,25 +206,9 @@ fn an_unknown_log_format_is_refused_with_its_key() {
 #[tokio::test]
 async fn wrong_admin_tokens_cannot_flood_the_log() {
     let origin = Origin::start().await;
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let (port, admin) = (free_port(), free_port());
-    let config = dir.path().join("kagami.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n[log]\nformat = \"json\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"right-token\"\n\n[[site]]\n\
-             name = \"city\"\nhosts = [\"127.0.0.1\"]\norigin = \"{}\"\n",
-            origin.url()
-        ),
-    )
-    .expect("write the config");
-    let kagami = Running::start(&config);
-    kagami.until(|l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("kagami is serving"))
-    });
+    let admin = free_port();
+    let admin_lines = format!("listen = \"127.0.0.1:{admin}\"\ntoken = \"right-token\"");
+    let (_dir, _port, kagami, _) = serving(&origin, &admin_lines);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{admin}");
     const TRIES: usize = 200;
@@ -268,25 +259,7 @@ async fn wrong_admin_tokens_cannot_flood_the_log() {
 #[tokio::test]
 async fn access_lines_keep_only_the_start_of_long_paths_and_hosts() {
     let origin = Origin::start().await;
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let port = free_port();
-    let config = dir.path().join("kagami.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n[log]\nformat = \"json\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\n[[site]]\nname = \"city\"\n\
-             hosts = [\"127.0.0.1\"]\norigin = \"{}\"\n",
-            origin.url()
-        ),
-    )
-    .expect("write the config");
-    let kagami = Running::start(&config);
-    kagami.until(|l| {
-        l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("kagami is serving"))
-    });
+    let (_dir, port, kagami, _) = serving(&origin, "listen = \"127.0.0.1:0\"");
     let long = format!("/{}", "a".repeat(12_000));
     let host = format!("{}.example", "h".repeat(8_000));
     for (path, host) in [(long.as_str(), "127.0.0.1"), ("/short", host.as_str())] {
