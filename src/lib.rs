@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod limit;
+pub mod log_text;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;

@@ -46,6 +46,11 @@ impl Running {
 
     /// The next line (at most 10 s away), which must be one JSON object.
     fn next(&self) -> serde_json::Value {
+        self.next_raw().1
+    }
+
+    /// The next line as written, and as parsed.
+    fn next_raw(&self) -> (String, serde_json::Value) {
         let line = self
             .lines
             .recv_timeout(Duration::from_secs(10))
@@ -53,7 +58,7 @@ impl Running {
         let value: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
         assert!(value.is_object(), "{line}");
-        value
+        (line, value)
     }
 
     /// Skips lines until one matches `wanted` (at most 50 lines).
@@ -282,5 +287,53 @@ async fn access_lines_keep_only_the_start_of_long_paths_and_hosts() {
         assert!(logged_host.len() <= 1100, "{} bytes", logged_host.len());
         assert!(path.starts_with(logged_path.trim_end_matches('…')));
         assert!(host.starts_with(logged_host.trim_end_matches('…')));
+    }
+}
+
+/// Raw bytes a request sent into the log: U+2028/U+2029 are line ends to JavaScript and many
+/// log viewers, and bidi controls (U+202E) reorder what follows on screen, so a path could
+/// forge or hide lines. serde_json leaves all of them as they are; Kagami escapes them in the
+/// access line and in the admin API's refusal line (SECURITY-NOTES §5, log integrity).
+#[tokio::test]
+async fn line_separators_and_bidi_controls_from_requests_are_escaped_in_the_log() {
+    let origin = Origin::start().await;
+    let admin = free_port();
+    let admin_lines = format!("listen = \"127.0.0.1:{admin}\"\ntoken = \"right-token\"");
+    let (_dir, port, kagami, _) = serving(&origin, &admin_lines);
+    let evil = "/a\u{2028}b\u{2029}c\u{202E}d";
+    let expected = "/a\\u{2028}b\\u{2029}c\\u{202e}d";
+    for (target, port) in [("access", port), ("admin", admin)] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        // Raw UTF-8 in the request target, as a hostile client sends it (not percent-encoded).
+        let request =
+            format!("GET {evil} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{target}: {answer:?}");
+        let mut found = None;
+        for _ in 0..50 {
+            let (raw, line) = kagami.next_raw();
+            let wanted = match target {
+                "access" => line["target"] == "kagami::access",
+                _ => line["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("refused")),
+            };
+            if wanted {
+                found = Some((raw, line));
+                break;
+            }
+        }
+        let (raw, line) = found.unwrap_or_else(|| panic!("no {target} line in 50"));
+        for c in ['\u{2028}', '\u{2029}', '\u{202E}'] {
+            assert!(!raw.contains(c), "{target}: {c:?} reached the log: {raw}");
+        }
+        assert_eq!(line["path"], expected, "{target}: {raw}");
     }
 }

@@ -166,7 +166,8 @@ impl Admin {
                     self.refused.fetch_sub(refused, Ordering::Relaxed);
                     tracing::warn!(
                         %method,
-                        path,
+                        // What a guesser sent: it must not split or reorder the log line.
+                        path = %crate::log_text::escape(&path),
                         refused,
                         "admin request refused: no or wrong token"
                     );
@@ -260,27 +261,29 @@ impl Admin {
             Purge::Site(v) => ("site", v.clone()),
             Purge::Tag(v) => ("tag", v.clone()),
         };
+        // The body's text is logged; JSON lets it carry any character.
+        let logged = crate::log_text::escape(&value).into_owned();
         // Prefix, site and tag purges walk the whole store: not on an async worker.
         let proxy = self.proxy();
         let ports = self.listener_ports.clone();
         let done = tokio::task::spawn_blocking(move || proxy.purge(&purge, soft, &ports)).await;
         match done {
             Ok(Ok(purged)) => {
-                tracing::info!(kind, value, soft, purged, "purged");
+                tracing::info!(kind, value = logged, soft, purged, "purged");
                 json(
                     StatusCode::OK,
                     serde_json::json!({ kind: value, "soft": soft, "purged": purged }),
                 )
             }
             Ok(Err(error)) => {
-                tracing::warn!(kind, value, %error, "purge refused");
+                tracing::warn!(kind, value = logged, error = %crate::log_text::escape(&error), "purge refused");
                 json(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({ "error": error }),
                 )
             }
             Err(err) => {
-                tracing::error!(kind, value, error = %err, "purge failed");
+                tracing::error!(kind, value = logged, error = %err, "purge failed");
                 text(StatusCode::INTERNAL_SERVER_ERROR, "the purge failed")
             }
         }

@@ -19,17 +19,18 @@ use crate::cache::CacheStatus;
 /// near the size limit must not pin that much per stream, nor fill the log.
 const MAX_TEXT: usize = 1024;
 
-/// `text`, or its first `MAX_TEXT` bytes (at a character boundary) and `…`.
+/// `text`, or its first `MAX_TEXT` bytes (at a character boundary) and `…`, with the
+/// characters that would split or reorder a log line escaped (`log_text`).
 pub fn clip(text: &str) -> String {
     if text.len() <= MAX_TEXT {
-        return text.to_string();
+        return crate::log_text::escape(text).into_owned();
     }
     let mut end = MAX_TEXT;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     let mut clipped = String::with_capacity(end + '…'.len_utf8());
-    clipped.push_str(&text[..end]);
+    clipped.push_str(&crate::log_text::escape(&text[..end]));
     clipped.push('…');
     clipped
 }
@@ -128,5 +129,12 @@ mod tests {
         let clipped = clip(&long);
         assert!(clipped.len() <= MAX_TEXT + 3 && clipped.ends_with('…'));
         assert!(long.starts_with(clipped.trim_end_matches('…')));
+    }
+
+    #[test]
+    fn clipped_texts_are_escaped_for_the_log() {
+        assert_eq!(clip("/a\u{2028}b"), "/a\\u{2028}b");
+        let long = format!("/\u{202E}{}", "a".repeat(MAX_TEXT));
+        assert!(!clip(&long).contains('\u{202E}'));
     }
 }
