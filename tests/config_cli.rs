@@ -330,3 +330,51 @@ fn shipped_example_config_passes() {
     let output = check_config(&path);
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+/// A TOML error quotes the line it is on, and some messages quote the value: on the `token`
+/// line that printed the admin token to the terminal, to CI logs and into a reload's 422
+/// answer. The message still names the file, the line, the key and the reason.
+#[test]
+fn config_errors_never_show_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    const SECRET: &str = "s3cret-Token-value";
+    let cases = [
+        // Unterminated string: toml quotes the whole line.
+        format!("token = \"{SECRET}"),
+        // Garbage after the value.
+        format!("token = \"{SECRET}\" x"),
+        // A bare number: the type error quotes it, and the hint says what to write.
+        "token = 987654321".to_string(),
+    ];
+    for (i, line) in cases.iter().enumerate() {
+        let text = format!("{MINIMAL}\n[admin]\n{line}\n");
+        let number = 1 + text.lines().position(|l| l == line).unwrap();
+        let where_ = format!("line {number}");
+        let path = write_config(&dir, &format!("secret{i}.toml"), &text);
+        let output = check_config(&path);
+        let text = stderr(&output);
+        assert!(!output.status.success(), "{text}");
+        assert!(!text.contains(SECRET), "the token is shown: {text}");
+        assert!(!text.contains("987654321"), "the token is shown: {text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains(&where_) && text.contains("token"), "{text}");
+    }
+}
+
+/// An origin URL with credentials is refused; the refusal must not print the password.
+#[test]
+fn an_origin_password_is_not_shown_in_its_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MINIMAL.replace(
+        "http://127.0.0.1:8081",
+        "http://kagami:hunter2-pass@127.0.0.1:8081",
+    );
+    let path = write_config(&dir, "credentials.toml", &text);
+    let output = check_config(&path);
+    assert_problem(&output, &path, "site[0].origin", &["credentials"]);
+    let text = stderr(&output);
+    assert!(
+        !text.contains("hunter2-pass"),
+        "the password is shown: {text}"
+    );
+}

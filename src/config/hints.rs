@@ -36,19 +36,77 @@ pub(crate) const SIZE_KEYS: &[&str] = &[
 /// Keys whose value is a rate string such as `"50/s"`.
 pub(crate) const RATE_KEYS: &[&str] = &["hits", "misses", "limit_hits", "limit_misses"];
 
+/// Keys whose values are secrets: no message shows them, not even the line toml quotes from
+/// the file (a syntax error on the `token` line would otherwise print the token to a terminal,
+/// a CI log or a reload's 422 answer).
+pub(crate) const SECRET_KEYS: &[&str] = &["token"];
+
+/// What a message shows instead of a secret.
+const HIDDEN: &str = "<redacted>";
+
 /// The message for a TOML/serde error in `text`: serde's own, with what to write instead when
-/// the mistake is a common one.
+/// the mistake is a common one, and with secrets hidden (`redact`).
 pub(crate) fn explain(text: &str, err: &toml::de::Error) -> String {
     let full = err.to_string().trim_end().to_string();
     let message = err.message().trim_end();
     let Some(hint) = hint(text, err.span(), message) else {
-        return full;
+        return redact(text, &full);
     };
     // Keep toml's line, column and source excerpt; replace only its closing sentence.
-    match full.rfind(message) {
+    let explained = match full.rfind(message) {
         Some(at) => format!("{}{hint}", &full[..at]),
         None => format!("{full}\n{hint}"),
+    };
+    redact(text, &explained)
+}
+
+/// `message`, about the config `text`, with the value of every `SECRET_KEYS` line and every
+/// URL password in `text` hidden. toml quotes the erring line as it is, and its messages may
+/// quote the value (`invalid type: integer `123``); the file, line, column, key and reason
+/// stay.
+pub(crate) fn redact(text: &str, message: &str) -> String {
+    let mut out = message.to_string();
+    for line in text.lines().map(str::trim) {
+        let secret = line
+            .split_once('=')
+            .map(|(key, value)| (key.trim().trim_matches('"'), value.trim()))
+            .filter(|(key, _)| SECRET_KEYS.contains(key));
+        if let Some((key, value)) = secret {
+            if !line.is_empty() {
+                out = out.replace(line, &format!("{key} = {HIDDEN}"));
+            }
+            let inner = value.trim_matches(['"', '\'']).trim();
+            // A short value could match unrelated text (a line number); toml's quote of the
+            // line is caught above whatever its length.
+            if inner.len() >= 4 {
+                out = out.replace(inner, HIDDEN);
+            }
+        } else if let std::borrow::Cow::Owned(shown) = hide_password(line) {
+            out = out.replace(line, &shown);
+        }
     }
+    out
+}
+
+/// `text` with the password of any `scheme://user:password@host` in it hidden (an origin URL
+/// with credentials is refused, and the message saying so must not print them).
+pub(crate) fn hide_password(text: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.into();
+    };
+    let rest = &text[start..];
+    let authority_end = rest
+        .find(['/', '?', '#', '"', '\'', ' '])
+        .unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return text.into();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return text.into();
+    };
+    let (from, to) = (start + colon + 1, start + at);
+    format!("{}{HIDDEN}{}", &text[..from], &text[to..]).into()
 }
 
 fn hint(text: &str, span: Option<Range<usize>>, message: &str) -> Option<String> {
@@ -84,6 +142,11 @@ fn hint(text: &str, span: Option<Range<usize>>, message: &str) -> Option<String>
             return None;
         }
         let key = span.and_then(|s| key_on_line(text, s.start))?;
+        let number = if SECRET_KEYS.contains(&key) {
+            HIDDEN
+        } else {
+            number
+        };
         let example = if DURATION_KEYS.contains(&key) {
             format!("a duration in quotes with a unit: {key} = \"{number}s\"")
         } else if SIZE_KEYS.contains(&key) {
@@ -156,6 +219,22 @@ mod tests {
 
     const SITE: &str =
         "name = \"iwate\"\nhosts = [\"a.example\"]\norigin = \"http://127.0.0.1:1\"\n";
+
+    #[test]
+    fn secrets_and_url_passwords_are_hidden_but_line_and_key_stay() {
+        let message = error_of("[admin]\ntoken = \"abcd-secret\n");
+        assert!(!message.contains("abcd-secret"), "{message}");
+        assert!(
+            message.contains("line 2") && message.contains("token = <redacted>"),
+            "{message}"
+        );
+        assert_eq!(
+            super::hide_password("http://user:pw@h:1/x"),
+            "http://user:<redacted>@h:1/x"
+        );
+        assert_eq!(super::hide_password("http://h:1/a@b:c"), "http://h:1/a@b:c");
+        assert_eq!(super::hide_password("http://user@h"), "http://user@h");
+    }
 
     #[test]
     fn a_bad_value_names_the_site_and_is_quoted() {

@@ -407,8 +407,11 @@ fn validate_origins(
 }
 
 pub(super) fn parse_origin(text: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(text.trim())
-        .map_err(|e| format!("{text:?} is not a URL ({e}); write e.g. \"http://10.0.0.5:80\""))?;
+    let url = reqwest::Url::parse(text.trim());
+    // Messages quote the URL; a password in it must not reach the terminal or a log.
+    let text = &*super::hints::hide_password(text);
+    let url =
+        url.map_err(|e| format!("{text:?} is not a URL ({e}); write e.g. \"http://10.0.0.5:80\""))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!("{text:?} must start with http:// or https://"));
     }
