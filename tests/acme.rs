@@ -430,3 +430,43 @@ async fn a_certificate_is_renewed_live_before_it_expires() {
     assert_eq!(stored.as_ref(), renewed.as_slice());
     running.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A published HTTP-01 answer used to be given for any Host: anyone could read the key
+/// authorization (account key thumbprint) off any name pointed at Kagami, and a site's origin
+/// that runs its own ACME client had its challenge path shadowed by another site's order. The
+/// CA asks each name's token on that name, so only that Host is answered (any port, any case);
+/// every other Host goes on to routing like any request. No CA needed: the token is published
+/// as the ACME manager would.
+#[tokio::test]
+async fn a_challenge_is_answered_only_on_the_name_it_proves() {
+    let origin = Origin::start().await;
+    origin.route("/.well-known/acme-challenge/tok", Route::ok("origin's own"));
+    let kagami = common::Kagami::start(&origin.url()).await;
+    // The test site's hosts are 127.0.0.1 and localhost; the order was for localhost.
+    kagami
+        .running
+        .current()
+        .acme
+        .publish("tok", "localhost", "tok.thumbprint");
+    let ask = |host: &str| {
+        format!(
+            "GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for host in ["localhost", "LOCALHOST:8080", "localhost."] {
+        let raw = common::raw::exchange(kagami.addr, ask(host)).await;
+        assert_eq!(common::raw::status_of(&raw), 200, "{host}: {raw}");
+        assert_eq!(
+            common::raw::body_of(&raw),
+            "tok.thumbprint",
+            "{host}: {raw}"
+        );
+    }
+    // The same site's other name: routed to the origin, which answers for itself.
+    let raw = common::raw::exchange(kagami.addr, ask("127.0.0.1")).await;
+    assert_eq!(common::raw::body_of(&raw), "origin's own", "{raw}");
+    // A name no site has: refused by routing, and the answer is nowhere in it.
+    let raw = common::raw::exchange(kagami.addr, ask("attacker.example")).await;
+    assert_ne!(common::raw::status_of(&raw), 200, "{raw}");
+    assert!(!raw.contains("tok.thumbprint"), "{raw}");
+}

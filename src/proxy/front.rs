@@ -118,7 +118,7 @@ impl Proxy {
     ) -> (Served, Option<usize>) {
         let method = request.method().clone();
         // Before the Host is even looked at: the CA may name the site in any form.
-        if let Some(answer) = tls::acme_challenge(&self.acme, client, &request) {
+        if let Some(answer) = tls::acme_challenge(&self.acme, client, &request, authority) {
             return (answer, None);
         }
         let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {

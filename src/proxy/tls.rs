@@ -21,11 +21,14 @@ pub(super) fn acme_challenge<B>(
     challenges: &crate::tls::acme::AcmeState,
     client: &Client,
     request: &http::Request<B>,
+    authority: Option<&str>,
 ) -> Option<Served> {
     if client.proto != "http" || !matches!(*request.method(), Method::GET | Method::HEAD) {
         return None;
     }
-    let answer = challenges.answer(request.uri().path())?;
+    // Only for the name the token was issued to prove: the CA asks on that name.
+    let host = Authority::parse(authority?).ok()?;
+    let answer = challenges.answer(request.uri().path(), host.host())?;
     let mut canned = Canned::error(StatusCode::OK, "");
     canned.body = answer.into();
     canned.headers.insert(

@@ -45,10 +45,11 @@ pub enum AcmeError {
 }
 
 /// What the request path needs to know of ACME: the HTTP-01 answers offered right now
-/// (token -> key authorization), and which sites have a certificate yet.
+/// (token -> the name it proves and the key authorization), and which sites have a
+/// certificate yet.
 #[derive(Default)]
 pub struct AcmeState {
-    tokens: RwLock<HashMap<String, String>>,
+    tokens: RwLock<HashMap<String, Offered>>,
     issued: RwLock<HashSet<String>>,
 }
 
@@ -64,23 +65,39 @@ impl AcmeState {
         *self.issued.write().unwrap_or_else(|p| p.into_inner()) = sites;
     }
 
-    /// The answer for a request path, if it is a challenge this Kagami is taking part in.
-    /// Other challenge paths go on to the site (an origin may run its own ACME client).
-    pub fn answer(&self, path: &str) -> Option<String> {
+    /// The answer for a request path asked with Host `host` (normalised: lowercase, no port,
+    /// no trailing dot), if it is a challenge this Kagami is taking part in for that very name.
+    /// The CA asks each name's token on that name (RFC 8555 §8.3), so any other Host (another
+    /// site's, a name no site has) goes on to routing like any request, and an origin behind
+    /// another site may run its own ACME client. Other challenge paths go on to the site too.
+    pub fn answer(&self, path: &str, host: &str) -> Option<String> {
         let token = path.strip_prefix(ACME_CHALLENGE_PREFIX)?;
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
-        tokens.get(token).cloned()
+        let offered = tokens.get(token)?;
+        (offered.name == host).then(|| offered.key_authorization.clone())
     }
 
-    fn publish(&self, token: &str, key_authorization: &str) {
+    /// Offers `key_authorization` for `token` on the DNS name `name` until withdrawn. The ACME
+    /// manager does this for each authorization of an order; public for tests.
+    pub fn publish(&self, token: &str, name: &str, key_authorization: &str) {
+        let offered = Offered {
+            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            key_authorization: key_authorization.to_string(),
+        };
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
-        tokens.insert(token.to_string(), key_authorization.to_string());
+        tokens.insert(token.to_string(), offered);
     }
 
     fn withdraw(&self, token: &str) {
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
         tokens.remove(token);
     }
+}
+
+/// One HTTP-01 answer on offer: the DNS name it proves (normalised as `Authority::host`).
+struct Offered {
+    name: String,
+    key_authorization: String,
 }
 
 /// Withdraws the tokens of one order however it ends (done, failed, timed out, cancelled).
@@ -316,8 +333,15 @@ impl Manager {
             let mut challenge = authorization
                 .challenge(ChallengeType::Http01)
                 .ok_or_else(|| AcmeError::Other("the CA offers no http-01 challenge".into()))?;
+            let Identifier::Dns(name) = challenge.identifier().identifier else {
+                return Err(AcmeError::Other(format!(
+                    "the CA asks to validate {}, which is not a DNS name",
+                    challenge.identifier()
+                )));
+            };
+            let name = name.clone();
             let answer = challenge.key_authorization();
-            self.state.publish(&challenge.token, answer.as_str());
+            self.state.publish(&challenge.token, &name, answer.as_str());
             published.tokens.push(challenge.token.clone());
             challenge.set_ready().await?;
         }
@@ -398,25 +422,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_published_tokens_are_answered_and_withdrawn_after_the_order() {
+    fn only_published_tokens_are_answered_on_their_name_and_withdrawn_after_the_order() {
         let challenges = AcmeState::default();
-        challenges.publish("tok", "tok.thumb");
+        challenges.publish("tok", "WWW.A.Example.", "tok.thumb");
+        let path = "/.well-known/acme-challenge/tok";
         assert_eq!(
-            challenges
-                .answer("/.well-known/acme-challenge/tok")
-                .as_deref(),
+            challenges.answer(path, "www.a.example").as_deref(),
             Some("tok.thumb")
         );
+        assert!(challenges.answer(path, "other.example").is_none());
         assert!(challenges
-            .answer("/.well-known/acme-challenge/other")
+            .answer("/.well-known/acme-challenge/other", "www.a.example")
             .is_none());
-        assert!(challenges.answer("/tok").is_none());
+        assert!(challenges.answer("/tok", "www.a.example").is_none());
         drop(Published {
             challenges: &challenges,
             tokens: vec!["tok".into()],
         });
-        assert!(challenges
-            .answer("/.well-known/acme-challenge/tok")
-            .is_none());
+        assert!(challenges.answer(path, "www.a.example").is_none());
     }
 }
