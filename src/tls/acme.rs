@@ -20,16 +20,12 @@ use instant_acme::{
 use tokio::task::JoinHandle;
 
 use super::acme_store::{Issued, Store};
+use super::renewal::{Outcome, Schedule};
 use super::{CertTable, SniResolver};
 use crate::config::{AcmeConfig, Config, SiteConfig, ACME_CHALLENGE_PREFIX};
 
 /// Without anything due, look again this often (a clock that jumped, a CA that recovered).
 const CHECK_EVERY: Duration = Duration::from_secs(3600);
-/// After a failure, wait this long before the next attempt, doubling up to `BACKOFF_MAX`:
-/// public CAs limit failed validations (Let's Encrypt: 5 per name and hour), and a name whose
-/// DNS does not point here yet would otherwise use them up at once.
-const BACKOFF_FIRST: Duration = Duration::from_secs(60);
-const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
 /// One whole issuance (account, order, validation, certificate); a CA that stops answering
 /// must not stall renewals for the other sites forever.
 const ISSUE_LIMIT: Duration = Duration::from_secs(300);
@@ -119,9 +115,9 @@ struct Managed {
     site: SiteConfig,
     names: Vec<String>,
     issued: Option<Issued>,
-    /// No attempt before this (after failures), and the wait after the next failure.
-    retry_at: SystemTime,
-    backoff: Duration,
+    /// No attempt before a hold (after failures, or a certificate that came already old),
+    /// and the hold after the next one (`renewal`).
+    schedule: Schedule,
 }
 
 struct Manager {
@@ -165,8 +161,7 @@ pub fn start(
                 site: site.clone(),
                 names: crate::config::dns_names(&site.hosts),
                 issued,
-                retry_at: now,
-                backoff: BACKOFF_FIRST,
+                schedule: Schedule::new(now),
             }
         })
         .collect();
@@ -215,28 +210,38 @@ impl Manager {
                     )))
                 });
                 let managed = &mut self.sites[i];
+                let now = SystemTime::now();
                 match result {
                     Ok(issued) => {
+                        let validity = issued.validity();
                         tracing::info!(
                             site = %managed.site.name, names = ?managed.names,
                             expires = %humantime::format_rfc3339_seconds(issued.not_after),
                             renew_after = %humantime::format_rfc3339_seconds(issued.renew_at()),
                             "ACME certificate issued; serving it over HTTPS"
                         );
+                        if validity.came_old(now) {
+                            tracing::warn!(
+                                site = %managed.site.name,
+                                next_order_in = ?managed.schedule.backoff,
+                                "the ACME certificate came more than halfway through its life \
+                                 (very short certificates, or this machine's clock is ahead): \
+                                 the next order waits for the backoff"
+                            );
+                        }
                         managed.issued = Some(issued);
-                        managed.backoff = BACKOFF_FIRST;
+                        managed.schedule = managed.schedule.after(now, Outcome::Issued(validity));
                         // At once, not after the other sites' orders.
                         self.install();
                     }
                     Err(error) => {
-                        managed.retry_at = SystemTime::now() + managed.backoff;
                         tracing::warn!(
                             site = %managed.site.name, %error,
-                            retry_in = ?managed.backoff,
+                            retry_in = ?managed.schedule.backoff,
                             has_certificate = managed.issued.is_some(),
                             "ACME certificate not obtained; will retry"
                         );
-                        managed.backoff = (managed.backoff * 2).min(BACKOFF_MAX);
+                        managed.schedule = managed.schedule.after(now, Outcome::Failed);
                         // A broken account (deleted at the CA, wrong key) is fetched again.
                         self.account = None;
                     }
@@ -255,11 +260,7 @@ impl Manager {
     /// When site `i` next needs an attempt.
     fn due(&self, i: usize) -> SystemTime {
         let managed = &self.sites[i];
-        let renew = managed
-            .issued
-            .as_ref()
-            .map_or(SystemTime::UNIX_EPOCH, Issued::renew_at);
-        renew.max(managed.retry_at)
+        (managed.schedule).due(managed.issued.as_ref().map(Issued::validity))
     }
 
     async fn account(&mut self) -> Result<Account, AcmeError> {

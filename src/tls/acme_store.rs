@@ -13,6 +13,7 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
 use super::certs;
+use super::renewal::Validity;
 use crate::routing::HostPattern;
 
 /// A certificate from the store or the CA, ready for the SNI table.
@@ -24,14 +25,16 @@ pub struct Issued {
 }
 
 impl Issued {
-    /// When to renew: with a third of the lifetime left (30 of 90 days for Let's Encrypt), so
-    /// that weeks of failed attempts still end before visitors see an expired certificate.
+    pub fn validity(&self) -> Validity {
+        Validity {
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+
+    /// When to renew (`Validity::renew_at`).
     pub fn renew_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or(Duration::ZERO);
-        self.not_before + life * 2 / 3
+        self.validity().renew_at()
     }
 }
 

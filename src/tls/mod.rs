@@ -10,6 +10,7 @@ pub mod acme;
 mod acme_store;
 pub mod certs;
 pub mod gen;
+pub mod renewal;
 mod resolver;
 mod sni;
 
