@@ -292,3 +292,52 @@ async fn without_the_right_token_no_kind_of_purge_does_anything() {
     }
     assert_eq!(origin.hits("/news/a"), 1);
 }
+
+/// Tags are the origins' own words: two municipalities on one Kagami may both tag their pages
+/// `evacuation`, and one's purge used to mark the other's pages stale too (each then went back
+/// to its origin at once, in the middle of an emergency). With `site`, a tag purge covers that
+/// site only; an unknown site purges nothing (not everything).
+#[tokio::test]
+async fn a_tag_purge_with_a_site_stays_on_that_site() {
+    let origin = Origin::start().await;
+    publish(&origin, "v1", &NEWS, tagged);
+    let (kagami, base) = two_sites(&origin).await;
+    for host in ["iwate.test", "miyagi.test"] {
+        for path in NEWS {
+            get(&kagami, host, path).await;
+        }
+    }
+    publish(&origin, "v2", &NEWS, tagged);
+    let (status, answer) = purge(
+        &kagami,
+        &base,
+        r#"{"tag": "evacuation", "site": "iwate"}"#,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("a JSON answer");
+    assert_eq!(answer["purged"], 2, "{answer}");
+    assert_eq!(answer["site"], "iwate", "{answer}");
+    for path in ["/news/a", "/news/b"] {
+        assert_eq!(
+            get(&kagami, "iwate.test", path).await.text(),
+            format!("v2 {path}")
+        );
+        let untouched = get(&kagami, "miyagi.test", path).await;
+        assert_eq!(untouched.text(), format!("v1 {path}"), "{untouched:?}");
+        assert!(untouched.cache_status().contains("hit"), "{untouched:?}");
+    }
+    let (status, answer) = purge(
+        &kagami,
+        &base,
+        r#"{"tag": "evacuation", "site": "fukushima"}"#,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        get(&kagami, "miyagi.test", "/news/a").await.text(),
+        "v1 /news/a"
+    );
+}

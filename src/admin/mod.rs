@@ -255,11 +255,11 @@ impl Admin {
                 )
             }
         };
-        let (kind, value) = match &purge {
-            Purge::Url(v) => ("url", v.clone()),
-            Purge::Prefix(v) => ("prefix", v.clone()),
-            Purge::Site(v) => ("site", v.clone()),
-            Purge::Tag(v) => ("tag", v.clone()),
+        let (kind, value, scope) = match &purge {
+            Purge::Url(v) => ("url", v.clone(), None),
+            Purge::Prefix(v) => ("prefix", v.clone(), None),
+            Purge::Site(v) => ("site", v.clone(), None),
+            Purge::Tag { tag, site } => ("tag", tag.clone(), site.clone()),
         };
         // The body's text is logged; JSON lets it carry any character.
         let logged = crate::log_text::escape(&value).into_owned();
@@ -269,11 +269,20 @@ impl Admin {
         let done = tokio::task::spawn_blocking(move || proxy.purge(&purge, soft, &ports)).await;
         match done {
             Ok(Ok(purged)) => {
-                tracing::info!(kind, value = logged, soft, purged, "purged");
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({ kind: value, "soft": soft, "purged": purged }),
-                )
+                let site = scope.as_deref().map(crate::log_text::escape);
+                tracing::info!(
+                    kind,
+                    value = logged,
+                    site = site.as_deref(),
+                    soft,
+                    purged,
+                    "purged"
+                );
+                let mut answer = serde_json::json!({ kind: value, "soft": soft, "purged": purged });
+                if let Some(site) = scope {
+                    answer["site"] = site.into();
+                }
+                json(StatusCode::OK, answer)
             }
             Ok(Err(error)) => {
                 tracing::warn!(kind, value = logged, error = %crate::log_text::escape(&error), "purge refused");
@@ -310,7 +319,8 @@ impl Admin {
 }
 
 /// What to purge and whether softly (the default), from `POST /purge`'s JSON body: exactly
-/// one of `url`, `prefix`, `site` or `tag`, and optionally `soft`.
+/// one of `url`, `prefix`, `site` or `tag` (a tag with a `site` is purged on that site only),
+/// and optionally `soft`.
 fn parse_purge(body: &[u8]) -> Result<(Purge, bool), String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -322,14 +332,20 @@ fn parse_purge(body: &[u8]) -> Result<(Purge, bool), String> {
         soft: Option<bool>,
     }
     const FORMS: &str = "expected one of {\"url\": \"https://host/path\"}, {\"prefix\": \
-                         \"https://host/news/\"}, {\"site\": \"name\"} or {\"tag\": \"name\"}, \
-                         with \"soft\": true (the default) or false";
+                         \"https://host/news/\"}, {\"site\": \"name\"} or {\"tag\": \"name\"} \
+                         (with \"site\": \"name\" for one site's), with \"soft\": true (the \
+                         default) or false";
     let body: Body = serde_json::from_slice(body).map_err(|e| format!("{FORMS}: {e}"))?;
+    // With a tag, `site` scopes it; alone, it names a site purge.
+    let (site, scope) = match body.tag {
+        Some(_) => (None, body.site),
+        None => (body.site, None),
+    };
     let kinds = [
         body.url.map(Purge::Url),
         body.prefix.map(Purge::Prefix),
-        body.site.map(Purge::Site),
-        body.tag.map(Purge::Tag),
+        site.map(Purge::Site),
+        body.tag.map(|tag| Purge::Tag { tag, site: scope }),
     ];
     let mut named = kinds.into_iter().flatten();
     match (named.next(), named.next()) {
@@ -347,8 +363,15 @@ mod tests {
         let parsed = parse_purge(br#"{"prefix": "http://h/news/"}"#).unwrap();
         assert_eq!(parsed, (Purge::Prefix("http://h/news/".into()), true));
         let parsed = parse_purge(br#"{"tag": "evacuation", "soft": false}"#).unwrap();
-        assert_eq!(parsed, (Purge::Tag("evacuation".into()), false));
-        assert!(parse_purge(br#"{"site": "a", "tag": "b"}"#).is_err());
+        let tag = |site: Option<&str>| Purge::Tag {
+            tag: "evacuation".into(),
+            site: site.map(str::to_string),
+        };
+        assert_eq!(parsed, (tag(None), false));
+        let parsed = parse_purge(br#"{"site": "a", "tag": "evacuation"}"#).unwrap();
+        assert_eq!(parsed, (tag(Some("a")), true));
+        assert!(parse_purge(br#"{"url": "http://h/", "tag": "b"}"#).is_err());
+        assert!(parse_purge(br#"{"prefix": "http://h/", "site": "a"}"#).is_err());
         assert!(parse_purge(br#"{"soft": true}"#).is_err());
         assert!(parse_purge(br#"{"site": "a", "hard": true}"#).is_err());
     }

@@ -21,8 +21,10 @@ pub enum Purge {
     Prefix(String),
     /// Everything stored for the site of that name.
     Site(String),
-    /// Every response whose `Surrogate-Key` or `Cache-Tag` names the tag, on any site.
-    Tag(String),
+    /// Every response whose `Surrogate-Key` or `Cache-Tag` names the tag: on the site of
+    /// that name, or on every site when none is given (tags are the origins' own words, so
+    /// two municipalities may well both tag pages `evacuation`).
+    Tag { tag: String, site: Option<String> },
 }
 
 impl Proxy {
@@ -56,22 +58,31 @@ impl Proxy {
                 Ok(self.store.purge_where(&under, &all, soft))
             }
             Purge::Site(name) => {
-                let site = (self.sites.iter())
-                    .find(|s| s.config.name == *name)
-                    .ok_or_else(|| format!("no site is named {name:?}"))?;
-                let prefix = site_prefix(site);
+                let prefix = site_prefix(self.site_named(name)?);
                 Ok(self
                     .store
                     .purge_where(&|key| key.starts_with(&prefix), &all, soft))
             }
-            Purge::Tag(tag) => {
+            Purge::Tag { tag, site } => {
                 if tag.trim().is_empty() || tag.contains([' ', ',']) {
                     return Err("a tag is one word (no spaces or commas)".to_string());
                 }
+                // Looked up before the walk: an unknown site purges nothing, not everything.
+                let prefix = match site {
+                    Some(name) => Some(site_prefix(self.site_named(name)?)),
+                    None => None,
+                };
+                let under = |key: &str| prefix.as_ref().is_none_or(|p| key.starts_with(p));
                 let tagged = |e: &crate::cache::Entry| tags::has_tag(&e.headers, tag);
-                Ok(self.store.purge_where(&|_| true, &tagged, soft))
+                Ok(self.store.purge_where(&under, &tagged, soft))
             }
         }
+    }
+
+    fn site_named(&self, name: &str) -> Result<&Site, String> {
+        (self.sites.iter())
+            .find(|s| s.config.name == name)
+            .ok_or_else(|| format!("no site is named {name:?}"))
     }
 
     /// Marks stale (`soft`) or removes every stored variant of `url`; see `purge`.
