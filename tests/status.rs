@@ -56,7 +56,8 @@ async fn status_moves_as_requests_are_made() {
     get(&kagami, "iwate.test", "/a").await;
     get(&kagami, "iwate.test", "/a").await;
     get(&kagami, "miyagi.test", "/b").await;
-    let after = status(&kagami, &base).await;
+    // The store is counted at most every USAGE_FOR (see the test below).
+    let after = status_once(&kagami, &base, |s| s["store"]["objects"] == 2).await;
     let (iwate, miyagi) = (site(&after, "iwate"), site(&after, "miyagi"));
     let minute = &iwate["last_minute"];
     assert_eq!(
@@ -86,6 +87,65 @@ async fn status_moves_as_requests_are_made() {
     assert_eq!(iwate["last_minute"]["stale_by_reason"]["grace"], 1);
     assert_ne!(iwate["health"], "healthy", "{down}");
     assert_eq!(site(&down, "miyagi")["last_minute"]["stale"], 0);
+}
+
+/// `/status` once `ready` holds for it: asked every 200 ms, for at most 5 s.
+async fn status_once(kagami: &Kagami, base: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let now = status(kagami, base).await;
+        if ready(&now) {
+            return now;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never: {now}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Counting what each site stores walks the whole store (hundreds of thousands of entries on
+/// a real Kagami), and `/status` used to do it on every call: anyone with the token could keep
+/// a core busy by asking in a loop. One walk now answers for USAGE_FOR (2 s), and the calls
+/// in between are told its counts; a purge makes the next call walk again.
+#[tokio::test]
+async fn the_store_is_walked_at_most_every_two_seconds_for_status() {
+    let origin = Origin::start().await;
+    for path in ["/a", "/b", "/c"] {
+        origin.route(
+            path,
+            Route::ok("page").header("cache-control", "max-age=600"),
+        );
+    }
+    let (kagami, base) = two_sites(&origin, Some(TOKEN)).await;
+    get(&kagami, "iwate.test", "/a").await;
+    // Before the walk, so the walk's counts expire no sooner than 2 s after this.
+    let walked = Instant::now();
+    let first = status(&kagami, &base).await;
+    assert_eq!(site(&first, "iwate")["stored"]["objects"], 1, "{first}");
+    get(&kagami, "iwate.test", "/b").await;
+    // Many calls at once, then one by one: all told the first walk's count.
+    let calls = (0..20).map(|_| status(&kagami, &base));
+    let mut answers = futures_util::future::join_all(calls).await;
+    answers.push(status(&kagami, &base).await);
+    if walked.elapsed() < Duration::from_millis(1500) {
+        for answer in &answers {
+            assert_eq!(site(answer, "iwate")["stored"]["objects"], 1, "{answer}");
+        }
+    }
+    // The counts catch up once the walk is older than 2 s.
+    let later = status_once(&kagami, &base, |s| {
+        site(s, "iwate")["stored"]["objects"] == 2
+    })
+    .await;
+    assert!(walked.elapsed() >= Duration::from_secs(2), "{later}");
+    // A purge is seen at once.
+    get(&kagami, "iwate.test", "/c").await;
+    purged(&kagami, &base, r#"{"url": "http://iwate.test/a"}"#).await;
+    let after_purge = status(&kagami, &base).await;
+    assert_eq!(
+        site(&after_purge, "iwate")["stored"]["objects"],
+        3,
+        "{after_purge}"
+    );
 }
 
 #[tokio::test]

@@ -45,6 +45,8 @@ pub struct Admin {
     /// with a count, not once each.
     pub refused: std::sync::atomic::AtomicU64,
     pub refused_logged: crate::metrics::Every,
+    /// The store's per-site counts for `/status`, walked at most every `status::USAGE_FOR`.
+    pub usage: status::UsageCache,
 }
 
 /// Admin connections open at once. They share the process's file descriptors with the public
@@ -269,6 +271,8 @@ impl Admin {
         let done = tokio::task::spawn_blocking(move || proxy.purge(&purge, soft, &ports)).await;
         match done {
             Ok(Ok(purged)) => {
+                // An operator checking `/status` right after a purge expects to see it.
+                self.usage.clear().await;
                 let site = scope.as_deref().map(crate::log_text::escape);
                 tracing::info!(
                     kind,
@@ -299,11 +303,9 @@ impl Admin {
     }
 
     async fn status(&self) -> Response<Full<Bytes>> {
-        // Counting each site's objects walks the store: not on an async worker.
         let proxy = self.proxy();
-        let status =
-            tokio::task::spawn_blocking(move || serde_json::to_string(&status::collect(&proxy)))
-                .await;
+        let status = (self.usage.get(&proxy).await)
+            .map(|usage| serde_json::to_string(&status::collect(&proxy, &usage)));
         match status {
             Ok(Ok(body)) => answer(StatusCode::OK, "application/json", body),
             Ok(Err(err)) => {

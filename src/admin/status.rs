@@ -1,8 +1,11 @@
 //! `GET /status`: what each site is doing now, as JSON (the dashboard at `/` shows the same):
 //! its origins' health and circuits, the adaptive limit, the last minute's answers
-//! (`metrics::window`) and what it holds in the store.
+//! (`metrics::window`) and what it holds in the store (counted by a walk at most every
+//! `USAGE_FOR`, see `UsageCache`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -57,9 +60,42 @@ pub struct Stored {
     pub capacity: Option<u64>,
 }
 
-/// The status now. Walks the store once to count each site's objects and bytes: run it off
-/// the async workers.
-pub fn collect(proxy: &Proxy) -> Status {
+/// How long one walk of the store answers `/status`. A walk costs time in proportion to the
+/// store (hundreds of thousands of entries), and anyone with the token could otherwise make
+/// Kagami walk it in a loop; the dashboard asks every 5 s, so it sees fresh counts anyway.
+pub const USAGE_FOR: Duration = Duration::from_secs(2);
+
+/// Objects and bytes stored per site name.
+pub type Usage = HashMap<String, (u64, u64)>;
+
+/// The last walk's counts. One walk at a time: callers that come while it runs wait for its
+/// result instead of starting their own.
+#[derive(Default)]
+pub struct UsageCache(tokio::sync::Mutex<Option<(Instant, Arc<Usage>)>>);
+
+impl UsageCache {
+    /// The counts, walked again (off the async workers) when older than `USAGE_FOR`.
+    pub async fn get(&self, proxy: &Arc<Proxy>) -> Result<Arc<Usage>, tokio::task::JoinError> {
+        let mut held = self.0.lock().await;
+        if let Some((at, usage)) = held.as_ref() {
+            if at.elapsed() < USAGE_FOR {
+                return Ok(usage.clone());
+            }
+        }
+        let walked = proxy.clone();
+        let usage = Arc::new(tokio::task::spawn_blocking(move || walk(&walked)).await?);
+        *held = Some((Instant::now(), usage.clone()));
+        Ok(usage)
+    }
+
+    /// Forgets the counts: after a purge, which changes them, the next call walks again.
+    pub async fn clear(&self) {
+        *self.0.lock().await = None;
+    }
+}
+
+/// Walks the store once to count each site's objects and bytes: run it off the async workers.
+pub fn walk(proxy: &Proxy) -> Usage {
     let usage: HashMap<&str, (u64, u64)> = proxy.store.usage_by(|key| {
         let site = site_of_key(key)?;
         // Borrow the name from the config, not from the key, which the walk drops.
@@ -67,6 +103,13 @@ pub fn collect(proxy: &Proxy) -> Status {
             .map(|s| s.config.name.as_str())
             .find(|name| *name == site)
     });
+    (usage.into_iter())
+        .map(|(name, counts)| (name.to_string(), counts))
+        .collect()
+}
+
+/// The status now, with the store counted as in `usage`.
+pub fn collect(proxy: &Proxy, usage: &Usage) -> Status {
     let sites = (proxy.sites().iter())
         .map(|site| site_status(site, usage.get(site.config.name.as_str())))
         .collect();

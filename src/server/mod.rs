@@ -220,6 +220,7 @@ async fn start_admin(
         draining: stopped.clone(),
         refused: Default::default(),
         refused_logged: Default::default(),
+        usage: Default::default(),
     });
     Ok(Some((
         tokio::spawn(crate::admin::serve(listener, state)),
