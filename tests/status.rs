@@ -302,6 +302,39 @@ async fn the_dashboard_renders_every_site_in_chromium_without_console_errors() {
     }
 }
 
+/// A `#token=` link with a bad %-escape (cut short in a chat message, typed by hand) made
+/// `decodeURIComponent` throw: the page's script stopped with an uncaught URIError and showed
+/// nothing at all. It now says what is wrong and asks for the token.
+#[tokio::test]
+async fn a_bad_token_fragment_is_explained_in_chromium_not_thrown() {
+    let Some(binary) = find_chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but chromium is missing: .ci/run installs it"
+        );
+        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+        return;
+    };
+    let origin = Origin::start().await;
+    let (_kagami, base) = two_sites(&origin, Some(TOKEN)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--dump-dom".to_string(),
+        format!("{base}/#token=ab%zz%E0%A4%A"),
+    ];
+    let profile = dir.path().join("bad-fragment");
+    let dom = tokio::task::spawn_blocking(move || chromium(&binary, &profile, &args))
+        .await
+        .unwrap();
+    let console: Vec<&str> = dom.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console output: {console:#?}");
+    assert!(dom.contains("data-state=\"auth\""), "{dom}");
+    assert!(
+        dom.contains("The #token= in the address is not valid"),
+        "{dom}"
+    );
+}
+
 /// DNS rebinding: a web page on `rebind.attacker.example` whose name then resolves to 127.0.0.1
 /// reaches a tokenless loopback admin listener as its own origin, and could read `/status`
 /// and `/metrics` (site names, hosts, origin addresses). The Host it sends names its own
