@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::AdminConfig;
-use crate::proxy::{Proxy, Purge};
+use crate::proxy::{Proxy, Purge, PurgeError};
 use crate::server::Live;
 
 pub use auth::constant_time_eq;
@@ -288,10 +288,11 @@ impl Admin {
                 }
                 json(StatusCode::OK, answer)
             }
-            Ok(Err(error)) => {
+            Ok(Err(refusal)) => {
+                let error = refusal.to_string();
                 tracing::warn!(kind, value = logged, error = %crate::log_text::escape(&error), "purge refused");
                 json(
-                    StatusCode::BAD_REQUEST,
+                    purge_refused(&refusal),
                     serde_json::json!({ "error": error }),
                 )
             }
@@ -317,6 +318,22 @@ impl Admin {
                 text(StatusCode::INTERNAL_SERVER_ERROR, "status unavailable")
             }
         }
+    }
+}
+
+/// The status for a purge that named nothing Kagami serves. Each is a mistake in the request
+/// (400, as a malformed body is); listed one by one so that a new kind of refusal must be
+/// given its status here.
+fn purge_refused(refusal: &PurgeError) -> StatusCode {
+    match refusal {
+        PurgeError::NotAUrl(_)
+        | PurgeError::Scheme
+        | PurgeError::NoHost
+        | PurgeError::BadHost(_)
+        | PurgeError::NoSiteForHost(_)
+        | PurgeError::BadPath
+        | PurgeError::UnknownSite(_)
+        | PurgeError::BadTag => StatusCode::BAD_REQUEST,
     }
 }
 

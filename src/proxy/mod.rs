@@ -18,8 +18,9 @@ mod front;
 mod headers;
 mod patience;
 mod purge;
-pub use purge::{site_of_key, Purge};
+pub use purge::{site_of_key, Purge, PurgeError};
 mod reload;
+pub use reload::BuildError;
 pub mod respond;
 mod tls;
 mod whole;
@@ -125,13 +126,6 @@ struct Req {
     host: String,
     /// The rate-limit key of the client.
     ip: IpAddr,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("site {site}: cannot build its origin client: {source}")]
-pub struct BuildError {
-    site: String,
-    source: reqwest::Error,
 }
 
 pub struct Proxy {
@@ -559,27 +553,6 @@ impl Site {
             None => host,
         }
     }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        for site in &mut self.sites {
-            reload::abort_health(site);
-        }
-    }
-}
-
-/// A random-enough identifier for this process (std's per-process hash seed plus the time).
-fn instance_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 fn check(limiter: &Option<Arc<Limiter>>, ip: IpAddr) -> Result<(), Duration> {

@@ -27,6 +27,28 @@ pub enum Purge {
     Tag { tag: String, site: Option<String> },
 }
 
+/// Why a purge names nothing Kagami serves; nothing was changed. Every one is the caller's
+/// mistake (the admin API answers 400, see `admin::purge_refused`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PurgeError {
+    #[error("not a URL: {0}")]
+    NotAUrl(String),
+    #[error("the URL must start with http:// or https://")]
+    Scheme,
+    #[error("the URL needs a host")]
+    NoHost,
+    #[error("{0}")]
+    BadHost(#[from] crate::routing::AuthorityError),
+    #[error("no site is configured for host {0:?}")]
+    NoSiteForHost(String),
+    #[error("the URL's path is not valid")]
+    BadPath,
+    #[error("no site is named {0:?}")]
+    UnknownSite(String),
+    #[error("a tag is one word (no spaces or commas)")]
+    BadTag,
+}
+
 impl Proxy {
     /// Marks stale (`soft`) or removes what `purge` names, as requested over http or https,
     /// with or without one of `listener_ports` in its Host. Returns how many stored objects
@@ -37,7 +59,7 @@ impl Proxy {
         purge: &Purge,
         soft: bool,
         listener_ports: &[u16],
-    ) -> Result<usize, String> {
+    ) -> Result<usize, PurgeError> {
         let all = |_: &crate::cache::Entry| true;
         match purge {
             Purge::Url(url) => {
@@ -65,7 +87,7 @@ impl Proxy {
             }
             Purge::Tag { tag, site } => {
                 if tag.trim().is_empty() || tag.contains([' ', ',']) {
-                    return Err("a tag is one word (no spaces or commas)".to_string());
+                    return Err(PurgeError::BadTag);
                 }
                 // Looked up before the walk: an unknown site purges nothing, not everything.
                 let prefix = match site {
@@ -79,10 +101,10 @@ impl Proxy {
         }
     }
 
-    fn site_named(&self, name: &str) -> Result<&Site, String> {
+    fn site_named(&self, name: &str) -> Result<&Site, PurgeError> {
         (self.sites.iter())
             .find(|s| s.config.name == name)
-            .ok_or_else(|| format!("no site is named {name:?}"))
+            .ok_or_else(|| PurgeError::UnknownSite(name.to_string()))
     }
 
     /// Marks stale (`soft`) or removes every stored variant of `url`; see `purge`.
@@ -91,29 +113,30 @@ impl Proxy {
         url: &str,
         soft: bool,
         listener_ports: &[u16],
-    ) -> Result<usize, String> {
+    ) -> Result<usize, PurgeError> {
         self.purge(&Purge::Url(url.to_string()), soft, listener_ports)
     }
 
     /// Every key a request for `url` may be stored under: both schemes, the host with and
     /// without one of `listener_ports`.
-    fn url_keys(&self, url: &str, listener_ports: &[u16]) -> Result<BTreeSet<String>, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    fn url_keys(&self, url: &str, listener_ports: &[u16]) -> Result<BTreeSet<String>, PurgeError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| PurgeError::NotAUrl(e.to_string()))?;
         let default_port = match uri.scheme_str() {
             Some("http") => 80,
             Some("https") => 443,
-            _ => return Err("the URL must start with http:// or https://".to_string()),
+            _ => return Err(PurgeError::Scheme),
         };
-        let authority = uri.authority().ok_or("the URL needs a host")?;
-        let authority = Authority::parse(authority.as_str()).map_err(|e| e.to_string())?;
+        let authority = uri.authority().ok_or(PurgeError::NoHost)?;
+        let authority = Authority::parse(authority.as_str())?;
         let index = self
             .router
             .route(&authority, default_port)
-            .ok_or_else(|| format!("no site is configured for host {:?}", authority.to_string()))?;
+            .ok_or_else(|| PurgeError::NoSiteForHost(authority.to_string()))?;
         let site = &self.sites[index];
         let raw = uri.path_and_query().map_or("/", |p| p.as_str());
-        let target =
-            target::canonical(raw).map_err(|_| "the URL's path is not valid".to_string())?;
+        let target = target::canonical(raw).map_err(|_| PurgeError::BadPath)?;
         let mut keys = BTreeSet::new();
         for default in [80, 443] {
             let hosts = std::iter::once(authority.normalised(default))
@@ -141,4 +164,50 @@ pub(super) fn site_prefix(site: &Site) -> String {
 /// The site a key belongs to (its first part).
 pub fn site_of_key(key: &str) -> Option<&str> {
     key.split_once('\u{0}').map(|(site, _)| site)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, SiteConfig};
+
+    /// Callers (the admin API) tell refusals apart by type, not by parsing a message.
+    #[tokio::test]
+    async fn refusals_are_typed_and_name_what_is_wrong() {
+        let site = SiteConfig::new("a", &["a.test"], "http://127.0.0.1:1").unwrap();
+        let config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
+        let proxy = Proxy::new(&config).unwrap();
+        let purge = |p: Purge| proxy.purge(&p, true, &[]);
+        assert_eq!(
+            purge(Purge::Site("b".into())),
+            Err(PurgeError::UnknownSite("b".into()))
+        );
+        let tag = |site: Option<&str>| Purge::Tag {
+            tag: "t".into(),
+            site: site.map(str::to_string),
+        };
+        assert_eq!(
+            purge(tag(Some("b"))),
+            Err(PurgeError::UnknownSite("b".into()))
+        );
+        assert_eq!(purge(tag(None)), Ok(0));
+        let bad_tag = Purge::Tag {
+            tag: "two words".into(),
+            site: None,
+        };
+        assert_eq!(purge(bad_tag), Err(PurgeError::BadTag));
+        assert_eq!(
+            purge(Purge::Url("ftp://a.test/".into())),
+            Err(PurgeError::Scheme)
+        );
+        assert_eq!(
+            purge(Purge::Url("http://b.test/".into())),
+            Err(PurgeError::NoSiteForHost("b.test".into()))
+        );
+        assert_eq!(purge(Purge::Url("http://a.test/x".into())), Ok(0));
+        assert_eq!(
+            PurgeError::UnknownSite("b".into()).to_string(),
+            "no site is named \"b\""
+        );
+    }
 }

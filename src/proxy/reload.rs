@@ -17,7 +17,14 @@ use crate::metrics::Stats;
 use crate::origin::{Clients, Origin};
 use crate::routing::Router;
 
-use super::{budget, headers, instance_id, BuildError, Proxy, Site};
+use super::{budget, headers, Proxy, Site};
+
+#[derive(Debug, thiserror::Error)]
+#[error("site {site}: cannot build its origin client: {source}")]
+pub struct BuildError {
+    site: String,
+    source: reqwest::Error,
+}
 
 /// Builds the proxy for `config`; with `previous`, as its successor (see the module comment).
 /// The previous proxy keeps serving the requests it has; its health checks are handed over
@@ -152,6 +159,27 @@ impl Proxy {
     pub fn reloaded(&self, config: &Config) -> Result<Proxy, BuildError> {
         build(config, Some(self))
     }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for site in &mut self.sites {
+            abort_health(site);
+        }
+    }
+}
+
+/// A random-enough identifier for this process (std's per-process hash seed plus the time).
+fn instance_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 #[cfg(test)]
