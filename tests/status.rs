@@ -387,3 +387,40 @@ async fn a_tokenless_admin_api_refuses_a_rebinding_host() {
     assert_eq!(send(request).await.0, 200);
     drop(base);
 }
+
+/// The counts of one walk belong to the sites that were walked: after a reload adds a site,
+/// `/status` walks again at once instead of telling the new site it stores nothing for 2 s.
+#[tokio::test]
+async fn a_reload_makes_status_walk_the_store_again() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/a",
+        Route::ok("page").header("cache-control", "max-age=600"),
+    );
+    let (kagami, base) = two_sites(&origin, Some(TOKEN)).await;
+    get(&kagami, "iwate.test", "/a").await;
+    let walked = Instant::now();
+    let first = status(&kagami, &base).await;
+    assert_eq!(site(&first, "iwate")["stored"]["objects"], 1, "{first}");
+    let sites = ["iwate", "miyagi", "fukushima"]
+        .map(|name| SiteConfig::new(name, &[&format!("{name}.test")], &origin.url()).unwrap());
+    let mut config =
+        kagami::config::Config::new(vec!["127.0.0.1:0".parse().unwrap()], sites.to_vec());
+    config.log.access = false;
+    config.admin = Some(kagami::config::AdminConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(TOKEN),
+    ));
+    let report = kagami
+        .running
+        .reload(&config)
+        .await
+        .expect("a valid config reloads");
+    assert_eq!(report.added, ["fukushima"]);
+    assert_eq!(get(&kagami, "fukushima.test", "/a").await.status, 200);
+    let after = status(&kagami, &base).await;
+    // Only meaningful while the first walk would still be answering.
+    if walked.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(site(&after, "fukushima")["stored"]["objects"], 1, "{after}");
+    }
+}

@@ -69,22 +69,36 @@ pub const USAGE_FOR: Duration = Duration::from_secs(2);
 pub type Usage = HashMap<String, (u64, u64)>;
 
 /// The last walk's counts. One walk at a time: callers that come while it runs wait for its
-/// result instead of starting their own.
+/// result instead of starting their own. The counts belong to the proxy that was walked: a
+/// reload (which adds and removes sites) makes the next call walk again.
 #[derive(Default)]
-pub struct UsageCache(tokio::sync::Mutex<Option<(Instant, Arc<Usage>)>>);
+pub struct UsageCache(tokio::sync::Mutex<Option<Walked>>);
+
+struct Walked {
+    at: Instant,
+    /// Which proxy was walked; a weak handle so the cache never keeps a replaced proxy alive.
+    proxy: std::sync::Weak<Proxy>,
+    usage: Arc<Usage>,
+}
 
 impl UsageCache {
     /// The counts, walked again (off the async workers) when older than `USAGE_FOR`.
     pub async fn get(&self, proxy: &Arc<Proxy>) -> Result<Arc<Usage>, tokio::task::JoinError> {
         let mut held = self.0.lock().await;
-        if let Some((at, usage)) = held.as_ref() {
-            if at.elapsed() < USAGE_FOR {
-                return Ok(usage.clone());
+        if let Some(last) = held.as_ref() {
+            // Upgraded, not compared by address: a freed proxy's address may be reused.
+            let same = last.proxy.upgrade().is_some_and(|p| Arc::ptr_eq(&p, proxy));
+            if same && last.at.elapsed() < USAGE_FOR {
+                return Ok(last.usage.clone());
             }
         }
         let walked = proxy.clone();
         let usage = Arc::new(tokio::task::spawn_blocking(move || walk(&walked)).await?);
-        *held = Some((Instant::now(), usage.clone()));
+        *held = Some(Walked {
+            at: Instant::now(),
+            proxy: Arc::downgrade(proxy),
+            usage: usage.clone(),
+        });
         Ok(usage)
     }
 
