@@ -24,9 +24,9 @@
 //!    `HEADROOM` of rule 2's target) needs the limit in full use and the answer's own latency
 //!    within tolerance; and while the origin has queued within the last `BASELINE_WINDOW`,
 //!    once the whole-number limit has changed it rises again only after a whole round at the
-//!    new limit (as many answers as the limit, of requests sent after the change, once as many
-//!    again have made room for its queue: an answer's send time is its arrival less its
-//!    latency) came back within tolerance on average. The moving
+//!    new limit (as many answers as the limit, of requests sent after the change and answered
+//!    in full use, once as many again have made room for its queue: an answer's send time is
+//!    its arrival less its latency) came back within tolerance on average. The moving
 //!    average learns of a higher limit a round trip late, so rising on answers to requests
 //!    sent before the rise made the limit swing between 4 and 10 against 4 workers (the
 //!    origin saw 7 to 9 in flight in the surge bench); paced, it stays at capacity + 2 at
@@ -305,7 +305,7 @@ impl Limit {
         if queueing(base, smoothed) {
             self.queued_ms = Some(now_ms);
         }
-        let may_rise = self.rise_answered(base, latency, now_ms) && full;
+        let may_rise = self.rise_answered(base, latency, full, now_ms) && full;
         if queueing(base, smoothed) {
             let target = gradient_target(self.limit, base, smoothed);
             let step = (target - self.limit) * SMOOTHING;
@@ -335,12 +335,15 @@ impl Limit {
     /// Rule 3: may this answer (`latency` in seconds, arriving at `now_ms`) let the limit rise?
     /// Its own latency must be within tolerance of `base`; and if the origin queued within
     /// the last `BASELINE_WINDOW`, so must the mean of a whole round at the present limit: as
-    /// many answers as the limit, of requests sent after the limit last changed, after as
-    /// many again. A round that shows queueing is followed by a fresh one.
-    fn rise_answered(&mut self, base: f64, latency: f64, now_ms: u64) -> bool {
+    /// many answers as the limit, of requests sent after the limit last changed and answered
+    /// with the limit in full use (`full`), after as many again. A round that shows queueing
+    /// is followed by a fresh one.
+    fn rise_answered(&mut self, base: f64, latency: f64, full: bool, now_ms: u64) -> bool {
         let sent = now_ms.saturating_sub((latency * 1000.0) as u64);
         let limit = self.get();
-        if sent >= self.round.started_ms && !self.round.passed {
+        // Only answers that came back with the limit in full use say what the limit does: a
+        // round half spent below it would pass at a latency the limit itself never sees.
+        if full && sent >= self.round.started_ms && !self.round.passed {
             self.round.answers = self.round.answers.saturating_add(1);
             // The first round's worth only makes room: requests sent just after a rise find
             // the workers the old limit left free, before the new limit's queue has built.

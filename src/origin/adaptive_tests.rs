@@ -458,3 +458,30 @@ fn a_rise_needs_the_answers_own_latency_within_tolerance() {
     }
     assert_eq!(slow.get(), before, "slow answers do not grow it");
 }
+
+#[test]
+fn a_round_below_full_use_does_not_let_a_paced_limit_rise() {
+    // Settled against 4 workers at 200 ms (queueing lately), then fast answers with the limit
+    // not in full use: they say nothing about what the limit does, and do not count.
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    feed(&mut l, 20, 200, 4, &mut t);
+    round_trips(&mut l, 4, 200, 20, 0, &mut t);
+    let settled = l.get();
+    let counted = l.round.answers;
+    for _ in 0..40 {
+        t += 50;
+        l.observe(ms(200), settled - 1, t);
+    }
+    assert_eq!(
+        l.round.answers, counted,
+        "answers below full use are not counted"
+    );
+    // In full use the origin queues (250 and 400 ms: 325 on average). The 250 ms answers
+    // are within tolerance on their own, but the round is not.
+    for i in 0..4 * settled {
+        t += 50;
+        l.observe(ms(if i % 2 == 0 { 400 } else { 250 }), settled, t);
+    }
+    assert_eq!(l.get(), settled, "no rise on a round spent below the limit");
+}
