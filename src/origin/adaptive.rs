@@ -19,7 +19,8 @@
 //!    a lighter load says nothing about capacity, and an origin with 4 workers answers 5 at
 //!    once within tolerance, so growing at half use let the limit climb to 11), it grows by
 //!    `SMOOTHING × √limit` per exchange, so it finds its way back from 1 to 32 in about fifty
-//!    fast exchanges.
+//!    fast exchanges (unless it queued lately, below).
+//!
 //!    **Rises wait for their answers.** Every rise of the limit (rule 3's growth, or the
 //!    `HEADROOM` of rule 2's target) needs the limit in full use and the answer's own latency
 //!    within tolerance; and while the origin has queued within the last `BASELINE_WINDOW`,
@@ -29,8 +30,9 @@
 //!    its arrival less its latency) came back within tolerance on average. The moving
 //!    average learns of a higher limit a round trip late, so rising on answers to requests
 //!    sent before the rise made the limit swing between 4 and 10 against 4 workers (the
-//!    origin saw 7 to 9 in flight in the surge bench); paced, it stays at capacity + 2 at
-//!    most. An origin that has not queued lately grows back at full speed.
+//!    origin saw 7 to 9 in flight in the surge bench); paced, it stays at the gradient's
+//!    `TOLERANCE × C + HEADROOM` (capacity + 2 for 4 workers; 11 for 8). An origin that has not
+//!    queued lately grows back at full speed.
 //! 4. **Bounds.** Never below 1, never above the ceiling (`origin_concurrency`).
 //! 5. **Stress.** The origin is under stress while its latency shows queueing as in rule 2
 //!    (over `TOLERANCE` times the baseline plus `SLACK`): expired pages are then served from
