@@ -8,36 +8,58 @@
 //!
 //!     cargo bench --bench surge
 //!     KAGAMI_SURGE_SECS=60 KAGAMI_SURGE_CLIENTS=3000 cargo bench --bench surge
+//!     KAGAMI_SURGE_PROFILE=issue9 cargo bench --bench surge
 //!
-//! Environment: KAGAMI_SURGE_SECS (whole run, default 30), KAGAMI_SURGE_CLIENTS (peak virtual
-//! clients, default 2000), KAGAMI_SURGE_PAGES (default 300), KAGAMI_SURGE_JSON (where the JSON
-//! report goes, default target/surge.json). It reports; it never asserts.
+//! Profiles (KAGAMI_SURGE_PROFILE):
+//! - `surge` (default): 300 pages of 5-50 KiB plus a PDF of 0.2-1 MiB every 50th, visitors with
+//!   0.5-1.5 s of think time each from its own 127.1.x.y address, ramp (30 % of the run),
+//!   overloaded, outage (a quarter each), recovery; Kagami with an active health check.
+//! - `issue9`: exactly issue 9's measurement. 300 pages of 16 KiB, 500 keep-alive connections
+//!   from 127.0.0.1 in a closed loop (no think time), each request from one of 20,000 client
+//!   addresses (127.1.x.y, uniform) in `X-Forwarded-For`, with `limits.trusted_proxies =
+//!   ["127.0.0.1/32"]` and otherwise default settings (no health check); a third of the run
+//!   (10 s of the default 30) each: overloaded (origin alive), dead, back.
+//!
+//! Both: the origin has 4 workers × 200 ms and sends `max-age=5`; Zipf popularity; every page is
+//! warmed once first; Kagami runs on one core of its own. Per phase it prints answers/s,
+//! p50/p99/p99.9, failures, stale share, median served `Age`, origin requests, the origin's peak
+//! in flight over the whole phase and after its first `SETTLE` (2 s), and Kagami's adaptive limit.
+//!
+//! Environment: KAGAMI_SURGE_PROFILE (above), KAGAMI_SURGE_SECS (whole run, default 30),
+//! KAGAMI_SURGE_CLIENTS (peak virtual clients or connections, default 2000; issue9: 500),
+//! KAGAMI_SURGE_PAGES (default 300), KAGAMI_SURGE_JSON (where the JSON report goes, default
+//! target/surge.json). It reports; it never asserts.
 
+#[path = "surge/origin.rs"]
+mod origin;
+#[path = "surge/profile.rs"]
+mod profile;
 #[path = "surge/report.rs"]
 mod report;
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::net::TcpSocket;
 use tokio::task::JoinSet;
 
 use kagami::config::{Config, SiteConfig};
 
+use origin::{FragileOrigin, Site};
+use profile::Profile;
+
 /// The origin's capacity: 4 workers × 200 ms per page ≈ 20 pages per second.
 const ORIGIN_WORKERS: usize = 4;
 const ORIGIN_SERVICE_TIME: Duration = Duration::from_millis(200);
+/// Issue 9's rule holds "after the first seconds": a phase's second peak counts from here on.
+const SETTLE: Duration = Duration::from_secs(2);
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -86,150 +108,6 @@ impl Zipf {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fragile origin
-
-struct Site {
-    pages: Vec<(String, Bytes, &'static str)>,
-}
-
-impl Site {
-    fn new(count: usize) -> Site {
-        let mut rng = Rng(0x5eed);
-        let pages = (0..count)
-            .map(|i| {
-                if i % 50 == 7 {
-                    let size = 200 * 1024 + (rng.next() % (824 * 1024)) as usize;
-                    (
-                        format!("/docs/notice-{i}.pdf"),
-                        Bytes::from(vec![b'%'; size]),
-                        "application/pdf",
-                    )
-                } else {
-                    let size = 5 * 1024 + (rng.next() % (45 * 1024)) as usize;
-                    (
-                        format!("/pages/{i}.html"),
-                        Bytes::from(vec![b'x'; size]),
-                        "text/html; charset=utf-8",
-                    )
-                }
-            })
-            .collect();
-        Site { pages }
-    }
-}
-
-#[derive(Default)]
-struct OriginCounters {
-    requests: AtomicU64,
-    in_flight: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-struct FragileOrigin {
-    addr: SocketAddr,
-    site: Arc<Site>,
-    counters: Arc<OriginCounters>,
-    workers: Arc<Semaphore>,
-    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl FragileOrigin {
-    async fn start(site: Arc<Site>) -> Arc<FragileOrigin> {
-        let listener = bind_reusable("127.0.0.1:0".parse().unwrap());
-        let origin = Arc::new(FragileOrigin {
-            addr: listener.local_addr().unwrap(),
-            site,
-            counters: Arc::default(),
-            workers: Arc::new(Semaphore::new(ORIGIN_WORKERS)),
-            accept: Mutex::new(None),
-        });
-        origin.serve(listener);
-        origin
-    }
-
-    fn serve(self: &Arc<Self>, listener: TcpListener) {
-        let me = self.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let me = me.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |request| me.clone().answer(request));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            // Aborting this task drops `connections`, which aborts every open connection.
-        });
-        *self.accept.lock().unwrap() = Some(task);
-    }
-
-    /// Down completely: the listener closes and open connections are dropped.
-    fn down(&self) {
-        if let Some(task) = self.accept.lock().unwrap().take() {
-            task.abort();
-        }
-    }
-
-    async fn up(self: &Arc<Self>) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.serve(bind_reusable(self.addr));
-    }
-
-    async fn answer(
-        self: Arc<Self>,
-        request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
-        let c = &self.counters;
-        c.requests.fetch_add(1, Ordering::Relaxed);
-        let now = c.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        c.peak.fetch_max(now, Ordering::Relaxed);
-        // Counted down on drop too: taking the origin down aborts handlers mid-request.
-        struct Leaving<'a>(&'a AtomicUsize);
-        impl Drop for Leaving<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        let _leaving = Leaving(&c.in_flight);
-        // The origin's real limit: a few workers, each slow.
-        let worker = self.workers.acquire().await;
-        tokio::time::sleep(ORIGIN_SERVICE_TIME).await;
-        drop(worker);
-        let path = request.uri().path();
-        let response = match self.site.pages.iter().find(|(p, _, _)| p == path) {
-            Some((_, body, kind)) => {
-                let mut r = Response::new(Full::new(body.clone()));
-                r.headers_mut()
-                    .insert("content-type", kind.parse().unwrap());
-                // Short, so that at the crowd's peak the revalidations alone exceed what the
-                // origin can do (300 pages / 5 s = 60 a second against 20).
-                r.headers_mut()
-                    .insert("cache-control", "max-age=5".parse().unwrap());
-                r
-            }
-            None => {
-                let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
-                *r.status_mut() = StatusCode::NOT_FOUND;
-                r
-            }
-        };
-        Ok(response)
-    }
-}
-
-fn bind_reusable(addr: SocketAddr) -> TcpListener {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind(addr).unwrap();
-    socket.listen(4096).unwrap()
-}
-
-// ---------------------------------------------------------------------------------------------
 // The crowd
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -240,13 +118,6 @@ enum Phase {
     Outage,
     Recovery,
 }
-
-const PHASES: [Phase; 4] = [
-    Phase::Ramp,
-    Phase::Overloaded,
-    Phase::Outage,
-    Phase::Recovery,
-];
 
 #[derive(Default)]
 struct PhaseStats {
@@ -264,6 +135,8 @@ struct PhaseStats {
     origin_requests: u64,
     /// Most origin requests in flight at once during the phase.
     origin_peak: usize,
+    /// The same from `SETTLE` into the phase on (None: the phase was shorter).
+    origin_peak_settled: Option<usize>,
     /// Kagami's adaptive origin limit at the end of the phase, if it has one.
     adaptive_limit: Option<u64>,
     /// The highest adaptive limit seen during the phase (sampled every 20 ms).
@@ -310,9 +183,16 @@ impl Crowd {
     }
 }
 
-/// The source address of virtual client `n`: spread over 127.1.0.0/16.
+/// The address of virtual client `n` (below 62,500): spread over 127.1.0.0/16.
 fn client_address(n: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250 + 1) as u8))
+}
+
+/// How a visitor behaves (from the `Profile`).
+#[derive(Clone, Copy)]
+struct Load {
+    think: bool,
+    forwarded: Option<usize>,
 }
 
 async fn visitor(
@@ -321,28 +201,46 @@ async fn visitor(
     site: Arc<Site>,
     zipf: Arc<Zipf>,
     crowd: Arc<Crowd>,
+    load: Load,
 ) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (n as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
     let mut sender = None;
+    // Behind the trusted proxy every connection comes from 127.0.0.1.
+    let from = match load.forwarded {
+        Some(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        None => client_address(n),
+    };
+    let mut failed_connects = 0u32;
     while !crowd.stop.load(Ordering::Relaxed) {
-        // Think time 0.5-1.5 s between page views.
-        tokio::time::sleep(Duration::from_millis(500 + rng.next() % 1000)).await;
+        if load.think {
+            // Think time 0.5-1.5 s between page views.
+            tokio::time::sleep(Duration::from_millis(500 + rng.next() % 1000)).await;
+        } else if failed_connects > 0 {
+            // A closed loop must not spin on a refused connection.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         if crowd.stop.load(Ordering::Relaxed) {
             break;
         }
         if sender.is_none() {
-            sender = connect(client_address(n), kagami).await;
+            sender = connect(from, kagami).await;
         }
         let Some(conn) = sender.as_mut() else {
+            failed_connects += 1;
             continue;
         };
+        failed_connects = 0;
         let page = zipf.sample(&mut rng);
-        let request = Request::get(site.pages[page].0.as_str())
-            .header("host", "127.0.0.1")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let mut request = Request::get(site.pages[page].0.as_str()).header("host", "127.0.0.1");
+        if let Some(addresses) = load.forwarded {
+            let client = client_address(rng.next() as usize % addresses);
+            request = request.header("x-forwarded-for", client.to_string());
+        }
+        let request = request.body(Empty::<Bytes>::new()).unwrap();
         let started = Instant::now();
         let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            // A closed loop sends the next request as soon as the connection is ready again.
+            conn.ready().await.ok()?;
             let response = conn.send_request(request).await.ok()?;
             let status = response.status().as_u16();
             // Kagami reports a negative ttl exactly when it served a stale copy.
@@ -406,7 +304,15 @@ fn raise_fd_limit() {
 fn main() {
     raise_fd_limit();
     let secs = env_or("KAGAMI_SURGE_SECS", 30).max(6);
-    let peak_clients = env_or("KAGAMI_SURGE_CLIENTS", 2000).clamp(10, 20_000) as usize;
+    let profile = match Profile::from_env(secs) {
+        Ok(profile) => profile,
+        Err(reason) => {
+            eprintln!("surge: {reason}");
+            std::process::exit(2);
+        }
+    };
+    let peak_clients =
+        env_or("KAGAMI_SURGE_CLIENTS", profile.default_clients()).clamp(10, 20_000) as usize;
     let page_count = env_or("KAGAMI_SURGE_PAGES", 300).max(10) as usize;
     let json_path =
         std::env::var("KAGAMI_SURGE_JSON").unwrap_or_else(|_| "target/surge.json".into());
@@ -423,41 +329,61 @@ fn main() {
         .build()
         .unwrap();
 
-    let site = Arc::new(Site::new(page_count));
+    let site = Arc::new(Site::new(page_count, profile.page_size));
     let origin = crowd_rt.block_on(FragileOrigin::start(site.clone()));
 
     // Default settings (origin cap 32 against an origin that takes 4, no stale-while-revalidate
     // override): what a new operator runs.
     let mut site_config =
         SiteConfig::new("surge", &["127.0.0.1"], &format!("http://{}", origin.addr)).unwrap();
-    // Active health checks close the circuit soon after the origin is back.
-    site_config.protection.health_path = Some("/pages/0.html".into());
-    site_config.protection.health_interval = Duration::from_secs(1);
+    if profile.health_check {
+        // Active health checks close the circuit soon after the origin is back.
+        site_config.protection.health_path = Some("/pages/0.html".into());
+        site_config.protection.health_interval = Duration::from_secs(1);
+    }
     let origin_cap = site_config.protection.concurrency;
     let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site_config]);
     config.log.access = false;
     config.server.max_connections = peak_clients + 100;
+    if profile.forwarded.is_some() {
+        // The crowd's connections all come from the "load balancer" at 127.0.0.1.
+        config.limits.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    }
     let running = kagami_rt.block_on(kagami::server::start(&config)).unwrap();
     let kagami_addr = running.addr();
     let stats = running.proxy.stats.clone();
 
-    let (ramp, overloaded, outage) = (secs * 3 / 10, secs / 4, secs / 4);
+    let phases: Vec<Phase> = profile.phases.iter().map(|(p, _)| *p).collect();
     println!(
-        "surge: {peak_clients} clients at peak, {page_count} pages, {secs} s (ramp {ramp} s, \
-         overloaded {overloaded} s, origin down {outage} s, recovery {} s); origin ≈ {} pages/s, \
-         Kagami's origin cap {origin_cap}",
-        secs - ramp - overloaded - outage,
+        "surge, profile {}: {peak_clients} {} at peak, {page_count} pages, {secs} s ({}); origin \
+         ≈ {} pages/s, Kagami's origin cap {origin_cap}",
+        profile.name,
+        match (profile.think, profile.forwarded) {
+            (true, _) => "clients with think time".to_string(),
+            (false, Some(n)) => format!("closed-loop connections over {n} forwarded addresses"),
+            (false, None) => "closed-loop clients".to_string(),
+        },
+        profile
+            .phases
+            .iter()
+            .map(|(p, s)| format!("{} {s} s", phase_name(*p)))
+            .collect::<Vec<_>>()
+            .join(", "),
         ORIGIN_WORKERS as f64 / ORIGIN_SERVICE_TIME.as_secs_f64()
     );
 
     let crowd = Arc::new(Crowd {
-        phase: Mutex::new(Phase::Ramp),
+        phase: Mutex::new(phases[0]),
         stats: Mutex::new(Default::default()),
         visited: Mutex::new(HashSet::new()),
         stop: AtomicBool::new(false),
         limit_max: AtomicU64::new(0),
     });
     let zipf = Arc::new(Zipf::new(page_count));
+    let load = Load {
+        think: profile.think,
+        forwarded: profile.forwarded,
+    };
 
     let warmed = crowd_rt.block_on(warm(kagami_addr, &site, &crowd));
     println!(
@@ -466,8 +392,9 @@ fn main() {
         warmed.0,
         warmed.1.as_secs_f64()
     );
-    // The ramp's peak in flight starts from here, not from the warm-up's.
+    // The first phase's peaks in flight start from here, not from the warm-up's.
     origin.counters.peak.store(0, Ordering::Relaxed);
+    origin.counters.settled_peak.store(0, Ordering::Relaxed);
 
     crowd_rt.block_on(async {
         // Samples the adaptive limit so each phase reports its highest, not only its last.
@@ -483,37 +410,55 @@ fn main() {
             })
         };
         let mut visitors = JoinSet::new();
-        let started = Instant::now();
-        let mut since = (started, origin.counters.requests.load(Ordering::Relaxed));
+        let mut since = (
+            Instant::now(),
+            origin.counters.requests.load(Ordering::Relaxed),
+        );
         let grow = |visitors: &mut JoinSet<()>, target: usize| {
             while visitors.len() < target {
                 let n = visitors.len();
-                let visit = visitor(n, kagami_addr, site.clone(), zipf.clone(), crowd.clone());
+                let visit = visitor(
+                    n,
+                    kagami_addr,
+                    site.clone(),
+                    zipf.clone(),
+                    crowd.clone(),
+                    load,
+                );
                 visitors.spawn(visit);
             }
         };
-        // Ramp: 10 clients at first, linearly up to the peak.
-        loop {
-            let share = (started.elapsed().as_secs_f64() / ramp as f64).min(1.0);
-            grow(
-                &mut visitors,
-                10 + (share * (peak_clients - 10) as f64) as usize,
-            );
-            if share >= 1.0 {
-                break;
+        for (i, &(phase, secs)) in profile.phases.iter().enumerate() {
+            match phase {
+                Phase::Outage => origin.down(),
+                Phase::Recovery => origin.up().await,
+                Phase::Ramp | Phase::Overloaded => {}
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let started = Instant::now();
+            let length = Duration::from_secs(secs);
+            let mut settled = false;
+            loop {
+                // Ramp: 10 clients at first, linearly up to the peak; then the whole crowd.
+                let share = match phase {
+                    Phase::Ramp => (started.elapsed().as_secs_f64() / secs as f64).min(1.0),
+                    _ => 1.0,
+                };
+                grow(
+                    &mut visitors,
+                    10 + (share * (peak_clients - 10) as f64) as usize,
+                );
+                if !settled && started.elapsed() >= SETTLE {
+                    origin.counters.settled_peak.store(0, Ordering::Relaxed);
+                    settled = true;
+                }
+                if started.elapsed() >= length {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let next = profile.phases.get(i + 1).map(|(p, _)| *p);
+            close_phase(&crowd, &origin, &stats, &mut since, settled, next);
         }
-        // The whole crowd, the origin alive: every expired page's refresh competes for it.
-        close_phase(&crowd, &origin, &stats, &mut since, Some(Phase::Overloaded));
-        tokio::time::sleep(Duration::from_secs(overloaded)).await;
-        close_phase(&crowd, &origin, &stats, &mut since, Some(Phase::Outage));
-        origin.down();
-        tokio::time::sleep(Duration::from_secs(outage)).await;
-        close_phase(&crowd, &origin, &stats, &mut since, Some(Phase::Recovery));
-        origin.up().await;
-        tokio::time::sleep(Duration::from_secs(secs - ramp - overloaded - outage)).await;
-        close_phase(&crowd, &origin, &stats, &mut since, None);
         crowd.stop.store(true, Ordering::Relaxed);
         // Visitors finish their current request (bounded by their 10 s timeout), then stop.
         let _ = tokio::time::timeout(Duration::from_secs(12), async {
@@ -526,8 +471,19 @@ fn main() {
 
     let kagami_stats = stats.snapshot();
     kagami_rt.block_on(running.shutdown(Duration::from_secs(1)));
-    report::report(&crowd, &origin, origin_cap, kagami_stats, &json_path);
+    report::report(
+        &crowd,
+        &phases,
+        origin_cap,
+        kagami_stats,
+        profile.name,
+        &json_path,
+    );
     origin.down();
+}
+
+fn phase_name(phase: Phase) -> String {
+    format!("{phase:?}").to_lowercase()
 }
 
 /// Visits every page once before the crowd comes, `ORIGIN_WORKERS` at a time (what the origin
@@ -583,13 +539,14 @@ async fn warm(kagami: SocketAddr, site: &Arc<Site>, crowd: &Arc<Crowd>) -> (usiz
     (stored, started.elapsed())
 }
 
-/// Closes the current phase's origin figures (requests, peak in flight, Kagami's adaptive limit,
-/// duration) and moves the crowd on to `next`.
+/// Closes the current phase's origin figures (requests, peaks in flight, Kagami's adaptive limit,
+/// duration) and moves the crowd on to `next`. `settled`: the phase lasted past `SETTLE`.
 fn close_phase(
     crowd: &Crowd,
     origin: &FragileOrigin,
     kagami: &kagami::metrics::Stats,
     since: &mut (Instant, u64),
+    settled: bool,
     next: Option<Phase>,
 ) {
     let c = &origin.counters;
@@ -597,12 +554,14 @@ fn close_phase(
     // The peak is taken at each arrival (counting what is already in flight), so a phase in
     // which nothing arrives, such as the outage, shows 0 rather than the previous phase's load.
     let peak = c.peak.swap(0, Ordering::Relaxed);
+    let settled_peak = c.settled_peak.swap(0, Ordering::Relaxed);
     let mut phase = crowd.phase.lock().unwrap();
     {
         let mut stats = crowd.stats.lock().unwrap();
         let s = &mut stats[*phase as usize];
         s.origin_requests = requests - since.1;
         s.origin_peak = peak;
+        s.origin_peak_settled = settled.then_some(settled_peak);
         s.adaptive_limit = adaptive_limit(kagami);
         let now = s.adaptive_limit.unwrap_or(0);
         s.adaptive_limit_max = Some(crowd.limit_max.swap(now, Ordering::Relaxed).max(now));

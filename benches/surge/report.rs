@@ -1,20 +1,19 @@
 //! The surge bench's report: one row per phase on stdout, the same as JSON.
 
-use std::sync::atomic::Ordering;
-
-use super::{Crowd, FragileOrigin, Phase, PhaseStats, ORIGIN_WORKERS, PHASES};
+use super::{phase_name, Crowd, Phase, PhaseStats, ORIGIN_WORKERS, SETTLE};
 
 pub fn report(
     crowd: &Crowd,
-    origin: &FragileOrigin,
+    phases: &[Phase],
     origin_cap: usize,
     kagami: kagami::metrics::Snapshot,
+    profile: &str,
     json_path: &str,
 ) {
     let mut stats = crowd.stats.lock().unwrap();
     println!();
     println!(
-        "{:<10} {:>8} {:>9} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>5} {:>9} {:>6} {:>6} {:>6}",
+        "{:<10} {:>8} {:>9} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>9} {:>9} {:>6} {:>6} {:>6}",
         "phase",
         "requests",
         "answers/s",
@@ -27,7 +26,7 @@ pub fn report(
         "p99.9 ms",
         "age s",
         "origin",
-        "peak",
+        "peak/2s+",
         "limit/max",
         "429",
         "503",
@@ -35,13 +34,13 @@ pub fn report(
     );
     let mut rows = Vec::new();
     let (mut all_requests, mut all_origin) = (0u64, 0u64);
-    for phase in PHASES {
+    for &phase in phases {
         let s = &mut stats[phase as usize];
         s.latencies_us.sort_unstable();
         s.ages.sort_unstable();
         let row = Row::of(phase, s);
         println!(
-            "{:<10} {:>8} {:>9.0} {:>6.2} {:>6} {:>7.2} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>6} {:>7} {:>5} {:>9} {:>6} {:>6} {:>6}",
+            "{:<10} {:>8} {:>9.0} {:>6.2} {:>6} {:>7.2} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>6} {:>7} {:>9} {:>9} {:>6} {:>6} {:>6}",
             row.phase,
             s.requests,
             row.answers_per_s,
@@ -58,7 +57,10 @@ pub fn report(
             row.p999,
             row.median_age.map_or("-".to_string(), |a| a.to_string()),
             s.origin_requests,
-            s.origin_peak,
+            match s.origin_peak_settled {
+                Some(settled) => format!("{}/{settled}", s.origin_peak),
+                None => format!("{}/-", s.origin_peak),
+            },
             match (s.adaptive_limit, s.adaptive_limit_max) {
                 (Some(l), Some(m)) => format!("{l}/{m}"),
                 _ => "-".to_string(),
@@ -74,9 +76,11 @@ pub fn report(
     println!();
     println!(
         "origin requests: {all_origin} of {all_requests} client requests ({:.2} %); the origin \
-         takes {ORIGIN_WORKERS} at once, Kagami's cap is {origin_cap}; peak: most origin requests \
-         in flight when one arrived during the phase; limit/max: Kagami's adaptive origin limit at the phase's end and the highest during it",
+         takes {ORIGIN_WORKERS} at once, Kagami's cap is {origin_cap}; peak/2s+: most origin \
+         requests in flight when one arrived, over the whole phase / from {} s into it on; \
+         limit/max: Kagami's adaptive origin limit at the phase's end and the highest during it",
         pct(all_origin, all_requests),
+        SETTLE.as_secs()
     );
     println!(
         "answers/s: answers received per second; fail: requests not answered 200; age s: median \
@@ -88,9 +92,8 @@ pub fn report(
         kagami.hits, kagami.stale_served, kagami.misses, kagami.collapsed, kagami.origin_busy, kagami.circuit_opened,
         kagami.rate_limited, kagami.emergency_pages
     );
-    let peak = origin.counters.peak.load(Ordering::Relaxed);
     let json = format!(
-        "{{\"phases\":[{}],\"client_requests\":{all_requests},\"origin_requests\":{all_origin},\"origin_share_pct\":{:.4},\"origin_peak_concurrency_last_phase\":{peak},\"origin_capacity\":{ORIGIN_WORKERS},\"origin_cap\":{origin_cap},\"kagami\":{{{}}}}}\n",
+        "{{\"profile\":\"{profile}\",\"phases\":[{}],\"client_requests\":{all_requests},\"origin_requests\":{all_origin},\"origin_share_pct\":{:.4},\"origin_capacity\":{ORIGIN_WORKERS},\"origin_cap\":{origin_cap},\"kagami\":{{{}}}}}\n",
         rows.join(","),
         pct(all_origin, all_requests),
         kagami.pairs().iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
@@ -136,7 +139,7 @@ impl Row {
     fn of(phase: Phase, s: &PhaseStats) -> Row {
         let answered = s.requests - s.errors;
         Row {
-            phase: format!("{phase:?}").to_lowercase(),
+            phase: phase_name(phase),
             answers_per_s: if s.seconds > 0.0 {
                 answered as f64 / s.seconds
             } else {
@@ -155,7 +158,7 @@ impl Row {
 
     fn json(&self, s: &PhaseStats) -> String {
         format!(
-            "{{\"phase\":\"{}\",\"seconds\":{:.3},\"requests\":{},\"answers_per_s\":{:.1},\"ok_pct\":{:.4},\"failures\":{},\"stale_pct\":{:.4},\"visited_ok_pct\":{:.4},\"visited_requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"median_age_s\":{},\"origin_requests\":{},\"origin_peak_in_flight\":{},\"adaptive_limit\":{},\"adaptive_limit_max\":{},\"status_429\":{},\"status_503\":{},\"errors\":{}}}",
+            "{{\"phase\":\"{}\",\"seconds\":{:.3},\"requests\":{},\"answers_per_s\":{:.1},\"ok_pct\":{:.4},\"failures\":{},\"stale_pct\":{:.4},\"visited_ok_pct\":{:.4},\"visited_requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"median_age_s\":{},\"origin_requests\":{},\"origin_peak_in_flight\":{},\"origin_peak_in_flight_after_settle\":{},\"adaptive_limit\":{},\"adaptive_limit_max\":{},\"status_429\":{},\"status_503\":{},\"errors\":{}}}",
             self.phase,
             s.seconds,
             s.requests,
@@ -171,6 +174,8 @@ impl Row {
             self.median_age.map_or("null".to_string(), |a| a.to_string()),
             s.origin_requests,
             s.origin_peak,
+            s.origin_peak_settled
+                .map_or("null".to_string(), |p| p.to_string()),
             s.adaptive_limit.map_or("null".to_string(), |l| l.to_string()),
             s.adaptive_limit_max
                 .map_or("null".to_string(), |l| l.to_string()),

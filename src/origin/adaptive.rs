@@ -19,7 +19,20 @@
 //!    a lighter load says nothing about capacity, and an origin with 4 workers answers 5 at
 //!    once within tolerance, so growing at half use let the limit climb to 11), it grows by
 //!    `SMOOTHING × √limit` per exchange, so it finds its way back from 1 to 32 in about fifty
-//!    fast exchanges.
+//!    fast exchanges (unless it queued lately, below).
+//!
+//!    **Rises wait for their answers.** Every rise of the limit (rule 3's growth, or the
+//!    `HEADROOM` of rule 2's target) needs the limit in full use and the answer's own latency
+//!    within tolerance; and while the origin has queued within the last `BASELINE_WINDOW`,
+//!    once the whole-number limit has changed it rises again only after a whole round at the
+//!    new limit (as many answers as the limit, of requests sent after the change and answered
+//!    in full use, once as many again have made room for its queue: an answer's send time is
+//!    its arrival less its latency) came back within tolerance on average. The moving
+//!    average learns of a higher limit a round trip late, so rising on answers to requests
+//!    sent before the rise made the limit swing between 4 and 10 against 4 workers (the
+//!    origin saw 7 to 9 in flight in the surge bench); paced, it stays at the gradient's
+//!    `TOLERANCE × C + HEADROOM` (capacity + 2 for 4 workers; 11 for 8). An origin that has not
+//!    queued lately grows back at full speed.
 //! 4. **Bounds.** Never below 1, never above the ceiling (`origin_concurrency`).
 //! 5. **Stress.** The origin is under stress while its latency shows queueing as in rule 2
 //!    (over `TOLERANCE` times the baseline plus `SLACK`): expired pages are then served from
@@ -111,6 +124,21 @@ pub struct Limit {
     /// When the minimum was last re-measured (0: never).
     probed_ms: u64,
     probe: Option<Probe>,
+    /// When latency last showed queueing (rule 2), for paced rises (rule 3).
+    queued_ms: Option<u64>,
+    /// The answers at the present whole-number limit (rule 3).
+    round: Round,
+}
+
+/// The answers of requests sent since the whole-number limit last changed (rule 3).
+#[derive(Debug, Clone, Default)]
+struct Round {
+    started_ms: u64,
+    answers: u32,
+    /// The latencies' sum of the answers after the first `limit` of them, in seconds.
+    sum: f64,
+    /// A whole round came back within tolerance on average.
+    passed: bool,
 }
 
 /// A re-measurement of the minimum under way (rule 7).
@@ -179,6 +207,8 @@ impl Limit {
             pressed_since: None,
             probed_ms: 0,
             probe: None,
+            queued_ms: None,
+            round: Round::default(),
         }
     }
 
@@ -240,6 +270,7 @@ impl Limit {
             }
             Sample::Answered(latency) => Some(latency.as_secs_f64()),
         };
+        let before = self.get();
         if let Some(latency) = latency {
             if self.probe.is_some() {
                 self.probe_answer(latency, now_ms);
@@ -248,6 +279,9 @@ impl Limit {
             }
         }
         self.limit = self.limit.clamp(1.0, self.ceiling as f64);
+        if self.get() != before {
+            self.new_round(now_ms);
+        }
         if self.probe.is_some() {
             return None;
         }
@@ -268,11 +302,19 @@ impl Limit {
         }
         let base = self.baseline().map_or(smoothed, |b| b.as_secs_f64());
         // A limit in full use may hide queueing that started before the baseline was learnt.
-        let pressed = queueing(base, smoothed) || in_flight >= self.get();
+        let full = in_flight >= self.get();
+        let pressed = queueing(base, smoothed) || full;
+        if queueing(base, smoothed) {
+            self.queued_ms = Some(now_ms);
+        }
+        let may_rise = self.rise_answered(base, latency, full, now_ms) && full;
         if queueing(base, smoothed) {
             let target = gradient_target(self.limit, base, smoothed);
-            self.limit += (target - self.limit) * SMOOTHING;
-        } else if in_flight >= self.get() {
+            let step = (target - self.limit) * SMOOTHING;
+            if step < 0.0 || may_rise {
+                self.limit += step;
+            }
+        } else if may_rise {
             self.limit += growth(self.limit);
         }
         self.limit = self.limit.clamp(1.0, self.ceiling as f64);
@@ -290,6 +332,51 @@ impl Limit {
                 sum: 0.0,
             });
         }
+    }
+
+    /// Rule 3: may this answer (`latency` in seconds, arriving at `now_ms`) let the limit rise?
+    /// Its own latency must be within tolerance of `base`; and if the origin queued within
+    /// the last `BASELINE_WINDOW`, so must the mean of a whole round at the present limit: as
+    /// many answers as the limit, of requests sent after the limit last changed and answered
+    /// with the limit in full use (`full`), after as many again. A round that shows queueing
+    /// is followed by a fresh one.
+    fn rise_answered(&mut self, base: f64, latency: f64, full: bool, now_ms: u64) -> bool {
+        let sent = now_ms.saturating_sub((latency * 1000.0) as u64);
+        let limit = self.get();
+        // Only answers that came back with the limit in full use say what the limit does: a
+        // round half spent below it would pass at a latency the limit itself never sees.
+        if full && sent >= self.round.started_ms && !self.round.passed {
+            self.round.answers = self.round.answers.saturating_add(1);
+            // The first round's worth only makes room: requests sent just after a rise find
+            // the workers the old limit left free, before the new limit's queue has built.
+            if self.round.answers as usize > limit {
+                self.round.sum += latency;
+            }
+            if self.round.answers as usize >= 2 * limit {
+                let mean = self.round.sum / limit as f64;
+                if queueing(base, mean) {
+                    self.new_round(now_ms);
+                } else {
+                    self.round.passed = true;
+                }
+            }
+        }
+        if queueing(base, latency) {
+            return false;
+        }
+        let window = BASELINE_WINDOW.as_millis() as u64;
+        let queued_lately = self
+            .queued_ms
+            .is_some_and(|q| now_ms.saturating_sub(q) < window);
+        !queued_lately || self.round.passed
+    }
+
+    /// The whole-number limit changed at `now_ms` (rule 3): a round at the new limit begins.
+    fn new_round(&mut self, now_ms: u64) {
+        self.round = Round {
+            started_ms: now_ms,
+            ..Round::default()
+        };
     }
 
     /// Rule 7: an answer during the hold; only requests started during it count.

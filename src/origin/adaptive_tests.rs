@@ -355,3 +355,133 @@ fn a_limit_not_in_full_use_does_not_grow_even_within_tolerance() {
     }
     assert!(l.get() > 6, "all 6 in flight and within tolerance: growth");
 }
+
+/// An event simulation of a closed loop against an origin of `workers` workers taking
+/// `service_ms` each, first come first served: Kagami keeps as many requests in flight as the
+/// limit allows (its slots: a lower limit waits for answers), and every answer reaches the
+/// limit when it comes back, so growth sees its effect only a round trip later (unlike
+/// `saturated`). Runs `seconds` from `t`; returns the most requests in flight from `settle_s`
+/// on, outside holds.
+fn round_trips(
+    l: &mut Limit,
+    workers: usize,
+    service_ms: u64,
+    seconds: u64,
+    settle_s: u64,
+    t: &mut u64,
+) -> usize {
+    let (start, end) = (*t, *t + seconds * 1000);
+    let mut free = vec![*t; workers];
+    // (answered at, sent at) of the requests under way.
+    let mut under_way: Vec<(u64, u64)> = Vec::new();
+    let mut highest = 0;
+    while *t < end {
+        while under_way.len() < l.get() {
+            let worker = (0..workers).min_by_key(|&w| free[w]).unwrap_or(0);
+            let done = free[worker].max(*t) + service_ms;
+            free[worker] = done;
+            under_way.push((done, *t));
+        }
+        if *t >= start + settle_s * 1000 && !l.probing() {
+            highest = highest.max(under_way.len());
+        }
+        let next = (0..under_way.len())
+            .min_by_key(|&i| under_way[i].0)
+            .unwrap_or(0);
+        let in_flight = under_way.len();
+        let (done, sent) = under_way.swap_remove(next);
+        *t = done;
+        l.observe(ms(done - sent), in_flight, *t);
+    }
+    highest
+}
+
+#[test]
+fn growth_waits_for_its_round_trip_and_never_passes_capacity_plus_two() {
+    // 4 workers at 200 ms, the baseline learnt unloaded, then a crowd far above capacity.
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    feed(&mut l, 20, 200, 4, &mut t);
+    let highest = round_trips(&mut l, 4, 200, 60, 2, &mut t);
+    assert!(
+        highest <= 6,
+        "highest in flight {highest}, limit {}",
+        l.get()
+    );
+    assert!((5..=6).contains(&l.get()), "settled at {}", l.get());
+}
+
+#[test]
+fn rises_are_paced_only_while_the_origin_queued_lately() {
+    // A 10 ms origin queues (500 ms answers), then answers fast again.
+    let mut paced = Limit::new(32);
+    let mut t = 1;
+    feed(&mut paced, 50, 10, 32, &mut t);
+    feed(&mut paced, 60, 500, 32, &mut t);
+    feed(&mut paced, 60, 10, 32, &mut t);
+    let low = paced.get();
+    assert!(low < 8, "{low}");
+    let mut rested = paced.clone();
+    let mut t2 = t + BASELINE_WINDOW.as_millis() as u64;
+    // Not in full use: no growth, and no lasting pressure to re-measure the minimum (rule 7).
+    rested.observe(ms(10), 1, t2);
+    assert_eq!(rested.get(), low);
+    // Each whole step waits for two rounds of answers sent after it, and a round trip.
+    feed(&mut paced, 200, 10, 32, &mut t);
+    assert!(paced.get() < 16, "paced: {}", paced.get());
+    // No queueing for a whole baseline window: growth at full speed again.
+    feed(&mut rested, 200, 10, 32, &mut t2);
+    assert_eq!(rested.get(), 32);
+}
+
+#[test]
+fn a_rise_needs_the_answers_own_latency_within_tolerance() {
+    // Within tolerance on average (a mix), in full use, not queueing lately: only the fast
+    // answers make the limit grow.
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    for _ in 0..15 {
+        l.observe(Sample::Overloaded, 32, t);
+    }
+    let start = l.get();
+    feed(&mut l, 20, 10, 32, &mut t);
+    let fast = l.get();
+    assert!(fast > start && fast < 32, "{start} -> {fast}");
+    let mut slow = l.clone();
+    let before = slow.get();
+    // 18 ms against a 10 ms baseline is queueing for an answer (over 1.25 × 10 ms + 5 ms),
+    // while three of them leave the average within tolerance: only their own latency holds
+    // the growth back.
+    for _ in 0..3 {
+        t += 1;
+        slow.observe(ms(18), 32, t);
+    }
+    assert_eq!(slow.get(), before, "slow answers do not grow it");
+}
+
+#[test]
+fn a_round_below_full_use_does_not_let_a_paced_limit_rise() {
+    // Settled against 4 workers at 200 ms (queueing lately), then fast answers with the limit
+    // not in full use: they say nothing about what the limit does, and do not count.
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    feed(&mut l, 20, 200, 4, &mut t);
+    round_trips(&mut l, 4, 200, 20, 0, &mut t);
+    let settled = l.get();
+    let counted = l.round.answers;
+    for _ in 0..40 {
+        t += 50;
+        l.observe(ms(200), settled - 1, t);
+    }
+    assert_eq!(
+        l.round.answers, counted,
+        "answers below full use are not counted"
+    );
+    // In full use the origin queues (250 and 400 ms: 325 on average). The 250 ms answers
+    // are within tolerance on their own, but the round is not.
+    for i in 0..4 * settled {
+        t += 50;
+        l.observe(ms(if i % 2 == 0 { 400 } else { 250 }), settled, t);
+    }
+    assert_eq!(l.get(), settled, "no rise on a round spent below the limit");
+}

@@ -374,6 +374,10 @@ impl Origin {
     /// Is a suspect failure the origin's? Asks `server` for the confirmation path (with the
     /// site's own Host), unless a recent probe has already told. A probe under way for another
     /// request gives no verdict.
+    ///
+    /// The probe takes no slot of its own: it goes out on the slot of the request whose failure
+    /// it confirms, whose own exchange is over (answered, or given up on), so Kagami never has
+    /// more origin requests under way than the limit because of it.
     async fn confirm(&self, server: &Server) -> bool {
         let probe = match server.confirmation.ask(health::now_ms()) {
             Confirm::Known(sick) => return sick,
