@@ -378,3 +378,50 @@ fn an_origin_password_is_not_shown_in_its_refusal() {
         "the password is shown: {text}"
     );
 }
+
+/// The token written as TOML also allows: a dotted key, an inline table, a quoted key. toml
+/// quotes the erring line whole, so each spelling must be hidden like `token = ...` is.
+#[test]
+fn config_errors_hide_the_token_however_the_key_is_spelt() {
+    let dir = tempfile::tempdir().unwrap();
+    const SECRET: &str = "s3cret-Token-value";
+    let cases = [
+        format!("[admin]\nadmin.token = \"{SECRET}\" x"),
+        format!("admin = {{ listen = \"127.0.0.1:9901\", token = \"{SECRET}\" }} x"),
+        format!("admin = {{ token = \"{SECRET}\", listen = 9901 }}"),
+        format!("[admin]\n'token' = \"{SECRET}\" x"),
+        format!("[admin]\n\"token\"=\"{SECRET}\"x"),
+    ];
+    for (i, lines) in cases.iter().enumerate() {
+        let text = format!("{MINIMAL}\n{lines}\n");
+        let path = write_config(&dir, &format!("spelt{i}.toml"), &text);
+        let output = check_config(&path);
+        let shown = stderr(&output);
+        assert!(!output.status.success(), "{shown}");
+        assert!(
+            !shown.contains(SECRET),
+            "case {i}: the token is shown: {shown}"
+        );
+        assert!(shown.contains(&path.display().to_string()), "{shown}");
+        assert!(shown.contains("line "), "case {i}: {shown}");
+    }
+}
+
+/// A line may hold several origin URLs; toml quotes the whole line, and every password on it
+/// must be hidden, not only the first.
+#[test]
+fn config_errors_hide_every_origin_password_on_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MINIMAL.replace(
+        "origin = \"http://127.0.0.1:8081\"",
+        "origins = [\"http://a:first-pass@127.0.0.1:8081\", \"http://b:second-pass@127.0.0.1:8082\"] x",
+    );
+    let path = write_config(&dir, "two-urls.toml", &text);
+    let output = check_config(&path);
+    let shown = stderr(&output);
+    assert!(!output.status.success(), "{shown}");
+    assert!(shown.contains("line 10"), "{shown}");
+    for password in ["first-pass", "second-pass"] {
+        assert!(!shown.contains(password), "{password} is shown: {shown}");
+    }
+}

@@ -60,53 +60,116 @@ pub(crate) fn explain(text: &str, err: &toml::de::Error) -> String {
     redact(text, &explained)
 }
 
-/// `message`, about the config `text`, with the value of every `SECRET_KEYS` line and every
-/// URL password in `text` hidden. toml quotes the erring line as it is, and its messages may
-/// quote the value (`invalid type: integer `123``); the file, line, column, key and reason
+/// `message`, about the config `text`, with the value of every `SECRET_KEYS` assignment and
+/// every URL password in `text` hidden. toml quotes the erring line as it is, and its messages
+/// may quote the value (`invalid type: integer `123``); the file, line, column, key and reason
 /// stay.
 pub(crate) fn redact(text: &str, message: &str) -> String {
     let mut out = message.to_string();
     for line in text.lines().map(str::trim) {
-        let secret = line
-            .split_once('=')
-            .map(|(key, value)| (key.trim().trim_matches('"'), value.trim()))
-            .filter(|(key, _)| SECRET_KEYS.contains(key));
-        if let Some((key, value)) = secret {
-            if !line.is_empty() {
-                out = out.replace(line, &format!("{key} = {HIDDEN}"));
+        let values = secret_values(line);
+        if values.is_empty() {
+            if let std::borrow::Cow::Owned(shown) = hide_password(line) {
+                out = out.replace(line, &shown);
             }
+            continue;
+        }
+        let mut shown = line.to_string();
+        for value in &values {
+            shown = shown.replace(value, HIDDEN);
+        }
+        out = out.replace(line, &hide_password(&shown));
+        for value in values {
             let inner = value.trim_matches(['"', '\'']).trim();
             // A short value could match unrelated text (a line number); toml's quote of the
             // line is caught above whatever its length.
             if inner.len() >= 4 {
                 out = out.replace(inner, HIDDEN);
             }
-        } else if let std::borrow::Cow::Owned(shown) = hide_password(line) {
-            out = out.replace(line, &shown);
         }
     }
     out
 }
 
-/// `text` with the password of any `scheme://user:password@host` in it hidden (an origin URL
-/// with credentials is refused, and the message saying so must not print them).
+/// The values (as written, quotes included) assigned to a `SECRET_KEYS` key anywhere on
+/// `line`: not only `token = ...` but also the spellings TOML allows beside it, a dotted key
+/// (`admin.token`), a quoted key (`"token"`, `'token'`) and an inline table
+/// (`admin = { token = ... }`), each of which toml quotes whole in an error.
+fn secret_values(line: &str) -> Vec<&str> {
+    let mut values = Vec::new();
+    for key in SECRET_KEYS {
+        for (at, _) in line.match_indices(key) {
+            let before = line[..at].trim_end_matches(['"', '\'']);
+            let bounded = (before.chars().next_back())
+                .is_none_or(|c| matches!(c, ' ' | '\t' | '{' | ',' | '.'));
+            let after = line[at + key.len()..].trim_start_matches(['"', '\'']);
+            let Some(value) = after.trim_start().strip_prefix('=') else {
+                continue;
+            };
+            if bounded {
+                values.push(value_text(value.trim_start()));
+            }
+        }
+    }
+    values.retain(|v| !v.is_empty());
+    values
+}
+
+/// The TOML value at the start of `text`, as written: a quoted string up to its closing
+/// quote (or the line's end when it has none), else up to the next separator.
+fn value_text(text: &str) -> &str {
+    for quote in ["\"\"\"", "'''", "\"", "'"] {
+        let Some(rest) = text.strip_prefix(quote) else {
+            continue;
+        };
+        // Only basic strings (`"`) have escapes; `\"` does not close one.
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            if !escaped && rest[i..].starts_with(quote) {
+                end = i + quote.len();
+                break;
+            }
+            escaped = !escaped && c == '\\' && quote.starts_with('"');
+        }
+        return &text[..quote.len() + end];
+    }
+    let end = text.find([',', '}', '#', ' ', '\t']).unwrap_or(text.len());
+    &text[..end]
+}
+
+/// `text` with the password of every `scheme://user:password@host` in it hidden (an origin
+/// URL with credentials is refused, and the message saying so must not print them; a line
+/// may hold several URLs).
 pub(crate) fn hide_password(text: &str) -> std::borrow::Cow<'_, str> {
-    let Some(start) = text.find("://").map(|i| i + 3) else {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut hidden = false;
+    while let Some(found) = rest.find("://") {
+        let (head, tail) = rest.split_at(found + 3);
+        out.push_str(head);
+        let end = tail
+            .find(['/', '?', '#', '"', '\'', ' '])
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        let userinfo = (authority.rfind('@'))
+            .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)));
+        match userinfo {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str(HIDDEN);
+                out.push_str(&authority[at..]);
+                hidden = true;
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    if !hidden {
         return text.into();
-    };
-    let rest = &text[start..];
-    let authority_end = rest
-        .find(['/', '?', '#', '"', '\'', ' '])
-        .unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return text.into();
-    };
-    let Some(colon) = authority[..at].find(':') else {
-        return text.into();
-    };
-    let (from, to) = (start + colon + 1, start + at);
-    format!("{}{HIDDEN}{}", &text[..from], &text[to..]).into()
+    }
+    out.push_str(rest);
+    out.into()
 }
 
 fn hint(text: &str, span: Option<Range<usize>>, message: &str) -> Option<String> {
@@ -234,6 +297,27 @@ mod tests {
         );
         assert_eq!(super::hide_password("http://h:1/a@b:c"), "http://h:1/a@b:c");
         assert_eq!(super::hide_password("http://user@h"), "http://user@h");
+        assert_eq!(
+            super::hide_password(r#"["http://a:p1@h", "https://b:p2@g/x"]"#),
+            r#"["http://a:<redacted>@h", "https://b:<redacted>@g/x"]"#
+        );
+    }
+
+    #[test]
+    fn secret_values_are_found_in_every_spelling_of_the_key() {
+        use super::secret_values;
+        assert_eq!(secret_values(r#"token = "a b""#), [r#""a b""#]);
+        assert_eq!(secret_values(r#"admin.token="x\"y" z"#), [r#""x\"y""#]);
+        assert_eq!(
+            secret_values(r#"admin = { listen = "l", 'token' = 'v' }"#),
+            ["'v'"]
+        );
+        assert_eq!(secret_values("token = 123 # n"), ["123"]);
+        assert_eq!(secret_values(r#"token = """abc"#), [r#""""abc"#]);
+        // Not the key `token`: another key holding the word, or a value mentioning it.
+        assert!(secret_values(r#"token_file = "t""#).is_empty());
+        assert!(secret_values(r#"mytoken = "t""#).is_empty());
+        assert!(secret_values(r#"name = "token""#).is_empty());
     }
 
     #[test]
