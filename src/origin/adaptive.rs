@@ -14,7 +14,9 @@
 //!    where the gradient is `baseline × TOLERANCE / smoothed` (at least ½), by `SMOOTHING` per
 //!    exchange. By Little's law an origin with C workers answers L requests in flight in about
 //!    `baseline × L / C`, so the limit settles near `TOLERANCE × C + HEADROOM`: 6 for an
-//!    origin that takes 4 at once, and 2 at worst.
+//!    origin that takes 4 at once, and 2 at worst. Each answer counts in that average as at
+//!    most `OUTLIER` times the baseline: one client asking again and again for a page that is
+//!    slow to build must not read as queueing and hold everyone's limit at the floor.
 //! 3. **Growth.** Within tolerance, and only while the limit is in full use (as many in flight:
 //!    a lighter load says nothing about capacity, and an origin with 4 workers answers 5 at
 //!    once within tolerance, so growing at half use let the limit climb to 11), it grows by
@@ -34,8 +36,8 @@
 //!    `TOLERANCE × C + HEADROOM` (capacity + 2 for 4 workers; 11 for 8). An origin that has not
 //!    queued lately grows back at full speed.
 //! 4. **Bounds.** Never below 1, never above the ceiling (`origin_concurrency`).
-//! 5. **Stress.** The origin is under stress while its latency shows queueing as in rule 2
-//!    (over `TOLERANCE` times the baseline plus `SLACK`): expired pages are then served from
+//! 5. **Stress.** The origin is under stress while its latency (answers counted whole) shows
+//!    queueing as in rule 2 (over `TOLERANCE` times the baseline plus `SLACK`): expired pages are then served from
 //!    their copies at once. Not a higher bar: the gradient holds an overloaded origin's
 //!    latency just above tolerance (1.5 times the baseline for 4 workers), and a visitor who
 //!    joined that queue would wait a whole service time and more for a page it has.
@@ -67,6 +69,13 @@ pub const HEADROOM: f64 = 1.0;
 pub const SLACK: Duration = Duration::from_millis(5);
 /// Weight of each exchange in the limit's moving average.
 pub const SMOOTHING: f64 = 0.2;
+/// An answer counts in the moving average as at most this
+/// many times the baseline. A page the origin is slow to build is not queueing, and one client
+/// can ask for it over and over: counted in whole, one such answer in twenty read as queueing
+/// and held everyone's limit at the floor. Above `2 / TOLERANCE`, so that a real queue (every
+/// answer slower) still takes the gradient to its floor of ½; one client's answers must then
+/// be an eighth of all before they look like queueing. Stress (rule 5) counts answers whole.
+pub const OUTLIER: f64 = 3.0;
 /// Weight of each exchange in the latency's moving average: over about ten exchanges, so that
 /// a site's mix of fast and slow pages reads as one steady level.
 pub const LATENCY_SMOOTHING: f64 = 0.1;
@@ -110,8 +119,12 @@ pub struct Change {
 pub struct Limit {
     ceiling: usize,
     limit: f64,
-    /// Moving average of the response-head latency, in seconds (None before the first answer).
+    /// Moving average of the response-head latency, in seconds (None before the first answer),
+    /// each answer counted as at most `OUTLIER` times the baseline.
     smoothed: Option<f64>,
+    /// The same average of the answers as they came, for stress alone (rule 5): serving
+    /// copies at once costs no visitor anything, so one very slow answer may say so.
+    uncapped: Option<f64>,
     /// Smallest `smoothed` in the current and the previous baseline window, in seconds.
     current_min: Option<f64>,
     previous_min: Option<f64>,
@@ -199,6 +212,7 @@ impl Limit {
             ceiling,
             limit: ceiling as f64,
             smoothed: None,
+            uncapped: None,
             current_min: None,
             previous_min: None,
             window_started_ms: 0,
@@ -241,7 +255,7 @@ impl Limit {
 
     /// Does the origin's latency show queueing against its baseline (rule 5)?
     pub fn stressed(&self) -> bool {
-        match (self.smoothed, self.baseline()) {
+        match (self.uncapped, self.baseline()) {
             (Some(now), Some(base)) => queueing(base.as_secs_f64(), now),
             _ => false,
         }
@@ -292,11 +306,16 @@ impl Limit {
     fn answered(&mut self, latency: f64, in_flight: usize, now_ms: u64) {
         self.seen = self.seen.saturating_add(1);
         let weight = (1.0 / f64::from(self.seen)).max(LATENCY_SMOOTHING);
+        let counted = self.capped(latency);
         let smoothed = match self.smoothed {
-            None => latency,
-            Some(s) => s + (latency - s) * weight,
+            None => counted,
+            Some(s) => s + (counted - s) * weight,
         };
         self.smoothed = Some(smoothed);
+        self.uncapped = Some(match self.uncapped {
+            None => latency,
+            Some(s) => s + (latency - s) * weight,
+        });
         if self.seen >= WARM_UP {
             self.track_baseline(smoothed, now_ms);
         }
@@ -402,9 +421,16 @@ impl Limit {
         // claims the origin idle (and grows the limit) nor keeps the old queue.
         let expected = probe.before * self.limit / probe.resume.max(1.0);
         self.smoothed = Some(expected.max(base));
+        self.uncapped = self.smoothed;
         self.pressed_since = None;
         self.probed_ms = now_ms;
         self.probe = None;
+    }
+
+    /// `latency` as the average counts it: at most `OUTLIER` times the baseline, once known.
+    fn capped(&self, latency: f64) -> f64 {
+        self.baseline()
+            .map_or(latency, |b| latency.min(b.as_secs_f64() * OUTLIER))
     }
 
     fn track_baseline(&mut self, smoothed: f64, now_ms: u64) {
