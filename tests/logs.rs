@@ -337,3 +337,39 @@ async fn line_separators_and_bidi_controls_from_requests_are_escaped_in_the_log(
         assert_eq!(line["path"], expected, "{target}: {raw}");
     }
 }
+
+/// Characters that show as nothing (zero-width space, word joiner, byte-order mark, soft
+/// hyphen, the Hangul filler, the invisible tag letters U+E0000...) let a path read as another
+/// one in the log (`/admin` beside `/ad\u{200B}min`) or carry text no one sees. They are
+/// escaped like the bidi controls.
+#[tokio::test]
+async fn invisible_characters_from_requests_are_escaped_in_the_access_line() {
+    let origin = Origin::start().await;
+    let (_dir, port, kagami, _) = serving(&origin, "listen = \"127.0.0.1:0\"");
+    let evil = "/a\u{200B}b\u{2060}c\u{FEFF}d\u{AD}e\u{3164}f\u{E0041}g\u{180E}h";
+    let expected = "/a\\u{200b}b\\u{2060}c\\u{feff}d\\u{00ad}e\\u{3164}f\\u{e0041}g\\u{180e}h";
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request = format!("GET {evil} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
+    let mut found = None;
+    for _ in 0..50 {
+        let (raw, line) = kagami.next_raw();
+        if line["target"] == "kagami::access" {
+            found = Some((raw, line));
+            break;
+        }
+    }
+    let (raw, line) = found.expect("an access line in 50");
+    for c in evil.chars().filter(|c| !c.is_ascii()) {
+        assert!(!raw.contains(c), "{c:?} reached the log: {raw}");
+    }
+    assert_eq!(line["path"], expected, "{raw}");
+}
