@@ -49,8 +49,9 @@
 //!    latency: the gradient then holds the limit near `baseline / service time` times too high
 //!    (13 instead of 6 for 4 workers in the surge bench), or at the ceiling. So once queueing
 //!    or a limit in full use has lasted `PROBE_AFTER`, at most every `PROBE_EVERY`, the limit is held at 1 until
-//!    `PROBE_SAMPLES` answers of requests started during the hold have come back. Their mean is
-//!    the new baseline (both windows), and the limit resumes at what Little's law gives for the
+//!    `PROBE_SAMPLES` answers of requests started during the hold have come back. Their mean
+//!    (each counted as at most `OUTLIER` times the latency before the hold) is the new
+//!    baseline (both windows), and the limit resumes at what Little's law gives for the
 //!    latency seen before the hold against that baseline (`after_probe`), never above where
 //!    it was; the smoothed latency restarts from what that limit should see. The hold is not reported,
 //!    and is given up after `PROBE_GIVE_UP` without its answers (then the next waits longer).
@@ -69,7 +70,8 @@ pub const HEADROOM: f64 = 1.0;
 pub const SLACK: Duration = Duration::from_millis(5);
 /// Weight of each exchange in the limit's moving average.
 pub const SMOOTHING: f64 = 0.2;
-/// An answer counts in the moving average as at most this
+/// An answer counts in the moving average (and in a re-measured minimum, against the
+/// latency before the hold) as at most this
 /// many times the baseline. A page the origin is slow to build is not queueing, and one client
 /// can ask for it over and over: counted in whole, one such answer in twenty read as queueing
 /// and held everyone's limit at the floor. Above `2 / TOLERANCE`, so that a real queue (every
@@ -408,7 +410,11 @@ impl Limit {
             return;
         }
         probe.samples += 1;
-        probe.sum += latency;
+        // Capped against the latency before the hold, not the suspect minimum: an origin
+        // that really got slower shows that latency already, while one client's slow page
+        // (which may get every other answer at one request at a time) cannot make itself
+        // the minimum.
+        probe.sum += latency.min(probe.before * OUTLIER);
         if probe.samples < PROBE_SAMPLES {
             return;
         }

@@ -513,3 +513,32 @@ fn one_clients_slow_page_does_not_pull_everyones_limit_down() {
     feed(&mut l, 100, 500, 32, &mut t);
     assert_eq!(l.get(), 2);
 }
+
+/// The same client's slow page during a re-measurement (rule 7): at one request at a time it
+/// may get every other answer of the hold. Counted whole, three 3 s answers of five made the
+/// minimum 1.8 s, and for the next minute no queue of the origin's could show.
+#[test]
+fn one_clients_slow_page_cannot_make_a_re_measured_minimum_of_it() {
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    feed(&mut l, 20, 20, 32, &mut t);
+    for _ in 0..2_100 {
+        t += 1;
+        l.observe(ms(20), 32, t);
+        if l.probing() {
+            break;
+        }
+    }
+    assert!(l.probing());
+    for i in 0..PROBE_SAMPLES {
+        let latency = if i % 2 == 0 { 3000 } else { 20 };
+        t += latency;
+        l.observe(ms(latency), 1, t);
+    }
+    assert!(!l.probing());
+    let base = l.baseline().unwrap();
+    assert!(base < Duration::from_millis(100), "baseline {base:?}");
+    // So a real queue still shows.
+    feed(&mut l, 100, 500, 32, &mut t);
+    assert!(l.get() <= 4, "limit {}", l.get());
+}
