@@ -425,3 +425,19 @@ fn config_errors_hide_every_origin_password_on_a_line() {
         assert!(!shown.contains(password), "{password} is shown: {shown}");
     }
 }
+
+/// A URL's user part alone often is the secret (`https://<token>@host`, as Git hosts and
+/// error trackers hand them out); the refusal must not print it either.
+#[test]
+fn an_origin_user_token_is_not_shown_in_its_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MINIMAL.replace(
+        "http://127.0.0.1:8081",
+        "http://ghp-user-token-42@127.0.0.1:8081",
+    );
+    let path = write_config(&dir, "user-token.toml", &text);
+    let output = check_config(&path);
+    assert_problem(&output, &path, "site[0].origin", &["credentials"]);
+    let shown = stderr(&output);
+    assert!(!shown.contains("ghp-user-token-42"), "shown: {shown}");
+}

@@ -138,9 +138,10 @@ fn value_text(text: &str) -> &str {
     &text[..end]
 }
 
-/// `text` with the password of every `scheme://user:password@host` in it hidden (an origin
-/// URL with credentials is refused, and the message saying so must not print them; a line
-/// may hold several URLs).
+/// `text` with the password of every `scheme://user:password@host` in it hidden, and the
+/// user of a `scheme://user@host` (which is often a token by itself); an origin URL with
+/// credentials is refused, and the message saying so must not print them. A line may hold
+/// several URLs.
 pub(crate) fn hide_password(text: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::new();
     let mut rest = text;
@@ -152,11 +153,11 @@ pub(crate) fn hide_password(text: &str) -> std::borrow::Cow<'_, str> {
             .find(['/', '?', '#', '"', '\'', ' '])
             .unwrap_or(tail.len());
         let authority = &tail[..end];
-        let userinfo = (authority.rfind('@'))
-            .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)));
-        match userinfo {
-            Some((colon, at)) => {
-                out.push_str(&authority[..=colon]);
+        match authority.rfind('@') {
+            Some(at) => {
+                // The user stays when a password follows it: it tells which account.
+                let shown = authority[..at].find(':').map_or(0, |colon| colon + 1);
+                out.push_str(&authority[..shown]);
                 out.push_str(HIDDEN);
                 out.push_str(&authority[at..]);
                 hidden = true;
@@ -296,7 +297,7 @@ mod tests {
             "http://user:<redacted>@h:1/x"
         );
         assert_eq!(super::hide_password("http://h:1/a@b:c"), "http://h:1/a@b:c");
-        assert_eq!(super::hide_password("http://user@h"), "http://user@h");
+        assert_eq!(super::hide_password("http://tok@h"), "http://<redacted>@h");
         assert_eq!(
             super::hide_password(r#"["http://a:p1@h", "https://b:p2@g/x"]"#),
             r#"["http://a:<redacted>@h", "https://b:<redacted>@g/x"]"#
