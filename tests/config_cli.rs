@@ -441,3 +441,28 @@ fn an_origin_user_token_is_not_shown_in_its_refusal() {
     let shown = stderr(&output);
     assert!(!shown.contains("ghp-user-token-42"), "shown: {shown}");
 }
+
+/// A token written as a multi-line string sits on the lines after `token = """`, and toml
+/// quotes whichever of them holds the error (or the last one, when the string never ends).
+#[test]
+fn config_errors_hide_a_multi_line_token() {
+    let dir = tempfile::tempdir().unwrap();
+    const SECRET: &str = "s3cret-Token-value";
+    let cases = [
+        format!("[admin]\ntoken = \"\"\"\n{SECRET}\\q\n\"\"\""),
+        format!("[admin]\ntoken = '''\n{SECRET}\n"),
+        format!("[admin]\ntoken = \"\"\"\n{SECRET}"),
+    ];
+    for (i, lines) in cases.iter().enumerate() {
+        let text = format!("{MINIMAL}\n{lines}");
+        let path = write_config(&dir, &format!("multi{i}.toml"), &text);
+        let output = check_config(&path);
+        let shown = stderr(&output);
+        assert!(!output.status.success(), "{shown}");
+        assert!(
+            !shown.contains(SECRET),
+            "case {i}: the token is shown: {shown}"
+        );
+        assert!(shown.contains("line "), "case {i}: {shown}");
+    }
+}

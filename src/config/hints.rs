@@ -62,12 +62,28 @@ pub(crate) fn explain(text: &str, err: &toml::de::Error) -> String {
 
 /// `message`, about the config `text`, with the value of every `SECRET_KEYS` assignment and
 /// every URL password in `text` hidden. toml quotes the erring line as it is, and its messages
-/// may quote the value (`invalid type: integer `123``); the file, line, column, key and reason
-/// stay.
+/// may quote the value (`invalid type: integer `123``), or a line inside a multi-line token;
+/// the file, line, column, key and reason stay.
 pub(crate) fn redact(text: &str, message: &str) -> String {
     let mut out = message.to_string();
+    // The closing quotes of a multi-line secret still open: the lines up to them are secret.
+    let mut open: Option<&str> = None;
     for line in text.lines().map(str::trim) {
+        if let Some(quote) = open {
+            let secret = match line.find(quote) {
+                Some(end) => {
+                    open = None;
+                    &line[..end]
+                }
+                None => line,
+            };
+            if secret.trim().len() >= 4 {
+                out = out.replace(secret.trim(), HIDDEN);
+            }
+            continue;
+        }
         let values = secret_values(line);
+        open = values.iter().find_map(|v| unclosed_multi_line(v));
         if values.is_empty() {
             if let std::borrow::Cow::Owned(shown) = hide_password(line) {
                 out = out.replace(line, &shown);
@@ -113,6 +129,16 @@ fn secret_values(line: &str) -> Vec<&str> {
     }
     values.retain(|v| !v.is_empty());
     values
+}
+
+/// The closing quotes of `value` when it opens a multi-line string that its line does not
+/// close.
+fn unclosed_multi_line(value: &str) -> Option<&'static str> {
+    let quote = ["\"\"\"", "'''"]
+        .into_iter()
+        .find(|q| value.starts_with(q))?;
+    let closed = value.len() >= 2 * quote.len() && value.ends_with(quote);
+    (!closed).then_some(quote)
 }
 
 /// The TOML value at the start of `text`, as written: a quoted string up to its closing
