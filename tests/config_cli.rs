@@ -466,3 +466,23 @@ fn config_errors_hide_a_multi_line_token() {
         assert!(shown.contains("line "), "case {i}: {shown}");
     }
 }
+
+/// A misspelt `token` key is refused as unknown, and toml quotes its line: the value there is
+/// the token all the same.
+#[test]
+fn config_errors_hide_the_value_of_a_misspelt_token_key() {
+    let dir = tempfile::tempdir().unwrap();
+    const SECRET: &str = "s3cret-Token-value";
+    for (i, key) in ["tokne", "Token", "admin_token", "toke"].iter().enumerate() {
+        let text = format!("{MINIMAL}\n[admin]\n{key} = \"{SECRET}\"\n");
+        let path = write_config(&dir, &format!("misspelt{i}.toml"), &text);
+        let output = check_config(&path);
+        let shown = stderr(&output);
+        assert!(!output.status.success(), "{shown}");
+        assert!(
+            !shown.contains(SECRET),
+            "{key}: the token is shown: {shown}"
+        );
+        assert!(shown.contains(key) && shown.contains("line 13"), "{shown}");
+    }
+}

@@ -127,8 +127,27 @@ fn secret_values(line: &str) -> Vec<&str> {
             }
         }
     }
+    if values.is_empty() {
+        if let Some((key, value)) = line.split_once('=') {
+            if misspelt_secret(key) {
+                values.push(value_text(value.trim_start()));
+            }
+        }
+    }
     values.retain(|v| !v.is_empty());
     values
+}
+
+/// Whether the key `written` (a line's, as written) looks like a misspelt `SECRET_KEYS` key
+/// (`tokne`, `Token`, `admin_token`): toml refuses it as unknown and quotes its line, whose
+/// value is the secret all the same. No valid key is that close but `token_file`.
+fn misspelt_secret(written: &str) -> bool {
+    let key = written.rsplit('.').next().unwrap_or(written);
+    let key = key.trim().trim_matches(['"', '\'']).to_ascii_lowercase();
+    SECRET_KEYS.iter().any(|secret| {
+        key != "token_file"
+            && (key.contains(secret) || strsim::damerau_levenshtein(&key, secret) <= 2)
+    })
 }
 
 /// The closing quotes of `value` when it opens a multi-line string that its line does not
@@ -341,10 +360,13 @@ mod tests {
         );
         assert_eq!(secret_values("token = 123 # n"), ["123"]);
         assert_eq!(secret_values(r#"token = """abc"#), [r#""""abc"#]);
-        // Not the key `token`: another key holding the word, or a value mentioning it.
+        // A misspelt key holds the token all the same.
+        assert_eq!(secret_values(r#"mytoken = "t""#), [r#""t""#]);
+        assert_eq!(secret_values(r#"Tokne = "t""#), [r#""t""#]);
+        // Not the token: the key naming its file, other keys, a value mentioning it.
         assert!(secret_values(r#"token_file = "t""#).is_empty());
-        assert!(secret_values(r#"mytoken = "t""#).is_empty());
         assert!(secret_values(r#"name = "token""#).is_empty());
+        assert!(secret_values(r#"hosts = ["a"]"#).is_empty());
     }
 
     #[test]
