@@ -20,19 +20,27 @@ use crate::cache::CacheStatus;
 const MAX_TEXT: usize = 1024;
 
 /// `text`, or its first `MAX_TEXT` bytes (at a character boundary) and `…`, with the
-/// characters that would split or reorder a log line escaped (`log_text`).
+/// characters that would split or reorder a log line escaped (`log_text`). The escaped text is
+/// held to `MAX_TEXT` too: an escape is up to eight times the character it stands for.
 pub fn clip(text: &str) -> String {
-    if text.len() <= MAX_TEXT {
-        return crate::log_text::escape(text).into_owned();
+    let escaped = crate::log_text::escape(&text[..boundary(text, MAX_TEXT)]);
+    if text.len() <= MAX_TEXT && escaped.len() <= MAX_TEXT {
+        return escaped.into_owned();
     }
-    let mut end = MAX_TEXT;
+    let kept = &escaped[..boundary(&escaped, MAX_TEXT)];
+    let mut clipped = String::with_capacity(kept.len() + '…'.len_utf8());
+    clipped.push_str(kept);
+    clipped.push('…');
+    clipped
+}
+
+/// The largest character boundary of `text` at or below `at`.
+fn boundary(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let mut clipped = String::with_capacity(end + '…'.len_utf8());
-    clipped.push_str(&crate::log_text::escape(&text[..end]));
-    clipped.push('…');
-    clipped
+    end
 }
 
 /// What the line says about the request, known when the response head is ready.
@@ -136,5 +144,17 @@ mod tests {
         assert_eq!(clip("/a\u{2028}b"), "/a\\u{2028}b");
         let long = format!("/\u{202E}{}", "a".repeat(MAX_TEXT));
         assert!(!clip(&long).contains('\u{202E}'));
+        // Escapes are longer than what they stand for; the line still keeps at most MAX_TEXT.
+        for evil in ["\u{85}", "\u{202E}", "\t"] {
+            let clipped = clip(&evil.repeat(MAX_TEXT));
+            assert!(clipped.len() <= MAX_TEXT + 3, "{evil:?}: {}", clipped.len());
+            assert!(clipped.ends_with('…') && clipped.starts_with("\\u{"));
+        }
+        let just = "\t".repeat(MAX_TEXT / 8);
+        assert_eq!(
+            clip(&just),
+            "\\u{0009}".repeat(MAX_TEXT / 8),
+            "fits: not clipped"
+        );
     }
 }
