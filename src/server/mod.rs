@@ -379,15 +379,18 @@ fn serve_connection(
             let tracker = tracker.clone();
             let guard = tracker.request_started();
             let mut overdue = overdue.clone();
-            let client = client.clone();
+            let (method, version) = (request.method().clone(), request.version());
+            // Called here, not in the future: a hit is answered within this call, so the
+            // request is dropped before hyper reads again and hyper can reuse its read buffer
+            // (see `Proxy::handle`).
+            let handling = proxy.handle(request, client.clone());
             async move {
-                let (method, version) = (request.method().clone(), request.version());
                 let response = tokio::select! {
                     // The request first: a hit is ready at its first poll, and then the drain
                     // signal is never polled, so a hit does not register with (and unregister
                     // from) the watch channel's notifier, two lock round trips per request.
                     biased;
-                    response = proxy.handle(request, client) => response,
+                    response = handling => response,
                     // Only a sent `true` counts: a closed channel means the listener is gone.
                     Ok(_) = overdue.wait_for(|over| *over) => {
                         crate::proxy::shutting_down(&method, version)
