@@ -379,7 +379,12 @@ fn serve_connection(
             let guard = tracker.request_started();
             let mut overdue = overdue.clone();
             let client = client.clone();
-            async move {
+            // Boxed: hyper keeps the slot for a request's future (`in_flight`) allocated for
+            // the connection's whole life, at that future's size (3.8 KiB), so every idle
+            // keep-alive connection held it. Boxed, the slot is a pointer and the future lives
+            // only while its request does (the memory bench: 24.5 -> 22.1 KiB per connection
+            // after one request), for one allocation per request.
+            Box::pin(async move {
                 let (method, version) = (request.method().clone(), request.version());
                 let response = tokio::select! {
                     // The request first: a hit is ready at its first poll, and then the drain
@@ -394,7 +399,7 @@ fn serve_connection(
                 };
                 drop(guard);
                 Ok::<_, std::convert::Infallible>(response.map(|body| tracker.track(body)))
-            }
+            })
         });
         let connection = builder
             .serve_connection(TokioIo::new(io), service)
