@@ -93,7 +93,9 @@ mod trim {
             .ok()
             .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
             .unwrap_or(0);
-        pages * 4096
+        // SAFETY: sysconf only reads a system setting.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        pages * u64::try_from(page).unwrap_or(4096)
     }
 
     /// After a trim that took `t`, the next waits at least `t` times this: a trim holds each
