@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the pure functions on Kagami's hot path: Cache-Control parsing, the
 //! RFC 9111 freshness arithmetic, cache keys, and a complete in-memory hit (store lookup plus
-//! building the client response) for 1 KiB and 16 KiB bodies.
+//! building the client response) for 1 KiB and 16 KiB bodies, and a hit's `Cache-Status` value.
 //!
 //! Run: `cargo bench --bench freshness` (add `-- --quick` for a short run).
 
@@ -16,7 +16,7 @@ use http::{Request, StatusCode};
 use kagami::cache::control::response_directives;
 use kagami::cache::key::primary_key;
 use kagami::cache::policy::{corrected_initial_age, freshness_lifetime, Heuristic};
-use kagami::cache::{Entry, Lookup, MemoryStore, StoreSettings};
+use kagami::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings};
 use kagami::config::CookiePolicy;
 use kagami::proxy::respond::from_entry;
 use kagami::routing::target::canonical;
@@ -242,11 +242,26 @@ fn bench_hit(c: &mut Criterion) {
     group.finish();
 }
 
+/// A hit's `Cache-Status` value: from the per-thread table (`header_value`) against formatting
+/// and allocating it for every answer (`formatted`, what every hit did before the table).
+fn bench_cache_status(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cache_status");
+    let status = CacheStatus::new(Phase::Hit).ttl(297);
+    group.bench_function("header_value", |b| {
+        b.iter(|| black_box(&status).header_value())
+    });
+    group.bench_function("formatted", |b| {
+        b.iter(|| HeaderValue::from_maybe_shared(Bytes::from(black_box(&status).member())).ok())
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_directives,
     bench_freshness,
     bench_key,
-    bench_hit
+    bench_hit,
+    bench_cache_status
 );
 criterion_main!(benches);

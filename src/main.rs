@@ -21,8 +21,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use cli::allocator::{start_trimming, tune_allocator};
 use cli::startup::{
-    init_logging, raise_open_files_limit, report, shutdown_signal, tune_allocator, Signal, Signals,
+    init_logging, raise_open_files_limit, report, shutdown_signal, Signal, Signals,
 };
 
 /// Where `run` and `check-config` look when no file is named.
@@ -141,6 +142,7 @@ fn main() -> ExitCode {
             let c = load(&p)?;
             init_logging(c.log.format);
             raise_open_files_limit(c.server.max_connections);
+            start_trimming();
             runtime(&c)?.block_on(run(c, p))
         }),
         Command::GenCert { hosts, out } => gen_cert(&hosts, &out),

@@ -1,6 +1,10 @@
 //! The cache phase of a response: one value that becomes the `Cache-Status` member (RFC 9211),
 //! the access-log label and, later, the metric label.
 
+use std::cell::RefCell;
+
+use http::HeaderValue;
+
 /// How a response was produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -134,10 +138,41 @@ impl CacheStatus {
         out
     }
 
-    /// `member` as a header value, without copying it again.
-    pub fn header_value(&self) -> Option<http::HeaderValue> {
-        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(self.member())).ok()
+    /// `member` as a header value. A plain hit's value is taken from a small per-thread table
+    /// by ttl when it is there: a page's hits within one second share their ttl, so most hits
+    /// cost a reference count instead of formatting and allocating the value again.
+    pub fn header_value(&self) -> Option<HeaderValue> {
+        let plain_hit = *self == CacheStatus::new(Phase::Hit).ttl(self.ttl.unwrap_or(0));
+        match self.ttl {
+            Some(ttl) if plain_hit => HITS.with_borrow_mut(|hits| {
+                let slot = &mut hits[ttl.rem_euclid(HIT_SLOTS as i64) as usize];
+                if let Some((seen, value)) = slot {
+                    if *seen == ttl {
+                        return Some(value.clone());
+                    }
+                }
+                let value = self.made_value()?;
+                *slot = Some((ttl, value.clone()));
+                Some(value)
+            }),
+            _ => self.made_value(),
+        }
     }
+
+    /// `member` as a header value, without copying it again.
+    fn made_value(&self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(self.member())).ok()
+    }
+}
+
+/// Slots of the per-thread table of plain hit values (`kagami; hit; ttl=N`), by ttl: enough
+/// for the pages busy at the same second not to push each other out, small enough to stay in
+/// cache.
+const HIT_SLOTS: usize = 64;
+
+thread_local! {
+    static HITS: RefCell<[Option<(i64, HeaderValue)>; HIT_SLOTS]> =
+        const { RefCell::new([const { None }; HIT_SLOTS]) };
 }
 
 #[cfg(test)]
@@ -170,5 +205,24 @@ mod tests {
             CacheStatus::new(Phase::Pass).fwd("method").member(),
             "kagami; fwd=method"
         );
+    }
+
+    #[test]
+    fn header_values_from_the_hit_table_match_their_member() {
+        for status in [
+            CacheStatus::new(Phase::Hit).ttl(30),
+            CacheStatus::new(Phase::Hit).ttl(30),
+            // The same slot, another ttl.
+            CacheStatus::new(Phase::Hit).ttl(30 + HIT_SLOTS as i64),
+            CacheStatus::new(Phase::Hit).ttl(-2),
+            // Not plain hits: never answered from the table.
+            CacheStatus::new(Phase::Hit).ttl(30).collapsed(true),
+            CacheStatus::new(Phase::StaleHit).ttl(30).detail("grace"),
+            CacheStatus::new(Phase::Hit),
+            CacheStatus::new(Phase::Miss).fwd_status(200).ttl(30),
+        ] {
+            let value = status.header_value().unwrap();
+            assert_eq!(value, status.member().as_str(), "{status:?}");
+        }
     }
 }

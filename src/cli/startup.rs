@@ -108,30 +108,6 @@ pub fn raise_open_files_limit(max_connections: usize) {
 #[cfg(not(unix))]
 pub fn raise_open_files_limit(_max_connections: usize) {}
 
-/// Large bodies straight from the kernel with glibc's allocator: at or above 128 KiB an
-/// allocation is its own mapping, given back whole when freed. glibc otherwise raises that
-/// threshold as large blocks are freed (up to 32 MiB), after which a store churning 256 KiB
-/// objects leaves its heap fragmented: measured with `cargo bench --bench memory` at
-/// `cache.memory = 64MiB`, RSS above the limit went from +40 to +23 MiB for 256 KiB objects
-/// and from +27 to +19 MiB for a realistic mix, small objects unchanged. An operator's own
-/// `MALLOC_MMAP_THRESHOLD_` wins; the jemalloc and mimalloc builds manage this themselves.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn tune_allocator() {
-    if cfg!(any(feature = "jemalloc", feature = "mimalloc"))
-        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-    {
-        return;
-    }
-    // SAFETY: mallopt only changes the allocator's parameters; fixing the threshold also
-    // turns off its dynamic adjustment.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn tune_allocator() {}
-
 /// What an operator asked for with a signal.
 pub enum Signal {
     /// SIGTERM or Ctrl-C: drain and exit.

@@ -4,17 +4,21 @@
 //! (`Proxy::serve` onwards) only ever sees the normalised values.
 
 use std::borrow::Cow;
+use std::future::{ready, Ready};
+use std::net::IpAddr;
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, Either};
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::Body;
 use super::respond::{self, Canned};
-use super::{access, budget, headers, tls, Client, Proxy, Served};
+use super::{access, budget, headers, tls, Client, Proxy, Served, Step};
 
 /// The Cache-Status field (RFC 9211), named once: a name made from a string is parsed again
 /// on every use.
@@ -23,32 +27,57 @@ use crate::cache::{CacheStatus, Phase};
 use crate::limit::{client_ip, limit_key};
 use crate::routing::{target, Authority};
 
+/// A request's answer: ready at once (a hit, a refusal), or the fetch or pass still to run.
+pub type Handling = Either<Ready<Response<Body>>, BoxFuture<'static, Response<Body>>>;
+
+/// What the answer's label and the access log need from the request, kept while it is served.
+struct Opened {
+    started: Instant,
+    /// The path and host for the access log (only when it is on).
+    logged: Option<(String, Option<String>)>,
+    method: Method,
+    peer: IpAddr,
+    owner: budget::Owner,
+}
+
 impl Proxy {
-    /// Handles one request from `client`.
-    pub async fn handle(
-        self: Arc<Self>,
-        request: Request<Incoming>,
-        client: Client,
-    ) -> Response<Body> {
+    /// Handles one request from `client`. Not an `async fn`: everything up to the answer of a
+    /// hit runs here, in hyper's call of the service, so the request (whose header values are
+    /// slices of the connection's read buffer) is gone before hyper reads the connection again.
+    /// Held in a future instead, it made hyper allocate a fresh 8 KiB read buffer per request
+    /// (the old one was still shared), and hyper moved that kilobytes-large future into place.
+    pub fn handle(self: Arc<Self>, request: Request<Incoming>, client: Client) -> Handling {
         let started = Instant::now();
-        // Only the access log needs the path; the hit path should not pay for it otherwise.
-        let logged = self.access_log.then(|| access::clip(request.uri().path()));
         let method = request.method().clone();
         let authority = RawAuthority::of(&request);
         let authority = authority.as_ref().and_then(RawAuthority::as_str);
+        // Only the access log needs the path and host; the hit path should not pay for them.
+        let logged = self.access_log.then(|| {
+            (
+                access::clip(request.uri().path()),
+                authority.map(access::clip),
+            )
+        });
         let ip = limit_key(client_ip(
             client.peer.ip(),
             request.headers(),
             &self.trusted,
         ));
-        let owner = budget::Owner::Client(ip);
+        let opened = Opened {
+            started,
+            logged,
+            method,
+            peer: client.peer.ip(),
+            owner: budget::Owner::Client(ip),
+        };
 
-        let ((response, status), site) = match self.enter() {
+        let guard = self.enter();
+        let (step, site) = match guard {
             None => {
                 self.stats.add(&self.stats.overloaded);
-                (overloaded(&method), None)
+                (Step::Done(overloaded(&opened.method)), None)
             }
-            Some(_guard) if headers::looped(request.headers(), &self.via) => {
+            Some(_) if headers::looped(request.headers(), &self.via) => {
                 // Once a minute is enough to tell staff; a loop (or a forged header) repeats fast.
                 if self.loop_logged.every(Duration::from_secs(60)) {
                     tracing::error!(
@@ -60,13 +89,32 @@ impl Proxy {
                 let refused = refuse(
                     StatusCode::LOOP_DETECTED,
                     "kagami: request loop (an origin points back at Kagami)",
-                    &method,
+                    &opened.method,
                 );
-                (refused, None)
+                (Step::Done(refused), None)
             }
-            Some(_guard) => self.admit(request, &client, authority, ip).await,
+            Some(_) => self.admit(request, &client, authority, ip),
         };
+        match step {
+            Step::Done(served) => {
+                drop(guard);
+                Either::Left(ready(self.answered(served, site, opened)))
+            }
+            Step::Later(pending) => {
+                // The admission is held until the answer is ready, as before.
+                let guard = guard.map(|g| g.owned(self.clone()));
+                Either::Right(Box::pin(async move {
+                    let served = pending.await;
+                    drop(guard);
+                    self.answered(served, site, opened)
+                }))
+            }
+        }
+    }
 
+    /// Counts an answer and gives it its labels (`Cache-Status`, `Via`) and its access log line.
+    fn answered(&self, served: Served, site: Option<usize>, opened: Opened) -> Response<Body> {
+        let (response, status) = served;
         self.stats.record(status.phase, status.collapsed);
         let metrics = site.map_or(&self.unrouted, |index| &self.sites[index].metrics);
         // One clock read for both: the latency and the `/status` second.
@@ -74,7 +122,7 @@ impl Proxy {
         metrics.record(
             response.status(),
             &status,
-            answered.saturating_duration_since(started),
+            answered.saturating_duration_since(opened.started),
         );
         if let Some(index) = site {
             // The last minute, for `/status`.
@@ -82,7 +130,8 @@ impl Proxy {
         }
         // A large body that shares a stored entry's buffer must not pin it uncounted once the
         // entry is evicted (see `body::Held`).
-        let mut response = response.map(|body| body.guarded(&self.budget, owner, self.held_stall));
+        let mut response =
+            response.map(|body| body.guarded(&self.budget, opened.owner, self.held_stall));
         let headers = response.headers_mut();
         // Purge tags stay stored but are the origin's business only (see `cache::tags`).
         crate::cache::tags::strip(headers);
@@ -90,12 +139,12 @@ impl Proxy {
             headers.append(CACHE_STATUS, v);
         }
         headers::append_via(headers);
-        if let Some(path) = logged {
+        if let Some((path, host)) = opened.logged {
             let line = access::Line {
-                started,
-                client: client.peer.ip(),
-                method,
-                host: authority.map(access::clip),
+                started: opened.started,
+                client: opened.peer,
+                method: opened.method,
+                host,
                 path,
                 status: response.status(),
                 cache: status,
@@ -109,17 +158,17 @@ impl Proxy {
     /// Validates and normalises the request's authority and target once, routes it, and
     /// serves it. Everything after this uses only the normalised values, so the cache key, the
     /// origin's `Host` and the origin's request target always agree.
-    async fn admit(
+    fn admit(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
         client: &Client,
         authority: Option<&str>,
-        ip: std::net::IpAddr,
-    ) -> (Served, Option<usize>) {
+        ip: IpAddr,
+    ) -> (Step, Option<usize>) {
         let method = request.method().clone();
         // Before the Host is even looked at: the CA may name the site in any form.
         if let Some(answer) = tls::acme_challenge(&self.acme, client, &request, authority) {
-            return (answer, None);
+            return (Step::Done(answer), None);
         }
         let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
             let refused = refuse(
@@ -127,10 +176,10 @@ impl Proxy {
                 "kagami: the request needs exactly one valid Host",
                 &method,
             );
-            return (refused, None);
+            return (Step::Done(refused), None);
         };
         if let Some(refused) = tls::misdirected(client, &authority, &method) {
-            return (refused, None);
+            return (Step::Done(refused), None);
         }
         let default_port = default_port(client.proto);
         let Some(index) = self.router.route(&authority, default_port) else {
@@ -142,11 +191,11 @@ impl Proxy {
                 ),
                 &method,
             );
-            return (refused, None);
+            return (Step::Done(refused), None);
         };
         let raw_target = request.uri().path_and_query().map_or("/", |p| p.as_str());
         if raw_target == "*" {
-            return (asterisk(&method), Some(index));
+            return (Step::Done(asterisk(&method)), Some(index));
         }
         let canonical = match target::canonical(raw_target) {
             // Nearly always: the target is canonical already.
@@ -163,7 +212,7 @@ impl Proxy {
                     "kagami: the request target must be an absolute path, with % followed by two hex digits",
                     &method,
                 );
-                return (refused, Some(index));
+                return (Step::Done(refused), Some(index));
             }
         }
         let site = &self.sites[index].config;
@@ -173,16 +222,28 @@ impl Proxy {
             .then(|| tls::redirect(site, client, &authority, request.uri(), &method))
             .flatten()
         {
-            return (redirect, Some(index));
+            return (Step::Done(redirect), Some(index));
         }
         let host = authority.into_normalised_on(default_port, client.local_port);
-        let mut served = self.serve(index, request, client, host, ip).await;
-        tls::add_hsts(&self.sites[index].config, client, &mut served.0);
-        (served, Some(index))
+        let step = match self.serve(index, request, client, host, ip) {
+            Step::Done(mut served) => {
+                tls::add_hsts(&self.sites[index].config, client, &mut served.0);
+                Step::Done(served)
+            }
+            Step::Later(pending) => {
+                let (proxy, client) = (self.clone(), client.clone());
+                Step::Later(Box::pin(async move {
+                    let mut served = pending.await;
+                    tls::add_hsts(&proxy.sites[index].config, &client, &mut served.0);
+                    served
+                }))
+            }
+        };
+        (step, Some(index))
     }
 
     /// Admits a request under the global in-flight cap.
-    fn enter(&self) -> Option<InFlightGuard<'_>> {
+    fn enter(&self) -> Option<InFlightGuard<&Proxy>> {
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let guard = InFlightGuard(self);
         self.stats
@@ -192,9 +253,20 @@ impl Proxy {
     }
 }
 
-struct InFlightGuard<'a>(&'a Proxy);
+/// One request counted in flight until dropped; `P` is how it holds the proxy (borrowed while
+/// the answer is made at once, owned by the future of an answer that takes longer).
+struct InFlightGuard<P: Deref<Target = Proxy>>(P);
 
-impl Drop for InFlightGuard<'_> {
+impl InFlightGuard<&Proxy> {
+    /// The same count, held by a future that outlives the call that admitted the request.
+    fn owned(self, proxy: Arc<Proxy>) -> InFlightGuard<Arc<Proxy>> {
+        // The count passes to the new guard: this one must not give it back too.
+        std::mem::forget(self);
+        InFlightGuard(proxy)
+    }
+}
+
+impl<P: Deref<Target = Proxy>> Drop for InFlightGuard<P> {
     fn drop(&mut self) {
         let now = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
         self.0

@@ -64,13 +64,15 @@ pub fn origin_via(instance: u64) -> HeaderValue {
 
 /// Did this request already pass through this very process?
 pub fn looped(headers: &HeaderMap, own_hop: &HeaderValue) -> bool {
+    let mut vias = headers.get_all(VIA).iter().peekable();
+    // Nearly every request comes without Via: then our own hop is not even looked at.
+    if vias.peek().is_none() {
+        return false;
+    }
     let Ok(own) = own_hop.to_str() else {
         return false;
     };
-    headers
-        .get_all(VIA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    vias.filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|hop| hop.trim() == own)
 }

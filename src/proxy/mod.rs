@@ -158,6 +158,16 @@ pub struct Proxy {
 
 type Served = (Response<Body>, CacheStatus);
 
+/// Where the request path is with a request: its answer made already (a hit, a refusal), or
+/// the work that makes it (a fetch, a pass), boxed so that a hit's caller carries none of it.
+// `Done` is the hit, the common case, so it is the one kept inline: boxing it would cost an
+// allocation per hit.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Done(Served),
+    Later(futures_util::future::BoxFuture<'static, Served>),
+}
+
 thread_local! {
     /// The buffer `Proxy::lookup` writes cache keys into (see there).
     static LOOKUP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
@@ -173,7 +183,8 @@ impl Proxy {
         &self.sites
     }
 
-    async fn serve(
+    /// Answers a hit (or a refusal) at once; anything that needs the origin is `Step::Later`.
+    fn serve(
         self: &Arc<Self>,
         index: usize,
         request: Request<Incoming>,
@@ -181,7 +192,7 @@ impl Proxy {
         host: String,
         // The rate-limit key, worked out once by the front door (`limit_key(client_ip(..))`).
         ip: IpAddr,
-    ) -> Served {
+    ) -> Step {
         let method = request.method().clone();
         // A forwarding header the operator lets visitors send reaches the origin unkeyed, so
         // such a request is neither answered from nor stored in the shared cache.
@@ -203,31 +214,33 @@ impl Proxy {
                     host,
                     ip,
                 };
-                self.lookup(req).await
+                self.lookup(req)
             }
-            Method::CONNECT | Method::TRACE => refuse(
+            Method::CONNECT | Method::TRACE => Step::Done(refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "kagami: method not allowed",
                 &method,
-            ),
+            )),
             _ => {
                 let site = &self.sites[index];
                 if let Err(wait) = check(&site.misses, ip) {
-                    return self.too_many(wait, &method);
+                    return Step::Done(self.too_many(wait, &method));
                 }
                 let reason = if method == Method::GET || method == Method::HEAD {
                     "bypass"
                 } else {
                     "method"
                 };
-                // Boxed for the reason given in `lookup`.
-                Box::pin(self.pass(index, request, client.clone(), &host, reason)).await
+                let (proxy, client) = (self.clone(), client.clone());
+                Step::Later(Box::pin(async move {
+                    proxy.pass(index, request, client, &host, reason).await
+                }))
             }
         }
     }
 
     /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
-    async fn lookup(self: &Arc<Self>, req: Req) -> Served {
+    fn lookup(self: &Arc<Self>, req: Req) -> Step {
         let site = &self.sites[req.site];
         let key = || site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
@@ -245,10 +258,10 @@ impl Proxy {
         let (stale, phase) = match found {
             Lookup::Found(entry) if entry.serves_fresh(now) => {
                 if let Err(wait) = check(&site.hits, req.ip) {
-                    return self.too_many(wait, &req.parts.method);
+                    return Step::Done(self.too_many(wait, &req.parts.method));
                 }
                 let status = CacheStatus::new(Phase::Hit).ttl(entry.ttl(now));
-                return (from_entry(&entry, &req.parts, now), status);
+                return Step::Done((from_entry(&entry, &req.parts, now), status));
             }
             Lookup::Found(entry) => {
                 let staleness = entry.staleness(now);
@@ -270,12 +283,12 @@ impl Proxy {
                 };
                 if let Some(detail) = detail {
                     if let Err(wait) = check(&site.hits, req.ip) {
-                        return self.too_many(wait, &req.parts.method);
+                        return Step::Done(self.too_many(wait, &req.parts.method));
                     }
                     let status = CacheStatus::new(Phase::StaleHit)
                         .ttl(entry.ttl(now))
                         .detail(detail);
-                    return (from_entry(&entry, &req.parts, now), status);
+                    return Step::Done((from_entry(&entry, &req.parts, now), status));
                 }
                 (Some(entry), Phase::Revalidated)
             }
@@ -283,9 +296,10 @@ impl Proxy {
             Lookup::Miss => (None, Phase::Miss),
         };
         let key = key();
-        // Boxed: the fetch's state is many kilobytes, and hyper moves a request's future into
-        // place for every request, so inline it would be copied on every hit as well.
-        Box::pin(self.fetch_patiently(req, key, stale, phase)).await
+        let proxy = self.clone();
+        Step::Later(Box::pin(async move {
+            proxy.fetch_patiently(req, key, stale, phase).await
+        }))
     }
 
     /// Charges a request that will reach the origin to the client's origin budget. Over it, a
