@@ -23,7 +23,11 @@ pub(super) fn acme_challenge<B>(
     request: &http::Request<B>,
     authority: Option<&str>,
 ) -> Option<Served> {
-    if client.proto != "http" || !matches!(*request.method(), Method::GET | Method::HEAD) {
+    if client.proto != "http"
+        || !matches!(*request.method(), Method::GET | Method::HEAD)
+        // The path first: it rules out nearly every request without parsing the Host.
+        || !request.uri().path().starts_with(ACME_CHALLENGE_PREFIX)
+    {
         return None;
     }
     // Only for the name the token was issued to prove: the CA asks on that name.
