@@ -195,11 +195,7 @@ fn gen_cert(hosts: &[String], out: &Path) -> anyhow::Result<()> {
 }
 
 fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.server.worker_threads {
-        builder.worker_threads(n);
-    }
-    builder
+    kagami::server::runtime::builder(config.server.worker_threads)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -80,11 +80,8 @@ impl PinnedServer {
         };
         let mut builder = match flavor {
             Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
-            Flavor::OneWorker => {
-                let mut builder = tokio::runtime::Builder::new_multi_thread();
-                builder.worker_threads(1);
-                builder
-            }
+            // Kagami's own runtime settings, for the bare server on this flavour too.
+            Flavor::OneWorker => kagami::server::runtime::builder(Some(1)),
         };
         builder
             .thread_name(format!("{name}-worker"))

@@ -25,6 +25,7 @@ use crate::proxy::{BuildError, Client, Proxy};
 mod idle;
 mod live;
 mod per_client;
+pub mod runtime;
 mod tls;
 
 pub use live::{Live, ReloadError, ReloadReport};
