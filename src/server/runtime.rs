@@ -6,9 +6,11 @@
 /// ready at once (a surge: hundreds of keep-alive clients on one core) the rest wait in the
 /// global queue, which tokio's default (a self-tuned interval, about 61 ticks) visits rarely:
 /// those clients saw the slowest answers. Measured with `cargo bench --bench scenario` at 512
-/// connections on one worker (two alternating runs each, 4 s): p99 40-48 ms with 7 against
-/// 63-68 ms with the default; at 64 connections the queue never overflows and nothing changes.
-pub const GLOBAL_QUEUE_INTERVAL: u32 = 7;
+/// connections on one worker (alternating 4 s runs, Kagami hits): p99 63-68 ms with the
+/// default, 34-48 ms with 7, 14-15 ms with 2 (nginx: 11-17 ms); at 64 connections the queue
+/// never overflows and req/s stayed within the runs' noise. An empty global queue costs one
+/// atomic load to look at.
+pub const GLOBAL_QUEUE_INTERVAL: u32 = 2;
 
 /// A multi-thread runtime builder with Kagami's settings (`worker_threads`: tokio's default,
 /// one per core, when `None`). The caller names threads and enables drivers as it needs.
