@@ -317,9 +317,9 @@ fn main() {
     let json_path =
         std::env::var("KAGAMI_SURGE_JSON").unwrap_or_else(|_| "target/surge.json".into());
 
-    // Kagami gets a runtime (one core) of its own; the crowd and the origin share the other.
-    let kagami_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // Kagami gets a runtime (one core) of its own, with the binary's settings; the crowd and
+    // the origin share the other.
+    let kagami_rt = kagami::server::runtime::builder(Some(1))
         .enable_all()
         .build()
         .unwrap();
