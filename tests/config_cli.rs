@@ -331,13 +331,32 @@ fn shipped_example_config_passes() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
+/// The token the secret-hiding tests write.
+const SECRET: &str = "s3cret-Token-value";
+
+/// Writes `text` as `name`, checks it, and returns the refusal's text, having asserted that it
+/// is a refusal, names the file and shows none of `hidden`.
+fn refusal_hiding(dir: &tempfile::TempDir, name: &str, text: &str, hidden: &[&str]) -> String {
+    let path = write_config(dir, name, text);
+    let output = check_config(&path);
+    let shown = stderr(&output);
+    assert!(!output.status.success(), "{name}: {shown}");
+    assert!(shown.contains(&path.display().to_string()), "{shown}");
+    for secret in hidden {
+        assert!(
+            !shown.contains(secret),
+            "{name}: {secret} is shown: {shown}"
+        );
+    }
+    shown
+}
+
 /// A TOML error quotes the line it is on, and some messages quote the value: on the `token`
 /// line that printed the admin token to the terminal, to CI logs and into a reload's 422
 /// answer. The message still names the file, the line, the key and the reason.
 #[test]
 fn config_errors_never_show_the_admin_token() {
     let dir = tempfile::tempdir().unwrap();
-    const SECRET: &str = "s3cret-Token-value";
     let cases = [
         // Unterminated string: toml quotes the whole line.
         format!("token = \"{SECRET}"),
@@ -350,13 +369,8 @@ fn config_errors_never_show_the_admin_token() {
         let text = format!("{MINIMAL}\n[admin]\n{line}\n");
         let number = 1 + text.lines().position(|l| l == line).unwrap();
         let where_ = format!("line {number}");
-        let path = write_config(&dir, &format!("secret{i}.toml"), &text);
-        let output = check_config(&path);
-        let text = stderr(&output);
-        assert!(!output.status.success(), "{text}");
-        assert!(!text.contains(SECRET), "the token is shown: {text}");
-        assert!(!text.contains("987654321"), "the token is shown: {text}");
-        assert!(text.contains(&path.display().to_string()), "{text}");
+        let name = format!("secret{i}.toml");
+        let text = refusal_hiding(&dir, &name, &text, &[SECRET, "987654321"]);
         assert!(text.contains(&where_) && text.contains("token"), "{text}");
     }
 }
@@ -384,7 +398,6 @@ fn an_origin_password_is_not_shown_in_its_refusal() {
 #[test]
 fn config_errors_hide_the_token_however_the_key_is_spelt() {
     let dir = tempfile::tempdir().unwrap();
-    const SECRET: &str = "s3cret-Token-value";
     let cases = [
         format!("[admin]\nadmin.token = \"{SECRET}\" x"),
         format!("admin = {{ listen = \"127.0.0.1:9901\", token = \"{SECRET}\" }} x"),
@@ -394,15 +407,7 @@ fn config_errors_hide_the_token_however_the_key_is_spelt() {
     ];
     for (i, lines) in cases.iter().enumerate() {
         let text = format!("{MINIMAL}\n{lines}\n");
-        let path = write_config(&dir, &format!("spelt{i}.toml"), &text);
-        let output = check_config(&path);
-        let shown = stderr(&output);
-        assert!(!output.status.success(), "{shown}");
-        assert!(
-            !shown.contains(SECRET),
-            "case {i}: the token is shown: {shown}"
-        );
-        assert!(shown.contains(&path.display().to_string()), "{shown}");
+        let shown = refusal_hiding(&dir, &format!("spelt{i}.toml"), &text, &[SECRET]);
         assert!(shown.contains("line "), "case {i}: {shown}");
     }
 }
@@ -416,14 +421,9 @@ fn config_errors_hide_every_origin_password_on_a_line() {
         "origin = \"http://127.0.0.1:8081\"",
         "origins = [\"http://a:first-pass@127.0.0.1:8081\", \"http://b:second-pass@127.0.0.1:8082\"] x",
     );
-    let path = write_config(&dir, "two-urls.toml", &text);
-    let output = check_config(&path);
-    let shown = stderr(&output);
-    assert!(!output.status.success(), "{shown}");
+    let hidden = ["first-pass", "second-pass"];
+    let shown = refusal_hiding(&dir, "two-urls.toml", &text, &hidden);
     assert!(shown.contains("line 10"), "{shown}");
-    for password in ["first-pass", "second-pass"] {
-        assert!(!shown.contains(password), "{password} is shown: {shown}");
-    }
 }
 
 /// A URL's user part alone often is the secret (`https://<token>@host`, as Git hosts and
@@ -447,7 +447,6 @@ fn an_origin_user_token_is_not_shown_in_its_refusal() {
 #[test]
 fn config_errors_hide_a_multi_line_token() {
     let dir = tempfile::tempdir().unwrap();
-    const SECRET: &str = "s3cret-Token-value";
     let cases = [
         format!("[admin]\ntoken = \"\"\"\n{SECRET}\\q\n\"\"\""),
         format!("[admin]\ntoken = '''\n{SECRET}\n"),
@@ -455,14 +454,7 @@ fn config_errors_hide_a_multi_line_token() {
     ];
     for (i, lines) in cases.iter().enumerate() {
         let text = format!("{MINIMAL}\n{lines}");
-        let path = write_config(&dir, &format!("multi{i}.toml"), &text);
-        let output = check_config(&path);
-        let shown = stderr(&output);
-        assert!(!output.status.success(), "{shown}");
-        assert!(
-            !shown.contains(SECRET),
-            "case {i}: the token is shown: {shown}"
-        );
+        let shown = refusal_hiding(&dir, &format!("multi{i}.toml"), &text, &[SECRET]);
         assert!(shown.contains("line "), "case {i}: {shown}");
     }
 }
@@ -472,17 +464,9 @@ fn config_errors_hide_a_multi_line_token() {
 #[test]
 fn config_errors_hide_the_value_of_a_misspelt_token_key() {
     let dir = tempfile::tempdir().unwrap();
-    const SECRET: &str = "s3cret-Token-value";
     for (i, key) in ["tokne", "Token", "admin_token", "toke"].iter().enumerate() {
         let text = format!("{MINIMAL}\n[admin]\n{key} = \"{SECRET}\"\n");
-        let path = write_config(&dir, &format!("misspelt{i}.toml"), &text);
-        let output = check_config(&path);
-        let shown = stderr(&output);
-        assert!(!output.status.success(), "{shown}");
-        assert!(
-            !shown.contains(SECRET),
-            "{key}: the token is shown: {shown}"
-        );
+        let shown = refusal_hiding(&dir, &format!("misspelt{i}.toml"), &text, &[SECRET]);
         assert!(shown.contains(key) && shown.contains("line 13"), "{shown}");
     }
 }
