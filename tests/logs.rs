@@ -293,6 +293,22 @@ async fn access_lines_keep_only_the_start_of_long_paths_and_hosts() {
 /// Raw bytes a request sent into the log: U+2028/U+2029 are line ends to JavaScript and many
 /// log viewers, and bidi controls (U+202E) reorder what follows on screen, so a path could
 /// forge or hide lines. serde_json leaves all of them as they are; Kagami escapes them in the
+
+/// Sends `target` as raw UTF-8 in the request line (not percent-encoded, as a hostile client
+/// sends it) to 127.0.0.1:`port`, and waits for an HTTP answer.
+async fn send_raw_target(port: u16, target: &str) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert!(answer.starts_with(b"HTTP/1.1 "), "{target}: {answer:?}");
+}
 /// access line and in the admin API's refusal line (SECURITY-NOTES §5, log integrity).
 #[tokio::test]
 async fn line_separators_and_bidi_controls_from_requests_are_escaped_in_the_log() {
@@ -303,19 +319,7 @@ async fn line_separators_and_bidi_controls_from_requests_are_escaped_in_the_log(
     let evil = "/a\u{2028}b\u{2029}c\u{202E}d";
     let expected = "/a\\u{2028}b\\u{2029}c\\u{202e}d";
     for (target, port) in [("access", port), ("admin", admin)] {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        // Raw UTF-8 in the request target, as a hostile client sends it (not percent-encoded).
-        let request =
-            format!("GET {evil} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-            .await
-            .expect("an answer in time")
-            .expect("an answer");
-        assert!(answer.starts_with(b"HTTP/1.1 "), "{target}: {answer:?}");
+        send_raw_target(port, evil).await;
         let mut found = None;
         for _ in 0..50 {
             let (raw, line) = kagami.next_raw();
@@ -348,17 +352,7 @@ async fn invisible_characters_from_requests_are_escaped_in_the_access_line() {
     let (_dir, port, kagami, _) = serving(&origin, "listen = \"127.0.0.1:0\"");
     let evil = "/a\u{200B}b\u{2060}c\u{FEFF}d\u{AD}e\u{3164}f\u{E0041}g\u{180E}h";
     let expected = "/a\\u{200b}b\\u{2060}c\\u{feff}d\\u{00ad}e\\u{3164}f\\u{e0041}g\\u{180e}h";
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let request = format!("GET {evil} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
+    send_raw_target(port, evil).await;
     let mut found = None;
     for _ in 0..50 {
         let (raw, line) = kagami.next_raw();
