@@ -290,10 +290,6 @@ async fn access_lines_keep_only_the_start_of_long_paths_and_hosts() {
     }
 }
 
-/// Raw bytes a request sent into the log: U+2028/U+2029 are line ends to JavaScript and many
-/// log viewers, and bidi controls (U+202E) reorder what follows on screen, so a path could
-/// forge or hide lines. serde_json leaves all of them as they are; Kagami escapes them in the
-
 /// Sends `target` as raw UTF-8 in the request line (not percent-encoded, as a hostile client
 /// sends it) to 127.0.0.1:`port`, and waits for an HTTP answer.
 async fn send_raw_target(port: u16, target: &str) {
@@ -309,6 +305,10 @@ async fn send_raw_target(port: u16, target: &str) {
         .expect("an answer");
     assert!(answer.starts_with(b"HTTP/1.1 "), "{target}: {answer:?}");
 }
+
+/// Raw bytes a request sent into the log: U+2028/U+2029 are line ends to JavaScript and many
+/// log viewers, and bidi controls (U+202E) reorder what follows on screen, so a path could
+/// forge or hide lines. serde_json leaves all of them as they are; Kagami escapes them in the
 /// access line and in the admin API's refusal line (SECURITY-NOTES §5, log integrity).
 #[tokio::test]
 async fn line_separators_and_bidi_controls_from_requests_are_escaped_in_the_log() {
