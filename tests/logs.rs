@@ -257,6 +257,28 @@ async fn wrong_admin_tokens_cannot_flood_the_log() {
     assert_eq!(refusals[0]["path"], "/status", "{}", refusals[0]);
 }
 
+/// Sends `target` as raw bytes in the request line (not percent-encoded, as a hostile client
+/// sends it) with `host` to 127.0.0.1:`port`, and returns the whole answer.
+async fn send_raw(port: u16, target: &str, host: &str) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    answer
+}
+
+/// `send_raw` with Host 127.0.0.1, for an answer that must be HTTP.
+async fn send_raw_target(port: u16, target: &str) {
+    let answer = send_raw(port, target, "127.0.0.1").await;
+    assert!(answer.starts_with(b"HTTP/1.1 "), "{target}: {answer:?}");
+}
+
 /// The access line is held for as long as its body is being sent, which a client can make
 /// last (an HTTP/2 window of 0 on each of thousands of streams). A path near the head-size
 /// limit would then pin that much memory per stream, and fill the log: the line keeps only
@@ -268,16 +290,7 @@ async fn access_lines_keep_only_the_start_of_long_paths_and_hosts() {
     let long = format!("/{}", "a".repeat(12_000));
     let host = format!("{}.example", "h".repeat(8_000));
     for (path, host) in [(long.as_str(), "127.0.0.1"), ("/short", host.as_str())] {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-            .await
-            .expect("an answer in time")
-            .expect("an answer");
+        send_raw(port, path, host).await;
         let line = kagami.access();
         let (logged_path, logged_host) = (
             line["path"].as_str().expect("a path"),
@@ -288,22 +301,6 @@ async fn access_lines_keep_only_the_start_of_long_paths_and_hosts() {
         assert!(path.starts_with(logged_path.trim_end_matches('…')));
         assert!(host.starts_with(logged_host.trim_end_matches('…')));
     }
-}
-
-/// Sends `target` as raw UTF-8 in the request line (not percent-encoded, as a hostile client
-/// sends it) to 127.0.0.1:`port`, and waits for an HTTP answer.
-async fn send_raw_target(port: u16, target: &str) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    assert!(answer.starts_with(b"HTTP/1.1 "), "{target}: {answer:?}");
 }
 
 /// Raw bytes a request sent into the log: U+2028/U+2029 are line ends to JavaScript and many
