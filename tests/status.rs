@@ -241,14 +241,22 @@ fn find_chromium() -> Option<std::path::PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-#[tokio::test]
-async fn the_dashboard_renders_every_site_in_chromium_without_console_errors() {
-    let Some(binary) = find_chromium() else {
+/// Chromium, or `None` (and a SKIPPED line) where it is not installed; on CI it must be.
+fn chromium_or_skip() -> Option<std::path::PathBuf> {
+    let found = find_chromium();
+    if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI is set but chromium is missing: .ci/run installs it"
         );
         eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_dashboard_renders_every_site_in_chromium_without_console_errors() {
+    let Some(binary) = chromium_or_skip() else {
         return;
     };
     let origin = Origin::start().await;
@@ -307,12 +315,7 @@ async fn the_dashboard_renders_every_site_in_chromium_without_console_errors() {
 /// nothing at all. It now says what is wrong and asks for the token.
 #[tokio::test]
 async fn a_bad_token_fragment_is_explained_in_chromium_not_thrown() {
-    let Some(binary) = find_chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but chromium is missing: .ci/run installs it"
-        );
-        eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+    let Some(binary) = chromium_or_skip() else {
         return;
     };
     let origin = Origin::start().await;
