@@ -45,6 +45,23 @@ fn publish(
     }
 }
 
+/// Both sites with every `NEWS` page stored at "v1", then the origin updated to "v2": what a
+/// purge should make visitors see next.
+async fn stored_then_updated(
+    origin: &Origin,
+    tags: impl Fn(&str) -> (&'static str, &'static str) + Copy,
+) -> (Kagami, String) {
+    publish(origin, "v1", &NEWS, tags);
+    let (kagami, base) = two_sites(origin).await;
+    for host in ["iwate.test", "miyagi.test"] {
+        for path in NEWS {
+            get(&kagami, host, path).await;
+        }
+    }
+    publish(origin, "v2", &NEWS, tags);
+    (kagami, base)
+}
+
 fn no_tags(_: &str) -> (&'static str, &'static str) {
     ("", "")
 }
@@ -119,14 +136,7 @@ async fn a_prefix_purge_stays_under_its_prefix_host_and_site() {
 #[tokio::test]
 async fn a_site_purge_takes_only_that_site() {
     let origin = Origin::start().await;
-    publish(&origin, "v1", &NEWS, no_tags);
-    let (kagami, base) = two_sites(&origin).await;
-    for host in ["iwate.test", "miyagi.test"] {
-        for path in NEWS {
-            get(&kagami, host, path).await;
-        }
-    }
-    publish(&origin, "v2", &NEWS, no_tags);
+    let (kagami, base) = stored_then_updated(&origin, no_tags).await;
 
     assert_eq!(purged(&kagami, &base, r#"{"site": "iwate"}"#).await, 4);
     let reply = get(&kagami, "iwate.test", "/other").await;
@@ -300,14 +310,7 @@ async fn without_the_right_token_no_kind_of_purge_does_anything() {
 #[tokio::test]
 async fn a_tag_purge_with_a_site_stays_on_that_site() {
     let origin = Origin::start().await;
-    publish(&origin, "v1", &NEWS, tagged);
-    let (kagami, base) = two_sites(&origin).await;
-    for host in ["iwate.test", "miyagi.test"] {
-        for path in NEWS {
-            get(&kagami, host, path).await;
-        }
-    }
-    publish(&origin, "v2", &NEWS, tagged);
+    let (kagami, base) = stored_then_updated(&origin, tagged).await;
     let (status, answer) = purge(
         &kagami,
         &base,
