@@ -169,7 +169,7 @@ impl Admin {
                     tracing::warn!(
                         %method,
                         // What a guesser sent: it must not split or reorder the log line.
-                        path = %crate::log_text::escape(&path),
+                        path = %crate::log_text::clip(&path),
                         refused,
                         "admin request refused: no or wrong token"
                     );
@@ -264,7 +264,7 @@ impl Admin {
             Purge::Tag { tag, site } => ("tag", tag.clone(), site.clone()),
         };
         // The body's text is logged; JSON lets it carry any character.
-        let logged = crate::log_text::escape(&value).into_owned();
+        let logged = crate::log_text::clip(&value);
         // Prefix, site and tag purges walk the whole store: not on an async worker.
         let proxy = self.proxy();
         let ports = self.listener_ports.clone();
@@ -273,7 +273,7 @@ impl Admin {
             Ok(Ok(purged)) => {
                 // An operator checking `/status` right after a purge expects to see it.
                 self.usage.clear().await;
-                let site = scope.as_deref().map(crate::log_text::escape);
+                let site = scope.as_deref().map(crate::log_text::clip);
                 tracing::info!(
                     kind,
                     value = logged,
@@ -290,7 +290,7 @@ impl Admin {
             }
             Ok(Err(refusal)) => {
                 let error = refusal.to_string();
-                tracing::warn!(kind, value = logged, error = %crate::log_text::escape(&error), "purge refused");
+                tracing::warn!(kind, value = logged, error = %crate::log_text::clip(&error), "purge refused");
                 json(
                     purge_refused(&refusal),
                     serde_json::json!({ "error": error }),

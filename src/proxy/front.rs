@@ -54,8 +54,8 @@ impl Proxy {
         // Only the access log needs the path and host; the hit path should not pay for them.
         let logged = self.access_log.then(|| {
             (
-                access::clip(request.uri().path()),
-                authority.map(access::clip),
+                crate::log_text::clip(request.uri().path()),
+                authority.map(crate::log_text::clip),
             )
         });
         let ip = limit_key(client_ip(
