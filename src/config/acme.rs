@@ -40,23 +40,33 @@ pub(super) fn validate(
             );
             String::new()
         }
-        Some(text) => match reqwest::Url::parse(text) {
+        // Every message quotes the URL with its password hidden.
+        Some(text) => match (reqwest::Url::parse(text), super::hints::hide_password(text)) {
             // The account key signs every request, but the directory tells where to send them
             // and the CA's answers carry the certificates: plain HTTP would let anyone on the
             // path hand out their own.
-            Ok(url) if url.scheme() == "https" && url.host_str().is_some() => text.to_string(),
-            Ok(_) => {
+            // ACME authenticates with the account key; a user or password in the URL would only
+            // be printed (the account line at start-up) and sent to the CA.
+            (Ok(url), shown) if !url.username().is_empty() || url.password().is_some() => {
+                problems.add(
+                    "acme.directory",
+                    format!("{shown:?} must not contain credentials"),
+                );
+                String::new()
+            }
+            (Ok(url), _) if url.scheme() == "https" && url.host_str().is_some() => text.to_string(),
+            (Ok(_), shown) => {
                 problems.add(
                     "acme.directory",
                     format!(
-                        "{text:?} must be an https:// URL (for a private or test CA, trust its \
+                        "{shown:?} must be an https:// URL (for a private or test CA, trust its \
                          certificate with acme.ca_bundle)"
                     ),
                 );
                 String::new()
             }
-            Err(e) => {
-                problems.add("acme.directory", format!("{text:?} is not a URL: {e}"));
+            (Err(e), shown) => {
+                problems.add("acme.directory", format!("{shown:?} is not a URL: {e}"));
                 String::new()
             }
         },
@@ -254,6 +264,27 @@ mod tests {
             "acme.ca_bundle",
         ] {
             assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn a_directory_url_with_credentials_is_refused_without_showing_them() {
+        for directory in [
+            "https://user:s3cret-pw@127.0.0.1:14000/dir",
+            "http://user:s3cret-pw@127.0.0.1:14000/dir",
+            "https://user:s3cret/pw@127.0.0.1:14000/dir",
+        ] {
+            let text = format!(
+                "[server]\nlisten_tls = [\"127.0.0.1:8443\"]\n[acme]\n\
+                 directory = \"{directory}\"\nemail = \"ops@example.jp\"\n{SITE}"
+            );
+            let found = problems(&text);
+            let directory_problems: Vec<_> =
+                found.iter().filter(|p| p.key == "acme.directory").collect();
+            assert!(!directory_problems.is_empty(), "{directory}: {found:?}");
+            for problem in found {
+                assert!(!problem.to_string().contains("s3cret"), "{problem}");
+            }
         }
     }
 }

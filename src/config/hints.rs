@@ -194,9 +194,8 @@ pub(crate) fn hide_password(text: &str) -> std::borrow::Cow<'_, str> {
     while let Some(found) = rest.find("://") {
         let (head, tail) = rest.split_at(found + 3);
         out.push_str(head);
-        let end = tail
-            .find(['/', '?', '#', '"', '\'', ' '])
-            .unwrap_or(tail.len());
+        let end = tail.find(AUTHORITY_END).unwrap_or(tail.len());
+        let end = unencoded_password_end(tail, end).unwrap_or(end);
         let authority = &tail[..end];
         match authority.rfind('@') {
             Some(at) => {
@@ -217,6 +216,29 @@ pub(crate) fn hide_password(text: &str) -> std::borrow::Cow<'_, str> {
     out.push_str(rest);
     out.into()
 }
+
+/// Where the authority of `tail` (what follows `://`) really ends when a password holds an
+/// unencoded `/`, `?` or `#` (`user:pa/ss@host`): such a URL fails to parse and its message
+/// quotes it, so the password must be found anyway. It is one when the text seen as the
+/// authority (up to `end`) has a `:` followed by something other than a port number and no
+/// `@`, and an `@` follows later in the same quoted or spaced word; the authority then ends after
+/// the host that follows the `@`.
+fn unencoded_password_end(tail: &str, end: usize) -> Option<usize> {
+    let authority = &tail[..end];
+    let (_, after_colon) = authority.split_once(':')?;
+    if authority.contains('@') || after_colon.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let word = tail.find(['"', '\'', ' ']).unwrap_or(tail.len());
+    let at = tail[..word].rfind('@')?;
+    let host_end = tail[at..]
+        .find(AUTHORITY_END)
+        .map_or(tail.len(), |e| at + e);
+    Some(host_end)
+}
+
+/// What ends a URL's authority in config text: its own delimiters, a quote or a space.
+const AUTHORITY_END: [char; 6] = ['/', '?', '#', '"', '\'', ' '];
 
 fn hint(text: &str, span: Option<Range<usize>>, message: &str) -> Option<String> {
     let spanned = span
@@ -342,6 +364,14 @@ mod tests {
             "http://user:<redacted>@h:1/x"
         );
         assert_eq!(super::hide_password("http://h:1/a@b:c"), "http://h:1/a@b:c");
+        // A password with an unencoded `/`, `?` or `#` still ends at its `@`.
+        for password in ["pa/ss", "pa?ss", "pa#ss", "p/a?s#s"] {
+            assert_eq!(
+                super::hide_password(&format!("\"http://user:{password}@h/x\" x")),
+                "\"http://user:<redacted>@h/x\" x",
+                "{password}"
+            );
+        }
         assert_eq!(super::hide_password("http://tok@h"), "http://<redacted>@h");
         assert_eq!(
             super::hide_password(r#"["http://a:p1@h", "https://b:p2@g/x"]"#),
