@@ -107,16 +107,6 @@ impl Proxy {
             .ok_or_else(|| PurgeError::UnknownSite(name.to_string()))
     }
 
-    /// Marks stale (`soft`) or removes every stored variant of `url`; see `purge`.
-    pub fn purge_url(
-        &self,
-        url: &str,
-        soft: bool,
-        listener_ports: &[u16],
-    ) -> Result<usize, PurgeError> {
-        self.purge(&Purge::Url(url.to_string()), soft, listener_ports)
-    }
-
     /// Every key a request for `url` may be stored under: both schemes, the host with and
     /// without one of `listener_ports`.
     fn url_keys(&self, url: &str, listener_ports: &[u16]) -> Result<BTreeSet<String>, PurgeError> {
