@@ -203,10 +203,11 @@ ca_bundle = "pebble-ca.pem"
     Config::load(&path).unwrap()
 }
 
-/// A TLS handshake for NAME trusting only `root`, then one GET; the served certificate and
+/// A TLS handshake for `name` trusting only `root`, then one GET; the served certificate and
 /// the body, or why not.
 async fn fetch_https(
     addr: SocketAddr,
+    name: &str,
     root: &CertificateDer<'static>,
 ) -> Result<(Vec<u8>, String), String> {
     let mut roots = rustls::RootCertStore::empty();
@@ -218,13 +219,13 @@ async fn fetch_https(
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(NAME).unwrap();
-    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(server_name, tcp))
         .await
         .map_err(|_| "handshake timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-    let request = format!("GET / HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
@@ -264,17 +265,18 @@ fn pebble_or_skip() -> Option<PathBuf> {
     found
 }
 
-/// Waits (bounded) until an HTTPS handshake for NAME trusting `root` works and, if `other_than`
+/// Waits (bounded) until an HTTPS handshake for `name` trusting `root` works and, if `other_than`
 /// is given, presents a certificate other than that one.
 async fn wait_for_certificate(
     addr: SocketAddr,
+    name: &str,
     root: &CertificateDer<'static>,
     other_than: Option<&[u8]>,
     log: &Path,
 ) -> (Vec<u8>, String) {
     let started = Instant::now();
     loop {
-        let why = match fetch_https(addr, root).await {
+        let why = match fetch_https(addr, name, root).await {
             Ok((served, body)) if other_than != Some(served.as_slice()) => {
                 eprintln!("certificate served after {:?}", started.elapsed());
                 return (served, body);
@@ -313,7 +315,7 @@ async fn a_certificate_is_issued_by_pebble_and_reused_after_a_restart() {
     let tls_addr = running.tls_addrs[0];
 
     let log = dir.path().join("pebble.log");
-    let (first, body) = wait_for_certificate(tls_addr, &root, None, &log).await;
+    let (first, body) = wait_for_certificate(tls_addr, NAME, &root, None, &log).await;
     assert!(
         body.starts_with("HTTP/1.1 200") && body.ends_with("okayama home"),
         "{body}"
@@ -356,7 +358,7 @@ async fn a_certificate_is_issued_by_pebble_and_reused_after_a_restart() {
     drop(pebble);
     let config = kagami_config(dir.path(), http_port, &origin.url(), &directory);
     let running = kagami::server::start(&config).await.unwrap();
-    let (again, body) = fetch_https(running.tls_addrs[0], &root)
+    let (again, body) = fetch_https(running.tls_addrs[0], NAME, &root)
         .await
         .expect("the stored certificate is served at once after a restart");
     assert_eq!(
@@ -391,7 +393,7 @@ async fn without_its_certificate_a_site_is_served_over_plain_http_only() {
             "{plain}"
         );
         let started = Instant::now();
-        let refused = fetch_https(running.tls_addrs[0], &some_root).await;
+        let refused = fetch_https(running.tls_addrs[0], NAME, &some_root).await;
         let why = refused.expect_err("no certificate yet");
         assert!(!why.contains("timed out"), "{why}");
         assert!(started.elapsed() < Duration::from_secs(2), "{why}");
@@ -420,14 +422,60 @@ async fn a_certificate_is_renewed_live_before_it_expires() {
     let running = kagami::server::start(&config).await.unwrap();
     let tls_addr = running.tls_addrs[0];
     let log = dir.path().join("pebble.log");
-    let (first, _) = wait_for_certificate(tls_addr, &root, None, &log).await;
-    let (renewed, body) = wait_for_certificate(tls_addr, &root, Some(&first), &log).await;
+    let (first, _) = wait_for_certificate(tls_addr, NAME, &root, None, &log).await;
+    let (renewed, body) = wait_for_certificate(tls_addr, NAME, &root, Some(&first), &log).await;
     assert_ne!(serial(&renewed), serial(&first));
     assert!(body.ends_with("okayama home"), "{body}");
     // The renewed certificate is the stored one.
     let stored = std::fs::read(dir.path().join("acme-state/certs/okayama/cert.pem")).unwrap();
     let stored = CertificateDer::from_pem_slice(&stored).unwrap();
     assert_eq!(stored.as_ref(), renewed.as_slice());
+    running.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Sites follow a reload: an ACME site added to the file gets its certificate while Kagami
+/// keeps serving (no restart), and a removed one's certificate leaves the SNI table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_orders_certificates_for_added_acme_sites_and_drops_removed_ones() {
+    let Some(pebble_bin) = pebble_or_skip() else {
+        return;
+    };
+    const ADDED: &str = "www.city.kurashiki.example";
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("home"));
+    let dir = tempfile::tempdir().unwrap();
+    let (ports, _) = free_ports(1);
+    let pebble = start_pebble(dir.path(), ports[0], &pebble_bin, None).await;
+    std::fs::write(dir.path().join("pebble-ca.pem"), &pebble.tls_ca.pem).unwrap();
+    let root = pebble.issuing_root().await;
+    let config = kagami_config(dir.path(), ports[0], &origin.url(), &pebble.directory);
+    let running = kagami::server::start(&config).await.unwrap();
+    let tls_addr = running.tls_addrs[0];
+    let log = dir.path().join("pebble.log");
+    wait_for_certificate(tls_addr, NAME, &root, None, &log).await;
+    assert!(fetch_https(tls_addr, ADDED, &root).await.is_err());
+
+    // The same file with the site renamed and given another name.
+    let text = std::fs::read_to_string(dir.path().join("kagami.toml"))
+        .unwrap()
+        .replace("\"okayama\"", "\"kurashiki\"")
+        .replace(NAME, ADDED);
+    let path = dir.path().join("kagami.toml");
+    std::fs::write(&path, text).unwrap();
+    let report = running.reload(&Config::load(&path).unwrap()).await.unwrap();
+    assert_eq!(report.added, ["kurashiki"]);
+    assert_eq!(report.removed, ["okayama"]);
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+
+    let (_, body) = wait_for_certificate(tls_addr, ADDED, &root, None, &log).await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let stored = dir.path().join("acme-state/certs/kurashiki/cert.pem");
+    assert!(stored.exists(), "the new certificate is kept in state_dir");
+    let gone = fetch_https(tls_addr, NAME, &root).await;
+    assert!(
+        gone.is_err(),
+        "the removed site's certificate is still served"
+    );
     running.shutdown(Duration::from_secs(1)).await;
 }
 

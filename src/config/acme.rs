@@ -11,7 +11,7 @@ use crate::routing::HostPattern;
 use crate::tls::certs;
 
 /// Where and how certificates are obtained for the sites with `acme = true`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AcmeConfig {
     /// The ACME directory URL (always https).
     pub directory: String,

@@ -111,7 +111,7 @@ pub(super) fn build(config: &Config, previous: Option<&Proxy>) -> Result<Proxy, 
         via: previous.map_or_else(|| headers::origin_via(instance_id()), |p| p.via.clone()),
         loop_logged: crate::metrics::Every::default(),
         // Challenges being answered and certificates obtained belong to the process, not to
-        // one config (sites added with `acme` by a reload wait for a restart: see README).
+        // one config; `Live` tells the ACME manager the sites of each reload.
         acme: previous.map_or_else(Arc::default, |p| p.acme.clone()),
         unrouted: previous.map_or_else(
             || Arc::new(SiteMetrics::new(crate::metrics::site::NO_SITE)),

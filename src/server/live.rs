@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigError};
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, SiteConfig};
 use crate::proxy::{BuildError, Proxy};
 use crate::tls::{CertTable, SniResolver};
 
@@ -23,6 +25,8 @@ pub struct Live {
     started: tokio::sync::Mutex<Config>,
     /// The file a reload re-reads (`None` for configs built in code: tests, the demo).
     path: Option<PathBuf>,
+    /// Tells the ACME manager, if one runs, the sites with `acme = true` after each reload.
+    acme_sites: watch::Sender<Vec<SiteConfig>>,
 }
 
 /// What a successful reload changed, by site name.
@@ -72,12 +76,14 @@ impl Live {
         certificates: Option<Arc<SniResolver>>,
         started: Config,
         path: Option<PathBuf>,
+        acme_sites: watch::Sender<Vec<SiteConfig>>,
     ) -> Live {
         Live {
             proxy: ArcSwap::new(proxy),
             certificates,
             started: tokio::sync::Mutex::new(started),
             path,
+            acme_sites,
         }
     }
 
@@ -134,6 +140,9 @@ impl Live {
         let names: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
         proxy.stats.origin_limits.retain(&names);
         self.proxy.store(proxy);
+        // After the swap, so that an added site is served (plain HTTP) before its certificate.
+        self.acme_sites
+            .send_replace(crate::tls::acme::acme_sites(config));
         for key in &report.needs_restart {
             tracing::warn!(
                 key,
@@ -225,6 +234,8 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
             "cache.inflight_memory",
             started.inflight_memory() != new.inflight_memory(),
         ),
+        // The sites with `acme = true` follow a reload; the CA, account and state_dir do not.
+        ("acme", started.acme != new.acme),
         (
             // Requests use the new list at once; the per-client connection cap's exemption
             // was fixed when the listeners started.
@@ -262,12 +273,26 @@ mod tests {
         let mut new = config();
         new.server.max_request_body = 1;
         new.log.access = false;
+        // Sites, ACME ones included, follow a reload.
+        new.sites[0].tls.acme = true;
         assert!(needs_restart(&started, &new).is_empty());
         new.server.listen = vec!["127.0.0.1:1".parse().unwrap()];
         new.cache.memory = 1 << 20;
+        new.acme = Some(crate::config::AcmeConfig {
+            directory: "https://127.0.0.1:14000/dir".into(),
+            email: None,
+            state_dir: "acme".into(),
+            ca_bundle: Vec::new(),
+            ca_bundle_file: None,
+        });
         assert_eq!(
             needs_restart(&started, &new),
-            ["server.listen", "cache.memory", "cache.inflight_memory"]
+            [
+                "server.listen",
+                "cache.memory",
+                "cache.inflight_memory",
+                "acme"
+            ]
         );
     }
 

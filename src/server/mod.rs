@@ -135,11 +135,14 @@ pub async fn start_with_file(
             (Some(acceptor), Some(resolver))
         }
     };
+    // Each reload tells the ACME manager its sites (`tls::acme`).
+    let (acme_sites, acme_reloads) = watch::channel(crate::tls::acme::acme_sites(config));
     let live = Arc::new(Live::new(
         proxy.clone(),
         certificates.clone(),
         config.clone(),
         path,
+        acme_sites,
     ));
     let mut tls_addrs = Vec::new();
     let plain = config.server.listen.iter().map(|addr| (addr, None));
@@ -179,9 +182,9 @@ pub async fn start_with_file(
         }
     };
     // After the listeners are bound, so that the CA's first validation request finds them.
-    let acme = certificates
-        .as_ref()
-        .and_then(|resolver| crate::tls::acme::start(config, resolver.clone(), proxy.acme.clone()));
+    let acme = certificates.as_ref().and_then(|resolver| {
+        crate::tls::acme::start(config, resolver.clone(), proxy.acme.clone(), acme_reloads)
+    });
     Ok(Running {
         addrs,
         tls_addrs,

@@ -17,6 +17,7 @@ use instant_acme::{
     Account, AuthorizationStatus, BodyWrapper, ChallengeType, HttpClient, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy,
 };
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::acme_store::{Issued, Store};
@@ -127,47 +128,34 @@ struct Manager {
     resolver: Arc<SniResolver>,
     state: Arc<AcmeState>,
     account: Option<Account>,
+    /// The ACME sites of each reload; `None` once the sender is gone (the process is ending).
+    reloads: Option<watch::Receiver<Vec<SiteConfig>>>,
+}
+
+/// The ACME sites of a config (`acme = true`), as the manager is told of them at start and on
+/// every reload.
+pub fn acme_sites(config: &Config) -> Vec<SiteConfig> {
+    (config.sites.iter().filter(|s| s.tls.acme))
+        .cloned()
+        .collect()
 }
 
 /// Puts the stored certificates of `config`'s ACME sites in `resolver` at once, then keeps
-/// them issued and renewed in the background. `None` when no site uses ACME.
+/// them issued and renewed in the background. `reloads` brings the ACME sites of each reloaded
+/// config: added sites are ordered (or their stored certificate used), removed ones dropped.
+/// `None` when the config has no `[acme]` section (adding one needs a restart).
 pub fn start(
     config: &Config,
     resolver: Arc<SniResolver>,
     state: Arc<AcmeState>,
+    reloads: watch::Receiver<Vec<SiteConfig>>,
 ) -> Option<JoinHandle<()>> {
     let acme = config.acme.clone()?;
     let store = Store::new(&acme.state_dir);
     let now = SystemTime::now();
-    let sites: Vec<Managed> = (config.sites.iter().filter(|s| s.tls.acme))
-        .map(|site| {
-            let issued = match store.load_cert(&site.name, &site.hosts) {
-                Ok(Some(issued)) => {
-                    tracing::info!(
-                        site = %site.name,
-                        expires = %humantime::format_rfc3339_seconds(issued.not_after),
-                        renew_after = %humantime::format_rfc3339_seconds(issued.renew_at()),
-                        "ACME certificate from state_dir"
-                    );
-                    Some(issued)
-                }
-                Ok(None) => None,
-                Err(reason) => {
-                    tracing::warn!(site = %site.name, %reason, "stored ACME certificate not usable: ordering a new one");
-                    None
-                }
-            };
-            Managed {
-                site: site.clone(),
-                names: crate::config::dns_names(&site.hosts),
-                issued,
-                schedule: Schedule::new(now),
-            }
-        })
+    let sites: Vec<Managed> = (acme_sites(config).into_iter())
+        .map(|site| Managed::load(&store, site, now))
         .collect();
-    if sites.is_empty() {
-        return None;
-    }
     let manager = Manager {
         acme,
         store,
@@ -175,9 +163,38 @@ pub fn start(
         resolver,
         state,
         account: None,
+        reloads: Some(reloads),
     };
     manager.install();
     Some(tokio::spawn(manager.run()))
+}
+
+impl Managed {
+    /// A site to manage, with its stored certificate if `state_dir` has a usable one.
+    fn load(store: &Store, site: SiteConfig, now: SystemTime) -> Managed {
+        let issued = match store.load_cert(&site.name, &site.hosts) {
+            Ok(Some(issued)) => {
+                tracing::info!(
+                    site = %site.name,
+                    expires = %humantime::format_rfc3339_seconds(issued.not_after),
+                    renew_after = %humantime::format_rfc3339_seconds(issued.renew_at()),
+                    "ACME certificate from state_dir"
+                );
+                Some(issued)
+            }
+            Ok(None) => None,
+            Err(reason) => {
+                tracing::warn!(site = %site.name, %reason, "stored ACME certificate not usable: ordering a new one");
+                None
+            }
+        };
+        Managed {
+            names: crate::config::dns_names(&site.hosts),
+            site,
+            issued,
+            schedule: Schedule::new(now),
+        }
+    }
 }
 
 impl Manager {
@@ -253,8 +270,52 @@ impl Manager {
                 .and_then(|at| at.duration_since(now).ok())
                 .unwrap_or(Duration::ZERO)
                 .clamp(Duration::from_secs(1), CHECK_EVERY);
-            tokio::time::sleep(wait).await;
+            self.wait(wait).await;
         }
+    }
+
+    /// Sleeps `wait`, or less when a reload changes the ACME sites (they are applied then).
+    async fn wait(&mut self, wait: Duration) {
+        let Some(reloads) = self.reloads.as_mut() else {
+            return tokio::time::sleep(wait).await;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = reloads.changed() => match changed {
+                Ok(()) => {
+                    let sites = reloads.borrow_and_update().clone();
+                    self.reconcile(sites);
+                }
+                Err(_) => self.reloads = None,
+            },
+        }
+    }
+
+    /// Manages `sites` from now on: a site whose names are unchanged keeps its certificate
+    /// and schedule (its other settings are taken from the new config); a new site, or one
+    /// with other names, starts from `state_dir` (ordered at once if nothing usable is
+    /// there); a site no longer listed is dropped, and its certificate leaves the SNI table.
+    fn reconcile(&mut self, sites: Vec<SiteConfig>) {
+        let now = SystemTime::now();
+        let mut old: HashMap<String, Managed> = (self.sites.drain(..))
+            .map(|m| (m.site.name.clone(), m))
+            .collect();
+        self.sites = (sites.into_iter())
+            .map(|site| match old.remove(&site.name) {
+                Some(mut kept) if kept.names == crate::config::dns_names(&site.hosts) => {
+                    kept.site = site;
+                    kept
+                }
+                _ => {
+                    tracing::info!(site = %site.name, "ACME site added or its names changed by a reload");
+                    Managed::load(&self.store, site, now)
+                }
+            })
+            .collect();
+        for name in old.keys() {
+            tracing::info!(site = %name, "ACME site removed by a reload: its certificate is no longer served");
+        }
+        self.install();
     }
 
     /// When site `i` next needs an attempt.
