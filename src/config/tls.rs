@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
 
 use super::raw::RawSite;
 use super::{Config, Problems};
@@ -30,6 +31,9 @@ pub struct SiteTls {
     pub hsts: Option<HeaderValue>,
     /// Extra trust anchors for this site's `https://` origins.
     pub origin_ca: Vec<reqwest::Certificate>,
+    /// The same anchors as read (DER): a reload keeps the site's origin client only when the
+    /// file still holds exactly these.
+    pub origin_ca_der: Vec<CertificateDer<'static>>,
     /// Where they came from: sites share an origin client only with the same trust.
     pub origin_ca_file: Option<PathBuf>,
     /// The port https redirects name (`None`: the default, 443).
@@ -120,7 +124,8 @@ pub(super) fn site(
         }
     }
     if let Some(file) = &raw.origin_ca {
-        tls.origin_ca = origin_ca(&key("origin_ca"), &base.join(file), problems);
+        (tls.origin_ca, tls.origin_ca_der) =
+            origin_ca(&key("origin_ca"), &base.join(file), problems);
         tls.origin_ca_file = Some(base.join(file));
         let https = origins.is_some_and(|o| o.iter().any(|u| u.scheme() == "https"));
         if origins.is_some() && !https {
@@ -134,17 +139,22 @@ pub(super) fn site(
 }
 
 /// The certificates of a private CA, as trust anchors for the origin client.
-fn origin_ca(key: &str, path: &Path, problems: &mut Problems) -> Vec<reqwest::Certificate> {
+/// The trust anchors in `path`, for the origin client and as read.
+fn origin_ca(
+    key: &str,
+    path: &Path,
+    problems: &mut Problems,
+) -> (Vec<reqwest::Certificate>, Vec<CertificateDer<'static>>) {
     let chain = match certs::read_chain(path) {
         Ok(chain) => chain,
         Err(reason) => {
             problems.add(key, reason);
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
     let mut anchors = Vec::new();
-    for der in chain {
-        match reqwest::Certificate::from_der(&der) {
+    for der in &chain {
+        match reqwest::Certificate::from_der(der) {
             Ok(cert) => anchors.push(cert),
             Err(e) => problems.add(
                 key,
@@ -152,7 +162,7 @@ fn origin_ca(key: &str, path: &Path, problems: &mut Problems) -> Vec<reqwest::Ce
             ),
         }
     }
-    anchors
+    (anchors, chain)
 }
 
 /// Checks that need the whole file: listeners against sites, and names two certificates claim.

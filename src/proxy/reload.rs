@@ -122,8 +122,8 @@ pub(super) fn build(config: &Config, previous: Option<&Proxy>) -> Result<Proxy, 
 
 /// Can the new config of a site keep the old one's origin state (`Origin`: pool, breakers,
 /// health, adaptive limit)? Only when nothing `Origin::with_client` or its client is built
-/// from has changed. A site with `origin_ca` always gets a fresh client: the file may have
-/// been replaced under the same name, and a reload is how the new trust gets in.
+/// from has changed. For `origin_ca` that is the certificates the file holds now, not only its
+/// name: a file replaced under the same name is how new trust gets in on a reload.
 fn same_origin(old: &SiteConfig, new: &SiteConfig) -> bool {
     old.origins == new.origins
         && old.origin_host == new.origin_host
@@ -131,8 +131,8 @@ fn same_origin(old: &SiteConfig, new: &SiteConfig) -> bool {
         && old.timeouts == new.timeouts
         && old.protection == new.protection
         && old.failure_backoff == new.failure_backoff
-        && old.tls.origin_ca_file.is_none()
-        && new.tls.origin_ca_file.is_none()
+        && old.tls.origin_ca_file == new.tls.origin_ca_file
+        && old.tls.origin_ca_der == new.tls.origin_ca_der
 }
 
 fn take_health(site: &Site) -> Vec<AbortHandle> {
@@ -218,5 +218,25 @@ mod tests {
         assert!(Arc::ptr_eq(&old.budget, &new.budget));
         // One gauge per site, the rebuilt origin's.
         assert_eq!(new.stats.origin_limits.now().len(), 2);
+    }
+
+    #[test]
+    fn an_origin_ca_keeps_the_origin_state_while_the_file_holds_the_same_certificates() {
+        let with_ca = |der: &[u8]| {
+            let mut site = SiteConfig::new("a", &["a.test"], "https://127.0.0.1:1").unwrap();
+            site.tls.origin_ca_file = Some("ca.pem".into());
+            site.tls.origin_ca_der = vec![der.to_vec().into()];
+            site
+        };
+        assert!(same_origin(&with_ca(b"one"), &with_ca(b"one")));
+        assert!(
+            !same_origin(&with_ca(b"one"), &with_ca(b"two")),
+            "replaced file"
+        );
+        let mut moved = with_ca(b"one");
+        moved.tls.origin_ca_file = Some("other.pem".into());
+        assert!(!same_origin(&with_ca(b"one"), &moved));
+        let plain = SiteConfig::new("a", &["a.test"], "https://127.0.0.1:1").unwrap();
+        assert!(!same_origin(&plain, &with_ca(b"one")));
     }
 }
