@@ -55,6 +55,12 @@
 //!    latency seen before the hold against that baseline (`after_probe`), never above where
 //!    it was; the smoothed latency restarts from what that limit should see. The hold is not reported,
 //!    and is given up after `PROBE_GIVE_UP` without its answers (then the next waits longer).
+//!    It is given up too (`end_overdue_hold`) once no answer has come for `OUTLIER` times the
+//!    latency before the hold (answers counted whole; at least `HOLD_PATIENCE_FLOOR`) while requests wait, or when
+//!    an answer of the hold itself took that long: at one request at a time, one client's
+//!    slow page in the only slot held every other visitor's miss behind it for up to
+//!    `PROBE_GIVE_UP`. Such a client can keep the minimum from being re-measured (the limit
+//!    then stays where the gradient holds it), but no longer hold everyone at 1.
 
 use std::time::Duration;
 
@@ -98,6 +104,9 @@ pub const PROBE_SAMPLES: u32 = 5;
 /// A hold that has not gathered its answers in this long (no traffic, or only failures) is
 /// given up: the limit resumes where it was.
 pub const PROBE_GIVE_UP: Duration = Duration::from_secs(10);
+/// The least time a hold waits for its next answer (rule 7) before it is given up, however
+/// fast the origin was: a millisecond origin's jitter must not end every hold.
+pub const HOLD_PATIENCE_FLOOR: Duration = Duration::from_millis(50);
 
 /// What one origin exchange showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +175,19 @@ struct Probe {
     before: f64,
     samples: u32,
     sum: f64,
+    /// The latency when the hold began with every answer counted whole, in seconds: an
+    /// origin that really got slower shows it here before its capped average catches up.
+    before_whole: f64,
+    /// The last answer during the hold (or its start), for `end_overdue_hold`.
+    answered_ms: u64,
+}
+
+impl Probe {
+    /// How long the hold waits for an answer before it is given up.
+    fn patience_ms(&self) -> u64 {
+        let before = self.before.max(self.before_whole);
+        ((before * OUTLIER * 1000.0) as u64).max(HOLD_PATIENCE_FLOOR.as_millis() as u64)
+    }
 }
 
 /// Is this latency queueing against the baseline (rule 2)? Both in seconds.
@@ -268,12 +290,7 @@ impl Limit {
     pub fn observe(&mut self, sample: Sample, in_flight: usize, now_ms: u64) -> Option<Change> {
         if let Some(probe) = &self.probe {
             if now_ms.saturating_sub(probe.started_ms) >= PROBE_GIVE_UP.as_millis() as u64 {
-                self.limit = probe.resume;
-                // An origin too slow for a hold to finish (five answers in 10 s) would spend a
-                // quarter of its time at 1: the next try waits four rests instead of one.
-                self.probed_ms = now_ms + 3 * PROBE_EVERY.as_millis() as u64;
-                self.pressed_since = None;
-                self.probe = None;
+                self.give_up_hold(now_ms);
             }
         }
         let latency = match sample {
@@ -351,6 +368,8 @@ impl Limit {
                 before: smoothed,
                 samples: 0,
                 sum: 0.0,
+                before_whole: self.uncapped.unwrap_or(smoothed),
+                answered_ms: now_ms,
             });
         }
     }
@@ -400,13 +419,50 @@ impl Limit {
         };
     }
 
+    /// Rule 7: ends the hold, the limit resuming where it was. An origin too slow for a hold
+    /// to finish (five answers in 10 s) would spend a quarter of its time at 1, and a client
+    /// that ends holds with a slow page would get one every rest: the next try waits four
+    /// rests instead of one.
+    fn give_up_hold(&mut self, now_ms: u64) {
+        if let Some(probe) = self.probe.take() {
+            self.limit = probe.resume;
+            self.probed_ms = now_ms + 3 * PROBE_EVERY.as_millis() as u64;
+            self.pressed_since = None;
+        }
+    }
+
+    /// During a hold (rule 7), how long until it is overdue (`end_overdue_hold`): `None`
+    /// without a hold.
+    pub fn hold_overdue_in(&self, now_ms: u64) -> Option<Duration> {
+        let probe = self.probe.as_ref()?;
+        let due = probe.answered_ms + probe.patience_ms();
+        Some(Duration::from_millis(due.saturating_sub(now_ms)))
+    }
+
+    /// Gives up a hold that has had no answer for its patience, for a request that waited that
+    /// long: the only slot is held by something slow (one client's slow page, say), and every
+    /// other miss would wait behind it. Whether it did.
+    pub fn end_overdue_hold(&mut self, now_ms: u64) -> bool {
+        if self.hold_overdue_in(now_ms) != Some(Duration::ZERO) {
+            return false;
+        }
+        self.give_up_hold(now_ms);
+        true
+    }
+
     /// Rule 7: an answer during the hold; only requests started during it count.
     fn probe_answer(&mut self, latency: f64, now_ms: u64) {
         let Some(probe) = self.probe.as_mut() else {
             return;
         };
+        probe.answered_ms = now_ms;
         let started = now_ms.saturating_sub((latency * 1000.0) as u64);
         if started < probe.started_ms {
+            return;
+        }
+        if (latency * 1000.0) as u64 > probe.patience_ms() {
+            // It held the only slot that long: the same lever as a wait without answers.
+            self.give_up_hold(now_ms);
             return;
         }
         probe.samples += 1;

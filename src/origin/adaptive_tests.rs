@@ -542,3 +542,70 @@ fn one_clients_slow_page_cannot_make_a_re_measured_minimum_of_it() {
     feed(&mut l, 100, 500, 32, &mut t);
     assert!(l.get() <= 4, "limit {}", l.get());
 }
+
+/// Into a hold (rule 7) at `latency_ms`, the limit in full use; the time it began.
+fn held(l: &mut Limit, latency_ms: u64, t: &mut u64) -> u64 {
+    feed(l, 20, latency_ms, 32, t);
+    for _ in 0..2_100 {
+        *t += 1;
+        l.observe(ms(latency_ms), 32, *t);
+        if l.probing() {
+            return *t;
+        }
+    }
+    panic!("no hold after 2 s of full use");
+}
+
+/// One client's slow page in the only slot of a hold held every other miss behind it until
+/// `PROBE_GIVE_UP` (10 s, every 30-120 s). A request that waited the hold's patience (three
+/// times the latency before it) without any answer ends it, and the limit resumes.
+#[test]
+fn a_hold_with_no_answer_for_its_patience_is_given_up_by_a_waiting_request() {
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    let began = held(&mut l, 20, &mut t);
+    assert_eq!(l.get(), 1);
+    assert_eq!(l.hold_overdue_in(began), Some(Duration::from_millis(60)));
+    assert!(!l.end_overdue_hold(began + 59), "within its patience");
+    assert!(l.probing());
+    // An answer resets the wait.
+    l.observe(ms(20), 1, began + 50);
+    assert_eq!(
+        l.hold_overdue_in(began + 50),
+        Some(Duration::from_millis(60))
+    );
+    assert!(!l.end_overdue_hold(began + 100));
+    assert!(l.end_overdue_hold(began + 110));
+    assert!(!l.probing());
+    assert_eq!(l.get(), 32, "the limit resumes where it was");
+    assert_eq!(l.hold_overdue_in(began + 110), None);
+    let rest = PROBE_EVERY.as_millis() as u64;
+    assert!(
+        !probe_due(Some(1), l.probed_ms, began + 110 + 3 * rest),
+        "waits longer"
+    );
+}
+
+/// The same lever seen from the answer: a request of the hold that itself took longer than
+/// the patience ends the hold when it comes back, and is not counted as a minimum.
+#[test]
+fn an_answer_of_the_hold_slower_than_its_patience_ends_it() {
+    let mut l = Limit::new(32);
+    let mut t = 1;
+    let began = held(&mut l, 20, &mut t);
+    l.observe(ms(3000), 1, began + 3000);
+    assert!(!l.probing());
+    assert_eq!(l.get(), 32);
+    assert_eq!(
+        l.baseline(),
+        Some(Duration::from_millis(20)),
+        "not re-measured"
+    );
+    // A millisecond origin's hold is not given up on its jitter: the patience has a floor.
+    let mut fast = Limit::new(32);
+    let mut t = 1;
+    let began = held(&mut fast, 1, &mut t);
+    assert_eq!(fast.hold_overdue_in(began), Some(HOLD_PATIENCE_FLOOR));
+    fast.observe(ms(30), 1, began + 30);
+    assert!(fast.probing());
+}

@@ -9,7 +9,8 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::adaptive::{Limit, Sample};
-use super::{health, slots::Slots, Origin, OriginError};
+use super::slots::{Slot, Slots};
+use super::{health, Origin, OriginError};
 
 /// One site's adaptive limit and what it drives.
 pub(super) struct Capacity {
@@ -61,12 +62,7 @@ impl Capacity {
         if !self.enabled {
             return;
         }
-        let now = limit.get();
-        // Under the lock, so two exchanges never move the slots in opposite orders.
-        if now != slots.limit() {
-            slots.set_limit(now);
-            self.gauge.store(now as u64, Ordering::Relaxed);
-        }
+        self.apply(&limit, slots);
         let (latency, baseline) = (limit.latency(), limit.baseline());
         drop(limit);
         if let Some(change) = change {
@@ -78,6 +74,71 @@ impl Capacity {
                 baseline_ms = baseline.map_or(0, |d| d.as_millis() as u64),
                 "adaptive origin concurrency limit changed"
             );
+        }
+    }
+
+    /// The limit onto the slots; called under the lock, so two changes never move the slots
+    /// in opposite orders.
+    fn apply(&self, limit: &Limit, slots: &Slots) {
+        if !self.enabled {
+            return;
+        }
+        let now = limit.get();
+        if now != slots.limit() {
+            slots.set_limit(now);
+            self.gauge.store(now as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// While the minimum is re-measured (the limit held at 1), how long a waiting request
+    /// waits before it asks `end_overdue_hold`; `None` otherwise.
+    pub(super) fn hold_overdue_in(&self) -> Option<Duration> {
+        if !self.enabled {
+            return None;
+        }
+        let limit = self.limit.lock().ok()?;
+        limit.hold_overdue_in(health::now_ms())
+    }
+
+    /// Ends a hold that has had no answer for its patience (`adaptive::Limit::end_overdue_hold`):
+    /// the slots get their limit back at once, and the requests waiting for them go.
+    pub(super) fn end_overdue_hold(&self, site: &str, slots: &Slots) {
+        let Ok(mut limit) = self.limit.lock() else {
+            return;
+        };
+        if limit.end_overdue_hold(health::now_ms()) {
+            self.apply(&limit, slots);
+            tracing::debug!(
+                site,
+                limit = limit.get(),
+                "re-measuring the origin's minimum latency given up: no answer within its patience"
+            );
+        }
+    }
+
+    /// Waits for `take` (a slot of `slots`) at most `queue_timeout`. While the limit is held
+    /// at 1 to re-measure the origin's minimum, a wait with no answer for the hold's patience
+    /// ends the hold (`end_overdue_hold`): one slow request in the only slot must not keep
+    /// every other miss waiting (and past the queue timeout, refused).
+    pub(super) async fn wait_for_slot(
+        &self,
+        site: &str,
+        slots: &Slots,
+        queue_timeout: Duration,
+        take: impl std::future::Future<Output = Option<Slot>>,
+    ) -> Option<Slot> {
+        let deadline = tokio::time::Instant::now() + queue_timeout;
+        let mut take = std::pin::pin!(take);
+        loop {
+            let until = match self.hold_overdue_in() {
+                Some(patience) => deadline.min(tokio::time::Instant::now() + patience),
+                None => deadline,
+            };
+            match tokio::time::timeout_at(until, &mut take).await {
+                Ok(slot) => return slot,
+                Err(_) if until >= deadline => return None,
+                Err(_) => self.end_overdue_hold(site, slots),
+            }
         }
     }
 
@@ -153,5 +214,36 @@ mod tests {
         assert_eq!(Capacity::sample(&answer(502), TOOK, true), None);
         let refused = Err(OriginError::Connect("refused".into()));
         assert_eq!(Capacity::sample(&refused, TOOK, true), None);
+    }
+
+    /// One client's slow page in the only slot of a hold (rule 7 of `adaptive`): a request
+    /// waiting behind it ends the hold after the hold's patience, instead of waiting out the
+    /// slow page or the queue timeout. Real time: a hold needs 2 s of full use.
+    #[tokio::test]
+    async fn a_wait_behind_a_slow_request_in_a_hold_ends_the_hold() {
+        let slots = Slots::new(8, 8);
+        let capacity = Capacity::new(8, true, Arc::new(AtomicU64::new(8)));
+        let mut held: Vec<Slot> = (0..8).filter_map(|_| slots.try_take(None)).collect();
+        assert_eq!(held.len(), 8);
+        let began = std::time::Instant::now();
+        while slots.limit() != 1 {
+            assert!(
+                began.elapsed() < Duration::from_secs(4),
+                "no hold after 4 s of full use"
+            );
+            capacity.observe("t", Sample::Answered(Duration::from_millis(20)), &slots);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(capacity.hold_overdue_in().is_some());
+        // Seven answers come back; the eighth request (a 3 s page, say) keeps its slot.
+        held.truncate(1);
+        let asked = std::time::Instant::now();
+        let waited = capacity.wait_for_slot("t", &slots, Duration::from_secs(2), slots.take(None));
+        let slot = waited.await;
+        assert!(slot.is_some(), "refused as busy behind the slow request");
+        let took = asked.elapsed();
+        assert!(took < Duration::from_millis(500), "waited {took:?}");
+        assert_eq!(slots.limit(), 8, "the limit resumed where it was");
+        assert!(capacity.hold_overdue_in().is_none());
     }
 }

@@ -228,21 +228,24 @@ impl Origin {
             return Ok(slot);
         }
         self.stats.add(&self.stats.origin_busy);
-        match tokio::time::timeout(self.queue_timeout, self.slots.take(client)).await {
-            Ok(Some(slot)) => Ok(slot),
-            _ => Err(OriginError::Busy),
-        }
+        self.wait_for_slot(self.slots.take(client)).await
     }
 
     /// An origin slot for a background refresh: behind every waiting visitor, at most the
     /// site's queue timeout.
     pub async fn background_slot(&self, client: Option<IpAddr>) -> Result<Slot, OriginError> {
-        match tokio::time::timeout(self.queue_timeout, self.slots.take_behind_visitors(client))
+        self.wait_for_slot(self.slots.take_behind_visitors(client))
             .await
-        {
-            Ok(Some(slot)) => Ok(slot),
-            _ => Err(OriginError::Busy),
-        }
+    }
+
+    /// Waits for `take` at most the queue timeout (`Capacity::wait_for_slot`).
+    async fn wait_for_slot(
+        &self,
+        take: impl std::future::Future<Output = Option<Slot>>,
+    ) -> Result<Slot, OriginError> {
+        let waited =
+            (self.capacity).wait_for_slot(&self.site, &self.slots, self.queue_timeout, take);
+        waited.await.ok_or(OriginError::Busy)
     }
 
     /// Sends a request, trying backups in order when it is idempotent and has no body (so it
