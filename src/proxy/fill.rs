@@ -444,12 +444,13 @@ impl Fill {
         true
     }
 
-    /// The stored body: exact-sized when the length was not known and much was left over (a
-    /// stored body keeps its whole allocation alive).
+    /// The stored body: exact-sized when the length was not known and more than a page was left
+    /// over. A stored body keeps its whole allocation alive, and the store weighs its length
+    /// (in its allocator's size class), not the capacity a growing buffer doubled to.
     fn finish(&mut self, charge: &mut Charge) -> Bytes {
         let body = std::mem::take(&mut self.body);
         let spare = body.capacity() - body.len();
-        if spare > 64 * 1024 && charge.try_grow(body.len() as u64) {
+        if spare > 4096 && charge.try_grow(body.len() as u64) {
             return Bytes::copy_from_slice(&body);
         }
         body.freeze()
