@@ -1,5 +1,5 @@
 //! Listeners and connections: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, with the
-//! header-read (slowloris) and idle timeouts, the connection caps (overall and per client
+//! header-read (slowloris) and idle timeouts (both kept by the watchdog in `idle`), the connection caps (overall and per client
 //! address), and graceful shutdown. HTTPS listeners (`tls`) add a TLS handshake in front of the
 //! same connection handling.
 
@@ -242,7 +242,10 @@ fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
+        // Off: the connection watchdog (`idle`) enforces the header-read timeout without a
+        // timer armed and cancelled per request, and leaves the keep-alive wait to the idle
+        // timeout.
+        .header_read_timeout(None)
         // A head larger than the read buffer is refused with 431.
         .max_buf_size(header_size);
     // hyper's own limit is 100 headers, kept in an uninitialised array; naming any limit,
@@ -361,6 +364,7 @@ fn serve_connection(
     };
     let activity = idle::Activity::new();
     let tracker = activity.clone();
+    let reads = activity.clone();
     let builder = builder.clone();
     // Taken now, so that a shutdown that starts during a TLS handshake still waits for it.
     let watcher = graceful.watcher();
@@ -381,6 +385,9 @@ fn serve_connection(
             let tracker = tracker.clone();
             let guard = tracker.request_started();
             let (method, version) = (request.method().clone(), request.version());
+            if version == hyper::Version::HTTP_2 {
+                tracker.set_multiplexed();
+            }
             // Called here, not in the future: a hit is answered within this call, so the
             // request is dropped before hyper reads again and hyper can reuse its read buffer
             // (see `Proxy::handle`).
@@ -415,7 +422,7 @@ fn serve_connection(
             }))
         });
         let connection = builder
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(reads.watched(io)), service)
             .into_owned();
         watcher.watch(connection).await
     };
