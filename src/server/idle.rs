@@ -8,7 +8,9 @@
 //! removal per request). Here the socket reads and the service call only write a state word
 //! (`Head`), and the watchdog, woken once per period, judges what it sees. So the keep-alive
 //! wait between requests is the idle timeout's business, as in nginx (`keepalive_timeout`
-//! against `client_header_timeout`): bytes of a next head start the header-read clock.
+//! against `client_header_timeout`): bytes of a next head start the header-read clock. (A head
+//! that came pipelined in the same read as the request before it, half complete, and then
+//! stalls, shows no new bytes: that connection is closed by the idle timeout instead.)
 //!
 //! Idle means no request activity: no request handler under way, no request started and no
 //! response body progress. Bytes on the socket do not count, because a client can make those
