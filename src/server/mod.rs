@@ -14,8 +14,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::atomic::Ordering;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ServerConfig};
@@ -426,18 +426,43 @@ fn serve_connection(
             .into_owned();
         watcher.watch(connection).await
     };
-    tokio::spawn(async move {
-        tokio::select! {
-            result = serve => {
-                if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                }
-            }
-            verdict = activity.watch(header_timeout, idle_timeout) => {
-                tracing::debug!(%peer, ?verdict, "closing connection");
-            }
+    // The watchdog is a task of its own rather than a branch beside the connection: a branch
+    // would be polled (its sleep re-registered) every time the connection wakes, once per
+    // request. It wakes once per period and ends the connection by aborting its task.
+    let (connection_tx, connection_rx) = oneshot::channel::<AbortHandle>();
+    let watchdog = tokio::spawn(async move {
+        let verdict = activity.watch(header_timeout, idle_timeout).await;
+        tracing::debug!(%peer, ?verdict, "closing connection");
+        if let Ok(connection) = connection_rx.await {
+            connection.abort();
         }
-        stats.connections_open.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
     });
+    let open = OpenConnection {
+        stats,
+        _permit: permit,
+        watchdog: watchdog.abort_handle(),
+    };
+    let connection = tokio::spawn(async move {
+        // Dropped when the connection ends, or with the task when the watchdog aborts it.
+        let _open = open;
+        if let Err(err) = serve.await {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    });
+    let _ = connection_tx.send(connection.abort_handle());
+}
+
+/// A connection's place: counted open, its caps' permits held, and its watchdog running, until
+/// this is dropped (the connection ended, or its task was aborted).
+struct OpenConnection {
+    stats: Arc<crate::metrics::Stats>,
+    _permit: (OwnedSemaphorePermit, ClientConnection),
+    watchdog: AbortHandle,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.watchdog.abort();
+    }
 }
