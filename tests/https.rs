@@ -314,6 +314,36 @@ async fn a_silent_tls_client_is_dropped_after_the_header_read_timeout() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+#[tokio::test]
+async fn a_slow_head_over_tls_after_a_first_request_is_cut_off() {
+    let s = Setup::start(r#"header_read_timeout = "300ms""#).await;
+    let mut tls = s.connect(Some("www.a.test")).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: www.a.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The first answer (a small cached page): read until its body has come.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with("home") {
+        let n = tokio::time::timeout(LIMIT, tls.read(&mut buf))
+            .await
+            .expect("the first answer in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: www.a.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let read = tokio::time::timeout(LIMIT, tls.read(&mut buf)).await;
+    let read = read.expect("Kagami closed the connection with the stalled head");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
 /// An HTTPS origin on 127.0.0.1 answering as `localhost` with `leaf`; records the SNI names
 /// of completed handshakes.
 async fn tls_origin(leaf: &Leaf) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {

@@ -111,6 +111,60 @@ async fn partial_http2_preface_is_cut_off_after_header_read_timeout() {
     );
 }
 
+/// Sends one request for `/` on `stream` and checks the answer.
+async fn one_exchange(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_one_response(stream, WITHIN).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("home"), "{response}");
+}
+
+#[tokio::test]
+async fn a_slow_head_after_a_first_request_is_cut_off_after_header_read_timeout() {
+    // Slowloris on a connection that has been used: the header-read clock starts at the next
+    // head's first bytes, as it does for the first request.
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("home").header("cache-control", "max-age=60"));
+    let kagami = kagami_with(&origin, Duration::from_millis(500), Duration::from_secs(30)).await;
+    let mut stream = connect(kagami.addr).await;
+    one_exchange(&mut stream).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let (after, got) = wait_for_close(&mut stream, start, Duration::from_secs(3)).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        after >= Duration::from_millis(400),
+        "closed too early ({after:?})"
+    );
+    assert_eq!(origin.total(), 1);
+}
+
+#[tokio::test]
+async fn the_keep_alive_wait_is_the_idle_timeout_not_the_header_read_timeout() {
+    // Between requests no head is being read: a client may wait longer than the header-read
+    // timeout (here more than its two periods) before its next request, up to the idle timeout.
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("home").header("cache-control", "max-age=60"));
+    let kagami = kagami_with(&origin, Duration::from_millis(300), Duration::from_secs(2)).await;
+    let mut stream = connect(kagami.addr).await;
+    one_exchange(&mut stream).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    one_exchange(&mut stream).await;
+    let idle_since = Instant::now();
+    let (after, got) = wait_for_close(&mut stream, idle_since, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        after >= Duration::from_millis(1800),
+        "closed before the idle timeout ({after:?})"
+    );
+}
+
 #[tokio::test]
 async fn slow_origin_gives_a_quick_504_when_nothing_is_cached() {
     let origin = Origin::start().await;

@@ -1,6 +1,16 @@
 //! Connection watchdog. A connection is closed when its first request does not arrive within
-//! the header-read timeout (hyper's own timer only starts once the protocol is known, and
-//! HTTP/2 has none), or when it has been idle for the idle timeout.
+//! the header-read timeout (before the protocol is even known), when a later HTTP/1 request
+//! head takes longer than that from its first byte (slowloris), or when it has been idle for
+//! the idle timeout.
+//!
+//! The head rule is ours, not hyper's: hyper's `header_read_timeout` arms a boxed timer for
+//! every request and cancels it when the head is in (an allocation and a timer-wheel insert and
+//! removal per request). Here the socket reads and the service call only write a state word
+//! (`Head`), and the watchdog, woken once per period, judges what it sees. So the keep-alive
+//! wait between requests is the idle timeout's business, as in nginx (`keepalive_timeout`
+//! against `client_header_timeout`): bytes of a next head start the header-read clock. (A head
+//! that came pipelined in the same read as the request before it, half complete, and then
+//! stalls, shows no new bytes: that connection is closed by the idle timeout instead.)
 //!
 //! Idle means no request activity: no request handler under way, no request started and no
 //! response body progress. Bytes on the socket do not count, because a client can make those
@@ -10,13 +20,15 @@
 //! reading a long download keeps asking for the next piece and is never idle, while one that
 //! stops reading stops the pieces too.
 
+use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::proxy::body::Piece;
 
@@ -31,6 +43,25 @@ pub struct Activity {
     active: AtomicUsize,
     /// Requests ever started on this connection.
     requests: AtomicU64,
+    /// Where the connection is between requests (`Head`), for the header-read rule.
+    head: AtomicU8,
+    /// Set once a request came over HTTP/2: its streams overlap and its connection carries
+    /// bytes without a request (PING, SETTINGS), so the head rule does not apply.
+    multiplexed: AtomicBool,
+}
+
+/// The connection's state for the header-read rule (stored in `Activity::head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Head {
+    /// Waiting for the next request, and none of its bytes have come yet: the idle timeout's
+    /// business (the keep-alive wait).
+    Waiting = 0,
+    /// Bytes have come since the last answer ended, and no request has started from them:
+    /// a head is being read (or a request body nobody asked for is being drained).
+    Reading = 1,
+    /// A request is under way: from its start until its response body is done.
+    Busy = 2,
 }
 
 /// Marks a request as under way until dropped.
@@ -47,6 +78,8 @@ impl Drop for RequestGuard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     NoRequestInTime,
+    /// A request head took longer than the header-read timeout from its first bytes.
+    HeadTooSlow,
     Idle,
 }
 
@@ -57,7 +90,44 @@ impl Activity {
             events: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            // Before the first request the connection-wide rule applies (`watch`).
+            head: AtomicU8::new(Head::Waiting as u8),
+            multiplexed: AtomicBool::new(false),
         })
+    }
+
+    /// Bytes came from the client: if it was waiting for a request, a head has begun. One load
+    /// per read, and a store once per request.
+    fn bytes_arrived(&self) {
+        if self.head.load(Ordering::Relaxed) == Head::Waiting as u8 {
+            self.head.store(Head::Reading as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// The last response is done (its body ended or was dropped): waiting for the next request.
+    fn answer_done(&self) {
+        self.head.store(Head::Waiting as u8, Ordering::Relaxed);
+    }
+
+    fn head(&self) -> Head {
+        match self.head.load(Ordering::Relaxed) {
+            0 => Head::Waiting,
+            1 => Head::Reading,
+            _ => Head::Busy,
+        }
+    }
+
+    /// A request came over HTTP/2 (see `multiplexed`).
+    pub fn set_multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection's IO, reporting when bytes arrive (see `Head`).
+    pub fn watched<T>(self: &Arc<Self>, io: T) -> Watched<T> {
+        Watched {
+            io,
+            activity: self.clone(),
+        }
     }
 
     fn touch(&self) {
@@ -67,6 +137,7 @@ impl Activity {
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.head.store(Head::Busy as u8, Ordering::Relaxed);
         self.touch();
         RequestGuard(self.clone())
     }
@@ -80,7 +151,10 @@ impl Activity {
         }
     }
 
-    /// Resolves when the connection should be closed.
+    /// Resolves when the connection should be closed. Wakes once per period (the shorter of the
+    /// two timeouts), not per request: a head or an idle spell is judged by what two looks a
+    /// period apart saw, so either closes between one timeout and that plus two periods after it
+    /// began.
     pub async fn watch(
         self: Arc<Self>,
         header_timeout: Duration,
@@ -88,30 +162,89 @@ impl Activity {
     ) -> Verdict {
         loop {
             let now = self.start.elapsed();
-            if self.requests.load(Ordering::Relaxed) == 0 {
-                if now >= header_timeout {
-                    return Verdict::NoRequestInTime;
-                }
-                tokio::time::sleep((header_timeout - now).min(idle_timeout)).await;
-                continue;
+            if self.requests.load(Ordering::Relaxed) > 0 {
+                break;
             }
-            if self.active.load(Ordering::Relaxed) > 0 {
-                // A request in progress (perhaps waiting for a slow origin) is not idleness.
-                tokio::time::sleep(idle_timeout).await;
-                continue;
+            if now >= header_timeout {
+                return Verdict::NoRequestInTime;
             }
-            // Idle when nothing happened during one whole timeout: closes between one and two
-            // timeouts after the last activity, without reading the clock per event.
-            let before = self.events.load(Ordering::Relaxed);
-            tokio::time::sleep(idle_timeout).await;
-            if is_idle(
-                before,
-                self.events.load(Ordering::Relaxed),
-                self.active.load(Ordering::Relaxed),
-            ) {
-                return Verdict::Idle;
+            tokio::time::sleep((header_timeout - now).min(idle_timeout)).await;
+        }
+        let period = header_timeout.min(idle_timeout);
+        let mut looks = Looks::new(Instant::now(), self.look());
+        loop {
+            tokio::time::sleep(period).await;
+            if let Some(verdict) =
+                looks.judge(Instant::now(), self.look(), header_timeout, idle_timeout)
+            {
+                return verdict;
             }
         }
+    }
+
+    fn look(&self) -> Look {
+        Look {
+            events: self.events.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            reading_head: self.head() == Head::Reading && !self.multiplexed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the watchdog sees at one look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    events: u64,
+    active: usize,
+    requests: u64,
+    /// An HTTP/1 head is being read (`Head::Reading`).
+    reading_head: bool,
+}
+
+/// The watchdog's memory between looks: since when each condition has held.
+struct Looks {
+    last: Look,
+    /// Since when no request activity has been seen.
+    idle_since: Instant,
+    /// Since when the same head (no request started since) has been seen being read.
+    head_since: Instant,
+}
+
+impl Looks {
+    fn new(now: Instant, look: Look) -> Looks {
+        Looks {
+            last: look,
+            idle_since: now,
+            head_since: now,
+        }
+    }
+
+    /// The verdict, if any, after a look at `now`.
+    fn judge(
+        &mut self,
+        now: Instant,
+        look: Look,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<Verdict> {
+        if !is_idle(self.last.events, look.events, look.active) {
+            self.idle_since = now;
+        }
+        // The same head: being read at both looks with no request started in between.
+        let same_head =
+            self.last.reading_head && look.reading_head && self.last.requests == look.requests;
+        if !same_head {
+            self.head_since = now;
+        }
+        self.last = look;
+        if same_head && now.duration_since(self.head_since) >= header_timeout {
+            return Some(Verdict::HeadTooSlow);
+        }
+        if now.duration_since(self.idle_since) >= idle_timeout {
+            return Some(Verdict::Idle);
+        }
+        None
     }
 }
 
@@ -133,6 +266,14 @@ impl<B> Tracked<B> {
         let at = self.rest.len().min(PROGRESS_CHUNK);
         self.activity.touch();
         Frame::data(self.rest.split_to(at))
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        // hyper drops a response body once it has it all (or the exchange is abandoned): for
+        // HTTP/1 the connection then waits for the next request.
+        self.activity.answer_done();
     }
 }
 
@@ -182,6 +323,58 @@ where
     }
 }
 
+/// A connection's IO that tells its `Activity` when bytes arrive; everything else is passed on.
+pub struct Watched<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +386,107 @@ mod tests {
         assert!(is_idle(5, 5, 0));
         assert!(!is_idle(5, 6, 0), "a request or body progress in between");
         assert!(!is_idle(5, 5, 1), "a request under way");
+    }
+
+    fn look(events: u64, requests: u64, reading_head: bool) -> Look {
+        Look {
+            events,
+            active: 0,
+            requests,
+            reading_head,
+        }
+    }
+
+    #[test]
+    fn a_head_read_over_two_looks_a_timeout_apart_is_too_slow() {
+        let (t0, second) = (Instant::now(), Duration::from_secs(1));
+        let mut looks = Looks::new(t0, look(3, 1, false));
+        // The head's first bytes came after this look: not judged yet.
+        assert_eq!(
+            looks.judge(t0 + second, look(3, 1, true), second, 60 * second),
+            None
+        );
+        assert_eq!(
+            looks.judge(t0 + 2 * second, look(3, 1, true), second, 60 * second),
+            Some(Verdict::HeadTooSlow)
+        );
+    }
+
+    #[test]
+    fn heads_that_complete_between_looks_are_not_one_slow_head() {
+        let (t0, second) = (Instant::now(), Duration::from_secs(1));
+        let mut looks = Looks::new(t0, look(3, 1, true));
+        // A request started in between (and the next head is being read): a new head.
+        assert_eq!(
+            looks.judge(t0 + second, look(5, 2, true), second, 60 * second),
+            None
+        );
+        assert_eq!(
+            looks.judge(t0 + 2 * second, look(7, 3, true), second, 60 * second),
+            None
+        );
+    }
+
+    #[test]
+    fn the_keep_alive_wait_is_judged_by_the_idle_timeout_only() {
+        let (t0, second) = (Instant::now(), Duration::from_secs(1));
+        let mut looks = Looks::new(t0, look(3, 1, false));
+        for n in 1..4 {
+            assert_eq!(
+                looks.judge(t0 + n * second, look(3, 1, false), second, 4 * second),
+                None
+            );
+        }
+        assert_eq!(
+            looks.judge(t0 + 4 * second, look(3, 1, false), second, 4 * second),
+            Some(Verdict::Idle)
+        );
+    }
+
+    #[test]
+    fn activity_between_looks_restarts_the_idle_spell() {
+        let (t0, second) = (Instant::now(), Duration::from_secs(1));
+        let mut looks = Looks::new(t0, look(3, 1, false));
+        assert_eq!(
+            looks.judge(t0 + second, look(3, 1, false), second, 2 * second),
+            None
+        );
+        assert_eq!(
+            looks.judge(t0 + 2 * second, look(4, 1, false), second, 2 * second),
+            None
+        );
+        assert_eq!(
+            looks.judge(t0 + 3 * second, look(4, 1, false), second, 2 * second),
+            None
+        );
+        assert_eq!(
+            looks.judge(t0 + 4 * second, look(4, 1, false), second, 2 * second),
+            Some(Verdict::Idle)
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_start_a_head_only_while_waiting_for_a_request() {
+        let activity = Activity::new();
+        activity.bytes_arrived();
+        assert_eq!(activity.head(), Head::Reading);
+        let guard = activity.request_started();
+        activity.bytes_arrived();
+        assert_eq!(activity.head(), Head::Busy, "a request body is not a head");
+        drop(guard);
+        let body = activity.track(crate::proxy::body::Body::full(Bytes::from_static(b"x")));
+        assert_eq!(
+            activity.head(),
+            Head::Busy,
+            "the answer is still being sent"
+        );
+        drop(body);
+        assert_eq!(activity.head(), Head::Waiting);
+        assert!(!activity.look().reading_head);
+        activity.bytes_arrived();
+        assert!(activity.look().reading_head);
+        activity.set_multiplexed();
+        assert!(!activity.look().reading_head, "HTTP/2 has no heads to time");
     }
 
     #[tokio::test]

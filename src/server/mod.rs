@@ -1,5 +1,5 @@
 //! Listeners and connections: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, with the
-//! header-read (slowloris) and idle timeouts, the connection caps (overall and per client
+//! header-read (slowloris) and idle timeouts (both kept by the watchdog in `idle`), the connection caps (overall and per client
 //! address), and graceful shutdown. HTTPS listeners (`tls`) add a TLS handshake in front of the
 //! same connection handling.
 
@@ -14,8 +14,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::atomic::Ordering;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ServerConfig};
@@ -245,7 +245,10 @@ fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
+        // Off: the connection watchdog (`idle`) enforces the header-read timeout without a
+        // timer armed and cancelled per request, and leaves the keep-alive wait to the idle
+        // timeout.
+        .header_read_timeout(None)
         // A head larger than the read buffer is refused with 431.
         .max_buf_size(header_size);
     // hyper's own limit is 100 headers, kept in an uninitialised array; naming any limit,
@@ -364,6 +367,7 @@ fn serve_connection(
     };
     let activity = idle::Activity::new();
     let tracker = activity.clone();
+    let reads = activity.clone();
     let builder = builder.clone();
     // Taken now, so that a shutdown that starts during a TLS handshake still waits for it.
     let watcher = graceful.watcher();
@@ -384,6 +388,9 @@ fn serve_connection(
             let tracker = tracker.clone();
             let guard = tracker.request_started();
             let (method, version) = (request.method().clone(), request.version());
+            if version == hyper::Version::HTTP_2 {
+                tracker.set_multiplexed();
+            }
             // Called here, not in the future: a hit is answered within this call, so the
             // request is dropped before hyper reads again and hyper can reuse its read buffer
             // (see `Proxy::handle`).
@@ -418,22 +425,47 @@ fn serve_connection(
             }))
         });
         let connection = builder
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(reads.watched(io)), service)
             .into_owned();
         watcher.watch(connection).await
     };
-    tokio::spawn(async move {
-        tokio::select! {
-            result = serve => {
-                if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                }
-            }
-            verdict = activity.watch(header_timeout, idle_timeout) => {
-                tracing::debug!(%peer, ?verdict, "closing connection");
-            }
+    // The watchdog is a task of its own rather than a branch beside the connection: a branch
+    // would be polled (its sleep re-registered) every time the connection wakes, once per
+    // request. It wakes once per period and ends the connection by aborting its task.
+    let (connection_tx, connection_rx) = oneshot::channel::<AbortHandle>();
+    let watchdog = tokio::spawn(async move {
+        let verdict = activity.watch(header_timeout, idle_timeout).await;
+        tracing::debug!(%peer, ?verdict, "closing connection");
+        if let Ok(connection) = connection_rx.await {
+            connection.abort();
         }
-        stats.connections_open.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
     });
+    let open = OpenConnection {
+        stats,
+        _permit: permit,
+        watchdog: watchdog.abort_handle(),
+    };
+    let connection = tokio::spawn(async move {
+        // Dropped when the connection ends, or with the task when the watchdog aborts it.
+        let _open = open;
+        if let Err(err) = serve.await {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    });
+    let _ = connection_tx.send(connection.abort_handle());
+}
+
+/// A connection's place: counted open, its caps' permits held, and its watchdog running, until
+/// this is dropped (the connection ended, or its task was aborted).
+struct OpenConnection {
+    stats: Arc<crate::metrics::Stats>,
+    _permit: (OwnedSemaphorePermit, ClientConnection),
+    watchdog: AbortHandle,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.watchdog.abort();
+    }
 }
