@@ -297,6 +297,41 @@ fn serial(der: &[u8]) -> String {
     cert.raw_serial_as_string()
 }
 
+/// Pebble (certificates valid `validity` seconds, or its default) and a Kagami whose ACME site
+/// "okayama" uses it, in front of an origin answering `/` with `home`.
+struct WithPebble {
+    _origin: Origin,
+    dir: tempfile::TempDir,
+    _pebble: Pebble,
+    root: CertificateDer<'static>,
+    running: Running,
+    tls_addr: SocketAddr,
+    log: PathBuf,
+}
+
+async fn with_pebble(pebble_bin: &Path, validity: Option<u64>, home: &str) -> WithPebble {
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok(home.to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    let (ports, _) = free_ports(1);
+    let pebble = start_pebble(dir.path(), ports[0], pebble_bin, validity).await;
+    std::fs::write(dir.path().join("pebble-ca.pem"), &pebble.tls_ca.pem).unwrap();
+    let root = pebble.issuing_root().await;
+    let config = kagami_config(dir.path(), ports[0], &origin.url(), &pebble.directory);
+    let running = kagami::server::start(&config).await.unwrap();
+    let tls_addr = running.tls_addrs[0];
+    let log = dir.path().join("pebble.log");
+    WithPebble {
+        _origin: origin,
+        dir,
+        _pebble: pebble,
+        root,
+        running,
+        tls_addr,
+        log,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_is_issued_by_pebble_and_reused_after_a_restart() {
     let Some(pebble_bin) = pebble_or_skip() else {
@@ -411,17 +446,16 @@ async fn a_certificate_is_renewed_live_before_it_expires() {
     let Some(pebble_bin) = pebble_or_skip() else {
         return;
     };
-    let origin = Origin::start().await;
-    origin.route("/", Route::ok("okayama home"));
-    let dir = tempfile::tempdir().unwrap();
-    let (ports, _) = free_ports(1);
-    let pebble = start_pebble(dir.path(), ports[0], &pebble_bin, Some(9)).await;
-    std::fs::write(dir.path().join("pebble-ca.pem"), &pebble.tls_ca.pem).unwrap();
-    let root = pebble.issuing_root().await;
-    let config = kagami_config(dir.path(), ports[0], &origin.url(), &pebble.directory);
-    let running = kagami::server::start(&config).await.unwrap();
-    let tls_addr = running.tls_addrs[0];
-    let log = dir.path().join("pebble.log");
+    // Bound whole: the origin and pebble live as long as the test.
+    let WithPebble {
+        _origin,
+        dir,
+        _pebble,
+        root,
+        running,
+        tls_addr,
+        log,
+    } = with_pebble(&pebble_bin, Some(9), "okayama home").await;
     let (first, _) = wait_for_certificate(tls_addr, NAME, &root, None, &log).await;
     let (renewed, body) = wait_for_certificate(tls_addr, NAME, &root, Some(&first), &log).await;
     assert_ne!(serial(&renewed), serial(&first));
@@ -441,17 +475,16 @@ async fn a_reload_orders_certificates_for_added_acme_sites_and_drops_removed_one
         return;
     };
     const ADDED: &str = "www.city.kurashiki.example";
-    let origin = Origin::start().await;
-    origin.route("/", Route::ok("home"));
-    let dir = tempfile::tempdir().unwrap();
-    let (ports, _) = free_ports(1);
-    let pebble = start_pebble(dir.path(), ports[0], &pebble_bin, None).await;
-    std::fs::write(dir.path().join("pebble-ca.pem"), &pebble.tls_ca.pem).unwrap();
-    let root = pebble.issuing_root().await;
-    let config = kagami_config(dir.path(), ports[0], &origin.url(), &pebble.directory);
-    let running = kagami::server::start(&config).await.unwrap();
-    let tls_addr = running.tls_addrs[0];
-    let log = dir.path().join("pebble.log");
+    // Bound whole: the origin and pebble live as long as the test.
+    let WithPebble {
+        _origin,
+        dir,
+        _pebble,
+        root,
+        running,
+        tls_addr,
+        log,
+    } = with_pebble(&pebble_bin, None, "home").await;
     wait_for_certificate(tls_addr, NAME, &root, None, &log).await;
     assert!(fetch_https(tls_addr, ADDED, &root).await.is_err());
 
