@@ -446,25 +446,17 @@ async fn a_certificate_is_renewed_live_before_it_expires() {
     let Some(pebble_bin) = pebble_or_skip() else {
         return;
     };
-    // Bound whole: the origin and pebble live as long as the test.
-    let WithPebble {
-        _origin,
-        dir,
-        _pebble,
-        root,
-        running,
-        tls_addr,
-        log,
-    } = with_pebble(&pebble_bin, Some(9), "okayama home").await;
-    let (first, _) = wait_for_certificate(tls_addr, NAME, &root, None, &log).await;
-    let (renewed, body) = wait_for_certificate(tls_addr, NAME, &root, Some(&first), &log).await;
+    let p = with_pebble(&pebble_bin, Some(9), "okayama home").await;
+    let (first, _) = wait_for_certificate(p.tls_addr, NAME, &p.root, None, &p.log).await;
+    let (renewed, body) =
+        wait_for_certificate(p.tls_addr, NAME, &p.root, Some(&first), &p.log).await;
     assert_ne!(serial(&renewed), serial(&first));
     assert!(body.ends_with("okayama home"), "{body}");
     // The renewed certificate is the stored one.
-    let stored = std::fs::read(dir.path().join("acme-state/certs/okayama/cert.pem")).unwrap();
+    let stored = std::fs::read(p.dir.path().join("acme-state/certs/okayama/cert.pem")).unwrap();
     let stored = CertificateDer::from_pem_slice(&stored).unwrap();
     assert_eq!(stored.as_ref(), renewed.as_slice());
-    running.shutdown(Duration::from_secs(1)).await;
+    p.running.shutdown(Duration::from_secs(1)).await;
 }
 
 /// Sites follow a reload: an ACME site added to the file gets its certificate while Kagami
@@ -475,41 +467,36 @@ async fn a_reload_orders_certificates_for_added_acme_sites_and_drops_removed_one
         return;
     };
     const ADDED: &str = "www.city.kurashiki.example";
-    // Bound whole: the origin and pebble live as long as the test.
-    let WithPebble {
-        _origin,
-        dir,
-        _pebble,
-        root,
-        running,
-        tls_addr,
-        log,
-    } = with_pebble(&pebble_bin, None, "home").await;
-    wait_for_certificate(tls_addr, NAME, &root, None, &log).await;
-    assert!(fetch_https(tls_addr, ADDED, &root).await.is_err());
+    let p = with_pebble(&pebble_bin, None, "home").await;
+    wait_for_certificate(p.tls_addr, NAME, &p.root, None, &p.log).await;
+    assert!(fetch_https(p.tls_addr, ADDED, &p.root).await.is_err());
 
     // The same file with the site renamed and given another name.
-    let text = std::fs::read_to_string(dir.path().join("kagami.toml"))
+    let text = std::fs::read_to_string(p.dir.path().join("kagami.toml"))
         .unwrap()
         .replace("\"okayama\"", "\"kurashiki\"")
         .replace(NAME, ADDED);
-    let path = dir.path().join("kagami.toml");
+    let path = p.dir.path().join("kagami.toml");
     std::fs::write(&path, text).unwrap();
-    let report = running.reload(&Config::load(&path).unwrap()).await.unwrap();
+    let report = p
+        .running
+        .reload(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
     assert_eq!(report.added, ["kurashiki"]);
     assert_eq!(report.removed, ["okayama"]);
     assert!(report.needs_restart.is_empty(), "{report:?}");
 
-    let (_, body) = wait_for_certificate(tls_addr, ADDED, &root, None, &log).await;
+    let (_, body) = wait_for_certificate(p.tls_addr, ADDED, &p.root, None, &p.log).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    let stored = dir.path().join("acme-state/certs/kurashiki/cert.pem");
+    let stored = p.dir.path().join("acme-state/certs/kurashiki/cert.pem");
     assert!(stored.exists(), "the new certificate is kept in state_dir");
-    let gone = fetch_https(tls_addr, NAME, &root).await;
+    let gone = fetch_https(p.tls_addr, NAME, &p.root).await;
     assert!(
         gone.is_err(),
         "the removed site's certificate is still served"
     );
-    running.shutdown(Duration::from_secs(1)).await;
+    p.running.shutdown(Duration::from_secs(1)).await;
 }
 
 /// A published HTTP-01 answer used to be given for any Host: anyone could read the key
