@@ -392,10 +392,10 @@ async fn pump(
         request_time,
         response_time,
         settings,
-        fill: mut fill_charge,
+        fill: fill_charge,
         ..
     } = job;
-    let body = fill.finish(&mut fill_charge);
+    let body = fill.finish();
     let entry = Arc::new(Entry::new(
         status,
         headers,
@@ -444,16 +444,21 @@ impl Fill {
         true
     }
 
-    /// The stored body: exact-sized when the length was not known and more than a page was left
-    /// over. A stored body keeps its whole allocation alive, and the store weighs its length
-    /// (in its allocator's size class), not the capacity a growing buffer doubled to.
-    fn finish(&mut self, charge: &mut Charge) -> Bytes {
+    /// The stored body, exact-sized when the length was not known and more than a page was
+    /// left over: a stored body keeps its whole allocation alive, and the store weighs its
+    /// length (in its allocator's size class), not the capacity a growing buffer doubled to.
+    /// Shrunk in place rather than copied: the allocator gives a large allocation's tail back
+    /// without moving it, so no second buffer is needed, even when the in-flight budget is
+    /// full (a copy used to need room there, and without it the body kept its spare capacity
+    /// while the store counted only its length).
+    fn finish(&mut self) -> Bytes {
         let body = std::mem::take(&mut self.body);
-        let spare = body.capacity() - body.len();
-        if spare > 4096 && charge.try_grow(body.len() as u64) {
-            return Bytes::copy_from_slice(&body);
+        if body.capacity() - body.len() <= 4096 {
+            return body.freeze();
         }
-        body.freeze()
+        let mut exact = Vec::from(body);
+        exact.shrink_to_fit();
+        Bytes::from(exact)
     }
 }
 
@@ -505,5 +510,29 @@ fn stop_storing(
     }
     if let Some(l) = leader.take() {
         l.finish(Outcome::Uncacheable);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body of unknown length grew by doubling; what is stored holds its length, not the
+    /// doubled capacity, and the bytes are the same.
+    #[test]
+    fn a_stored_body_keeps_no_spare_capacity_beyond_a_page() {
+        let content: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let mut body = BytesMut::with_capacity(64 * 1024);
+        body.extend_from_slice(&content);
+        let mut fill = Fill { body, behind: None };
+        let stored = fill.finish();
+        assert_eq!(stored, content);
+        let held = Vec::from(stored);
+        assert_eq!(held.capacity(), content.len(), "spare capacity kept");
+        // Within a page of spare room, the buffer is kept as it is.
+        let mut body = BytesMut::with_capacity(content.len() + 1000);
+        body.extend_from_slice(&content);
+        let stored = Fill { body, behind: None }.finish();
+        assert_eq!(stored, content);
     }
 }
