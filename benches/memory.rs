@@ -410,11 +410,13 @@ async fn unfilled(bench: &Bench, m: usize) {
     // In two halves, to tell what each object costs from what the first burst of fills costs
     // once (the origin pool's connections and their buffers, thread caches, TLS roots).
     let half = n / 2;
+    // RSS is read 1.5 s after each half: jemalloc gives pages freed by the fills back within
+    // about a second (`dirty_decay_ms`), and RSS read sooner counts some of them.
     warm(&bench.client, port, m, 1, half).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let at_half = rss_kib(pid);
     warm(&bench.client, port, m, 1 + half, n - half).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let at_end = rss_kib(pid);
     let growth = at_end.saturating_sub(start);
     let logged = stop_and_count(kagami);
