@@ -239,3 +239,48 @@ async fn range_on_a_cached_object() {
         "ranges are answered from the cache"
     );
 }
+
+/// Bodies of sizes that the store keeps in several parts (whole pages, then smaller size
+/// classes; see `cache::body`): hits and ranges across the parts' boundaries are the origin's
+/// bytes, and the length is the whole body's.
+#[tokio::test]
+async fn bodies_kept_in_parts_are_served_byte_identical_whole_and_in_ranges() {
+    let origin = Origin::start().await;
+    let kagami = Kagami::start(&origin.url()).await;
+    // 16,000 = 12,288 + 3,584 + 128; 41,300 = 40,960 + 340; 300,001 = 299,008 + 993.
+    for (len, boundaries) in [
+        (16_000usize, vec![12_288, 15_872]),
+        (41_300, vec![40_960]),
+        (300_001, vec![299_008]),
+    ] {
+        let path = format!("/parts-{len}.bin");
+        let body = payload(len, len as u32);
+        origin.route(
+            &path,
+            Route::ok(body.clone()).header("cache-control", "max-age=60"),
+        );
+        let first = kagami.get(&path).await;
+        same_bytes(&first.body, &body, &format!("{len}: miss"));
+        let hit = kagami.get(&path).await;
+        assert!(
+            hit.cache_status().starts_with("kagami; hit"),
+            "{len}: {}",
+            hit.cache_status()
+        );
+        assert_eq!(hit.header("content-length"), Some(len.to_string().as_str()));
+        same_bytes(&hit.body, &body, &format!("{len}: hit"));
+        for at in boundaries {
+            let (start, end) = (at - 5, at + 5);
+            let request = kagami
+                .client
+                .get(kagami.url(&path))
+                .header("range", format!("bytes={start}-{end}"));
+            let part = kagami.send(request).await;
+            assert_eq!(part.status, 206, "{len}: {start}-{end}");
+            let range = format!("bytes {start}-{end}/{len}");
+            assert_eq!(part.header("content-range"), Some(range.as_str()));
+            same_bytes(&part.body, &body[start..=end], &format!("{len}: {range}"));
+        }
+        assert_eq!(origin.hits(&path), 1, "{len}: answered from the cache");
+    }
+}

@@ -3,13 +3,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT_RANGES, AGE, CONTENT_LENGTH, ETAG, LAST_MODIFIED,
     SET_COOKIE,
 };
 use http::StatusCode;
 
+use super::body::StoredBody;
 use super::control::response_directives;
 use super::fields::Fields;
 use super::footprint;
@@ -71,7 +71,7 @@ pub struct Entry {
     pub status: StatusCode,
     /// Headers as they will be sent, without hop-by-hop fields and without `Age`.
     pub headers: Fields,
-    pub body: Bytes,
+    pub body: StoredBody,
     pub variant: Variant,
     pub response_time: SystemTime,
     pub initial_age: Duration,
@@ -127,16 +127,18 @@ const KEEP_ON_UPDATE: [HeaderName; 4] = [
 
 impl Entry {
     /// Builds an entry from a complete origin response. `headers` must already be free of
-    /// hop-by-hop fields.
+    /// hop-by-hop fields. `body` is usually a fill's `StoredBody::from_buffer`; a `Bytes` is
+    /// kept as it is.
     pub fn new(
         status: StatusCode,
         mut headers: HeaderMap,
-        body: Bytes,
+        body: impl Into<StoredBody>,
         request_headers: &HeaderMap,
         request_time: SystemTime,
         response_time: SystemTime,
         settings: &StoreSettings,
     ) -> Entry {
+        let body = body.into();
         let variant = variant_of(&vary_names(&headers), request_headers);
         let credentials = has_credentials(request_headers);
         if settings.cookies == CookiePolicy::Strip {
@@ -161,7 +163,7 @@ impl Entry {
     fn from_parts(
         status: StatusCode,
         mut headers: HeaderMap,
-        body: Bytes,
+        body: StoredBody,
         variant: Variant,
         credentials: bool,
         (request_time, response_time): (SystemTime, SystemTime),
@@ -314,7 +316,7 @@ impl Entry {
     pub fn weight(&self) -> u32 {
         let bytes = footprint::arc_footprint::<Entry>()
             + self.headers.footprint()
-            + footprint::body_footprint(&self.body)
+            + self.body.footprint()
             + footprint::strings_footprint(&self.variant);
         bytes.min(u32::MAX as usize) as u32
     }
@@ -329,6 +331,7 @@ mod tests {
     }
 
     use super::*;
+    use bytes::Bytes;
 
     fn settings() -> StoreSettings {
         StoreSettings {
@@ -352,7 +355,7 @@ mod tests {
         Entry::new(
             StatusCode::OK,
             h,
-            Bytes::from_static(b"body"),
+            StoredBody::from("body"),
             request,
             now,
             now,
@@ -490,7 +493,7 @@ mod tests {
         let stored = Entry::new(
             StatusCode::OK,
             headers.clone(),
-            Bytes::from_static(b"body"),
+            StoredBody::from("body"),
             &HeaderMap::new(),
             now,
             now,

@@ -82,27 +82,43 @@ pub fn strings_footprint(pairs: &[(String, Option<String>)]) -> usize {
             .sum::<usize>()
 }
 
-/// Bytes a body holds: its allocation and the shared header of its storage.
-pub fn body_footprint(body: &Bytes) -> usize {
-    if body.is_empty() {
-        0
-    } else {
-        allocated(body.len()) + 32 + ALLOCATION
-    }
-}
+/// jemalloc's largest small size class (with 4 KiB pages): up to it, an allocation comes from
+/// a slab of same-sized regions; above it, it is an extent of whole pages.
+const SMALL_MAX: usize = 14 * 1024;
+
+/// jemalloc's page (its build's `LG_PAGE`, 4 KiB on x86-64 Linux).
+const PAGE: usize = 4096;
 
 /// The size of the allocation that holds `len` bytes. jemalloc (the default allocator, see
-/// `src/cli/allocator.rs`) rounds every request up to a size class, four per doubling above
-/// 128 bytes (a 16,385-byte body takes 20 KiB, a 600 KiB one 640 KiB): bodies of unlucky
-/// sizes would otherwise hold up to a quarter more than the store counts. The system
+/// `src/cli/allocator.rs`) rounds a small request up to a size class, four per doubling above
+/// 128 bytes (a 1,025-byte body takes 1,280), and a large one (above 14 KiB) up to whole pages:
+/// the bundled jemalloc 5.3.1 has large size classes off (`opt.disable_large_size_classes`,
+/// its stats print it), so a 600 KiB body takes 600 KiB, not the 640 KiB class. The system
 /// allocator rounds to 16 bytes, counted in `ALLOCATION`.
 pub fn allocated(len: usize) -> usize {
     if !cfg!(feature = "jemalloc") || len <= 128 {
         return len;
     }
+    if len > SMALL_MAX {
+        return len.div_ceil(PAGE) * PAGE;
+    }
     // The class spacing is a quarter of the power of two just below `len`.
     let spacing = 1usize << ((usize::BITS - 1 - (len - 1).leading_zeros()) - 2);
     len.div_ceil(spacing) * spacing
+}
+
+/// The largest allocation size at most `len` that `allocated` does not round (`len` itself
+/// without jemalloc): whole pages above 14 KiB (4, 8 and 12 KiB are small classes too), a
+/// small size class below.
+pub fn class_below(len: usize) -> usize {
+    if !cfg!(feature = "jemalloc") || len <= 128 {
+        return len;
+    }
+    if len > SMALL_MAX {
+        return len / PAGE * PAGE;
+    }
+    let spacing = 1usize << ((usize::BITS - 1 - len.leading_zeros()) - 2);
+    len / spacing * spacing
 }
 
 /// Bytes an `Arc<T>` holds besides `T`'s own heap data.
@@ -151,10 +167,10 @@ pub fn arc_vec_footprint(capacity: usize) -> usize {
 
 #[cfg(all(test, feature = "jemalloc"))]
 mod tests {
-    use super::allocated;
+    use super::{allocated, class_below};
 
     #[test]
-    fn bodies_are_counted_at_their_jemalloc_size_class() {
+    fn bodies_are_counted_at_their_jemalloc_size_class_or_in_pages() {
         for (len, class) in [
             (1, 1),
             (128, 128),
@@ -162,12 +178,28 @@ mod tests {
             (1000, 1024),
             (1024, 1024),
             (1025, 1280),
+            (14_336, 14_336),
+            (14_337, 16_384),
             (16_384, 16_384),
             (16_385, 20_480),
-            (600 * 1024, 640 * 1024),
+            (41_300, 45_056),
+            (600 * 1024 + 1, 604 * 1024),
             (1 << 20, 1 << 20),
         ] {
             assert_eq!(allocated(len), class, "{len} bytes");
+        }
+        for (len, class) in [
+            (100, 100),
+            (129, 128),
+            (1000, 896),
+            (1024, 1024),
+            (14_337, 12_288),
+            (16_385, 16_384),
+            (41_300, 40_960),
+            (1 << 20, 1 << 20),
+        ] {
+            assert_eq!(class_below(len), class, "{len} bytes");
+            assert_eq!(allocated(class), class, "{len} bytes");
         }
     }
 }

@@ -266,7 +266,6 @@ mod tests {
     use crate::cache::entry::StoreSettings;
     use crate::cache::policy::Heuristic;
     use crate::config::CookiePolicy;
-    use bytes::Bytes;
     use http::{HeaderValue, StatusCode};
     use std::time::{Duration, SystemTime};
 
@@ -289,7 +288,7 @@ mod tests {
         Arc::new(Entry::new(
             StatusCode::OK,
             resp,
-            Bytes::from_static(body.as_bytes()),
+            crate::cache::body::StoredBody::from(body),
             &req,
             now,
             now,
@@ -310,7 +309,7 @@ mod tests {
         store.insert("k".into(), entry("en", "hello"));
         store.insert("k".into(), entry("en", "hello again"));
         let body = |lang| match store.lookup("k", &req(lang)) {
-            Lookup::Found(e) => String::from_utf8(e.body.to_vec()).unwrap(),
+            Lookup::Found(e) => String::from_utf8(e.body.to_bytes().to_vec()).unwrap(),
             _ => String::from("none"),
         };
         assert_eq!(body("ja"), "こんにちは");

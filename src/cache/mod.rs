@@ -3,6 +3,7 @@
 //! Everything here is independent of sockets: `proxy` drives it. The store is reached only
 //! through `MemoryStore`, so a disk or shared tier can sit behind the same calls later.
 
+pub mod body;
 pub mod coalesce;
 pub mod conditional;
 pub mod control;

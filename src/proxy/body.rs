@@ -1,5 +1,5 @@
-//! The response body type Kagami sends: a stored body in one piece, or chunks relayed from the
-//! origin through a channel (see `proxy::fill`). A relayed chunk carries its claim on the
+//! The response body type Kagami sends: a stored body in one piece or in its parts, or chunks
+//! relayed from the origin through a channel (see `proxy::fill`). A relayed chunk carries its claim on the
 //! in-flight budget until hyper has written it out and dropped it.
 
 use std::pin::Pin;
@@ -13,6 +13,7 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::{mpsc, Notify};
 
 use super::budget::{Budget, Charge, Owner};
+use crate::cache::body::StoredBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -87,11 +88,19 @@ pub struct Relayed {
 
 pub enum Body {
     Full(Option<Bytes>),
+    /// A stored body kept in several parts (`cache::body`), sent a part per frame, uncopied.
+    Parts(Parts),
     Channel(Relayed),
     /// A large body that shares a stored entry's buffer (see `Body::guarded`).
     Held(Held),
     /// Any of the others, counted for the access log (`access::Logged`).
     Logged(Box<super::access::Logged>),
+}
+
+pub struct Parts {
+    body: StoredBody,
+    next: usize,
+    left: usize,
 }
 
 /// Bodies at most this large are handed to hyper as they are; larger ones that share a stored
@@ -122,7 +131,7 @@ pub struct Held {
 
 struct HeldState {
     /// `None` once the watchdog let go of it (or the body is done).
-    bytes: Option<Bytes>,
+    bytes: Option<StoredBody>,
     /// Pieces handed out so far, for the watchdog.
     progress: u64,
 }
@@ -137,36 +146,54 @@ impl Body {
         Body::Full((!bytes.is_empty()).then_some(bytes))
     }
 
+    /// A stored body: one frame, or a frame per part.
+    pub fn stored(body: StoredBody) -> Body {
+        match body.as_single() {
+            Some(bytes) => Body::full(bytes.clone()),
+            None => Body::Parts(Parts {
+                left: body.len(),
+                body,
+                next: 0,
+            }),
+        }
+    }
+
     /// A body larger than `HELD_PIECE` that shares its buffer with someone else (the store)
     /// becomes a `Held` body, charged to `owner` if it ever becomes the buffer's only holder and
     /// let go of if its client then takes nothing for `stall`.
     pub fn guarded(self, budget: &Arc<Budget>, owner: Owner, stall: Duration) -> Body {
-        match self {
+        let bytes = match self {
             Body::Full(Some(bytes)) if bytes.len() > HELD_PIECE && !bytes.is_unique() => {
-                let len = bytes.len();
-                let state = Arc::new(Mutex::new(HeldState {
-                    bytes: Some(bytes),
-                    progress: 0,
-                }));
-                let done = Arc::new(Notify::new());
-                tokio::spawn(watch_held(
-                    Arc::downgrade(&state),
-                    done.clone(),
-                    budget.clone(),
-                    stall,
-                ));
-                Body::Held(Held {
-                    state,
-                    len,
-                    offset: 0,
-                    budget: budget.clone(),
-                    owner,
-                    charge: None,
-                    done,
-                })
+                StoredBody::from(bytes)
             }
-            other => other,
-        }
+            Body::Parts(parts)
+                if parts.next == 0 && parts.left > HELD_PIECE && !parts.body.is_unique() =>
+            {
+                parts.body
+            }
+            other => return other,
+        };
+        let len = bytes.len();
+        let state = Arc::new(Mutex::new(HeldState {
+            bytes: Some(bytes),
+            progress: 0,
+        }));
+        let done = Arc::new(Notify::new());
+        tokio::spawn(watch_held(
+            Arc::downgrade(&state),
+            done.clone(),
+            budget.clone(),
+            stall,
+        ));
+        Body::Held(Held {
+            state,
+            len,
+            offset: 0,
+            budget: budget.clone(),
+            owner,
+            charge: None,
+            done,
+        })
     }
 }
 
@@ -218,7 +245,7 @@ impl Held {
             self.charge = Some(charge);
         }
         let end = self.offset + left.min(HELD_PIECE);
-        let piece = Bytes::copy_from_slice(&bytes[self.offset..end]);
+        let piece = bytes.copy_range(self.offset, end);
         state.progress += 1;
         self.offset = end;
         if self.offset < self.len {
@@ -252,6 +279,14 @@ impl http_body::Body for Body {
             Body::Full(bytes) => {
                 Poll::Ready(bytes.take().map(|b| Ok(Frame::data(Piece::new(b, None)))))
             }
+            Body::Parts(parts) => {
+                let part = parts.body.parts().get(parts.next).cloned();
+                parts.next += 1;
+                if let Some(part) = &part {
+                    parts.left -= part.len();
+                }
+                Poll::Ready(part.map(|b| Ok(Frame::data(Piece::new(b, None)))))
+            }
             Body::Held(held) => Poll::Ready(held.next_piece().map(|next| match next {
                 Ok(piece) => Ok(Frame::data(piece)),
                 Err(e) => Err(Box::new(e) as BoxError),
@@ -272,6 +307,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(None) => true,
+            Body::Parts(parts) => parts.left == 0,
             Body::Held(held) => held.offset >= held.len,
             Body::Logged(logged) => logged.is_end_stream(),
             _ => false,
@@ -282,6 +318,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
+            Body::Parts(parts) => SizeHint::with_exact(parts.left as u64),
             Body::Held(held) => SizeHint::with_exact(held.len.saturating_sub(held.offset) as u64),
             Body::Channel(_) => SizeHint::default(),
             Body::Logged(logged) => logged.size_hint(),
@@ -317,6 +354,36 @@ mod tests {
         assert_eq!(metrics.num_alive_tasks(), 0, "no watchdog left sleeping");
         let small = Body::full(Bytes::from(vec![1u8; 10])).guarded(&budget, owner, Duration::ZERO);
         assert!(matches!(small, Body::Full(_)));
+    }
+
+    fn kept(len: u32) -> (Vec<u8>, StoredBody) {
+        let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut buffer = bytes::BytesMut::with_capacity(content.len());
+        buffer.extend_from_slice(&content);
+        (content, StoredBody::from_buffer(buffer))
+    }
+
+    #[tokio::test]
+    async fn a_stored_body_kept_in_parts_is_sent_whole_and_large_ones_are_held() {
+        let budget = Budget::new(1 << 20, Arc::new(Stats::default()));
+        let owner = Owner::Client("127.0.0.1".parse().unwrap());
+        // 41,300 bytes: 40 KiB + 340 with jemalloc (one part with the system allocator).
+        let (content, stored) = kept(41_300);
+        let body = Body::stored(stored.clone()).guarded(&budget, owner, Duration::ZERO);
+        assert!(
+            !matches!(body, Body::Held(_)),
+            "small enough to go out as it is"
+        );
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(41_300));
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got, content);
+        // Larger than a held piece and shared with the store: copied pieces, as for one part.
+        let (content, stored) = kept(300_001);
+        let body = Body::stored(stored.clone()).guarded(&budget, owner, Duration::from_secs(60));
+        assert!(matches!(body, Body::Held(_)));
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got, content);
+        assert_eq!(budget.used(), 0, "nothing charged while the store holds it");
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::body::{Body, Piece, Relayed, Truncated};
 use super::budget::{Budget, Charge, Meter, Owner};
 use super::Outcome;
+use crate::cache::body::StoredBody;
 use crate::cache::coalesce::Leader;
 use crate::cache::{Entry, MemoryStore, StoreSettings};
 use crate::origin::Slot;
@@ -200,7 +201,7 @@ impl Client {
             },
         };
         let end = (rest.offset + STORED_PIECE).min(entry.body.len());
-        let bytes = Bytes::copy_from_slice(&entry.body[rest.offset..end]);
+        let bytes = entry.body.copy_range(rest.offset, end);
         let len = bytes.len() as u64;
         let strong = matches!(rest.entry, Held::Strong(_));
         let charge = if strong {
@@ -444,21 +445,13 @@ impl Fill {
         true
     }
 
-    /// The stored body, exact-sized when the length was not known and more than a page was
-    /// left over: a stored body keeps its whole allocation alive, and the store weighs its
-    /// length (in its allocator's size class), not the capacity a growing buffer doubled to.
-    /// Shrunk in place rather than copied: the allocator gives a large allocation's tail back
-    /// without moving it, so no second buffer is needed, even when the in-flight budget is
-    /// full (a copy used to need room there, and without it the body kept its spare capacity
-    /// while the store counted only its length).
-    fn finish(&mut self) -> Bytes {
-        let body = std::mem::take(&mut self.body);
-        if body.capacity() - body.len() <= 4096 {
-            return body.freeze();
-        }
-        let mut exact = Vec::from(body);
-        exact.shrink_to_fit();
-        Bytes::from(exact)
+    /// The stored body, kept without spare capacity (see `StoredBody::from_buffer`): a stored
+    /// body keeps its whole allocation alive, and the store weighs what the parts hold, not
+    /// the capacity a growing buffer doubled to. No second buffer of the body's size is needed,
+    /// even when the in-flight budget is full (a copy used to need room there, and without it
+    /// the body kept its spare capacity while the store counted only its length).
+    fn finish(&mut self) -> StoredBody {
+        StoredBody::from_buffer(std::mem::take(&mut self.body))
     }
 }
 
@@ -510,29 +503,5 @@ fn stop_storing(
     }
     if let Some(l) = leader.take() {
         l.finish(Outcome::Uncacheable);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A body of unknown length grew by doubling; what is stored holds its length, not the
-    /// doubled capacity, and the bytes are the same.
-    #[test]
-    fn a_stored_body_keeps_no_spare_capacity_beyond_a_page() {
-        let content: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
-        let mut body = BytesMut::with_capacity(64 * 1024);
-        body.extend_from_slice(&content);
-        let mut fill = Fill { body, behind: None };
-        let stored = fill.finish();
-        assert_eq!(stored, content);
-        let held = Vec::from(stored);
-        assert_eq!(held.capacity(), content.len(), "spare capacity kept");
-        // Within a page of spare room, the buffer is kept as it is.
-        let mut body = BytesMut::with_capacity(content.len() + 1000);
-        body.extend_from_slice(&content);
-        let stored = Fill { body, behind: None }.finish();
-        assert_eq!(stored, content);
     }
 }

@@ -163,7 +163,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
                 let body = if head_only {
                     Body::empty()
                 } else {
-                    Body::full(part)
+                    Body::stored(part)
                 };
                 return build(StatusCode::PARTIAL_CONTENT, headers, body);
             }
@@ -180,7 +180,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
     let body = if head_only {
         Body::empty()
     } else {
-        Body::full(entry.body.clone())
+        Body::stored(entry.body.clone())
     };
     build(entry.status, headers, body)
 }

@@ -14,6 +14,7 @@ use crate::origin::Slot;
 use super::body::{Body, Piece, Relayed, Truncated};
 use super::fill::StoreJob;
 use super::Outcome;
+use crate::cache::body::StoredBody;
 use crate::cache::coalesce::Leader;
 use crate::cache::Entry;
 
@@ -87,7 +88,7 @@ async fn read_and_store(
     for chunk in &chunks {
         body.extend_from_slice(chunk);
     }
-    let body = body.freeze();
+    let body = StoredBody::from_buffer(body);
     let entry = Arc::new(Entry::new(
         job.status,
         job.headers,
@@ -106,7 +107,7 @@ async fn read_and_store(
         });
     }
     let body = if want_body {
-        Body::full(body)
+        Body::stored(body)
     } else {
         Body::empty()
     };

@@ -1,0 +1,378 @@
+//! A stored body: its bytes in one allocation, or in a few whose sizes are each one of the
+//! allocator's size classes, so that no stored byte is rounding.
+//!
+//! Why: jemalloc (the default allocator, `src/cli/allocator.rs`) rounds an allocation up to a
+//! size class, four per doubling, so one buffer for a 41 KiB page takes 48 KiB and one for a
+//! 600 KiB PDF 640 KiB: a realistic mix of pages lost about 4 KiB per object to rounding, more
+//! than the rest of an entry costs. The same 41 KiB kept as 40 KiB + 1 KiB in two allocations
+//! rounds nothing. A part costs a `Bytes` handle (and a shared header once a hit clones it,
+//! about 64 bytes in all), so bodies are split only where that saves more than it costs, into
+//! at most `MAX_PARTS`. With the system allocator (16-byte rounding) a body is one part.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::footprint::{self, ALLOCATION};
+
+/// At most this many allocations per body: a fourth part would save less than a part costs.
+pub const MAX_PARTS: usize = 4;
+
+/// What another part costs: its `Bytes` handle in the list and the shared header its storage
+/// gets when a hit first clones it. A part is split off only when its rounding costs more.
+const PART_COST: usize = 64;
+
+#[derive(Debug, Clone, Default)]
+pub struct StoredBody {
+    parts: Parts,
+    len: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Parts {
+    One(Bytes),
+    /// Never empty and never a single part; every part but the last is a whole size class.
+    Many(Arc<[Bytes]>),
+}
+
+impl Default for Parts {
+    fn default() -> Parts {
+        Parts::One(Bytes::new())
+    }
+}
+
+/// The lengths a body of `len` bytes is kept in: the largest size class that fits, then the
+/// same for what is left, until what is left rounds up by at most `PART_COST`.
+pub fn plan(len: usize) -> Vec<usize> {
+    let mut plan = Vec::with_capacity(MAX_PARTS);
+    let mut rest = len;
+    while rest > 0 {
+        if footprint::allocated(rest) - rest <= PART_COST || plan.len() + 1 == MAX_PARTS {
+            plan.push(rest);
+            break;
+        }
+        let part = footprint::class_below(rest);
+        plan.push(part);
+        rest -= part;
+    }
+    plan
+}
+
+impl StoredBody {
+    /// The body a fill collected, split as `plan` says. The first part stays in the fill's own
+    /// buffer, shrunk in place (the allocator gives a large allocation's tail back without
+    /// moving it); the parts after it, together smaller than a quarter of the body, are copied
+    /// out first. A buffer that grew by doubling keeps no spare capacity either way.
+    pub fn from_buffer(buffer: BytesMut) -> StoredBody {
+        let len = buffer.len();
+        let plan = plan(len);
+        let mut first = Vec::from(buffer);
+        if plan.len() <= 1 {
+            if first.capacity() > first.len() {
+                first.shrink_to_fit();
+            }
+            return StoredBody::from(Bytes::from(first));
+        }
+        let mut parts = Vec::with_capacity(plan.len());
+        let mut at = plan[0];
+        let mut rest = Vec::with_capacity(plan.len() - 1);
+        for &n in &plan[1..] {
+            rest.push(Bytes::copy_from_slice(&first[at..at + n]));
+            at += n;
+        }
+        first.truncate(plan[0]);
+        first.shrink_to_fit();
+        parts.push(Bytes::from(first));
+        parts.extend(rest);
+        StoredBody {
+            parts: Parts::Many(parts.into()),
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The parts in order (one for most bodies).
+    pub fn parts(&self) -> &[Bytes] {
+        match &self.parts {
+            Parts::One(bytes) => std::slice::from_ref(bytes),
+            Parts::Many(parts) => parts,
+        }
+    }
+
+    /// The body as one `Bytes` when it is kept in one part.
+    pub fn as_single(&self) -> Option<&Bytes> {
+        match &self.parts {
+            Parts::One(bytes) => Some(bytes),
+            Parts::Many(_) => None,
+        }
+    }
+
+    /// Whether nothing else holds any of this body's storage (this handle is the last).
+    pub fn is_unique(&self) -> bool {
+        match &self.parts {
+            Parts::One(bytes) => bytes.is_unique(),
+            // A slice handed out by `range` shares a part's storage, not the list.
+            Parts::Many(parts) => {
+                Arc::strong_count(parts) == 1 && parts.iter().all(Bytes::is_unique)
+            }
+        }
+    }
+
+    /// Bytes `start..end` copied into a buffer of their own (`end` is clamped to the length).
+    pub fn copy_range(&self, start: usize, end: usize) -> Bytes {
+        let end = end.min(self.len);
+        if start >= end {
+            return Bytes::new();
+        }
+        if let Parts::One(bytes) = &self.parts {
+            return Bytes::copy_from_slice(&bytes[start..end]);
+        }
+        let mut out = BytesMut::with_capacity(end - start);
+        self.for_each_in(start, end, |piece| out.extend_from_slice(piece));
+        out.freeze()
+    }
+
+    /// Bytes `range` without a copy (a Range answer); `range` must lie within the body.
+    pub fn slice(&self, range: RangeInclusive<usize>) -> StoredBody {
+        let (start, end) = (*range.start(), range.end().saturating_add(1).min(self.len));
+        if start >= end {
+            return StoredBody::default();
+        }
+        if let Parts::One(bytes) = &self.parts {
+            return StoredBody::from(bytes.slice(start..end));
+        }
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut offset = 0;
+        for part in self.parts() {
+            let (from, to) = (offset, offset + part.len());
+            offset = to;
+            if to <= start || from >= end {
+                continue;
+            }
+            pieces.push(part.slice(start.max(from) - from..end.min(to) - from));
+        }
+        StoredBody::from_pieces(pieces)
+    }
+
+    /// Memory the body holds: each part's allocation (at its size class) and storage header,
+    /// and the list of parts.
+    pub fn footprint(&self) -> usize {
+        let parts: usize = (self.parts().iter())
+            .filter(|p| !p.is_empty())
+            .map(|p| footprint::allocated(p.len()) + 32 + ALLOCATION)
+            .sum();
+        match &self.parts {
+            Parts::One(_) => parts,
+            Parts::Many(list) => parts + 16 + std::mem::size_of_val(&**list) + ALLOCATION,
+        }
+    }
+
+    /// The whole body in one buffer (tests, and callers that need contiguous bytes).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.parts {
+            Parts::One(bytes) => bytes.clone(),
+            Parts::Many(_) => self.copy_range(0, self.len),
+        }
+    }
+
+    fn from_pieces(mut pieces: Vec<Bytes>) -> StoredBody {
+        if pieces.len() <= 1 {
+            return StoredBody::from(pieces.pop().unwrap_or_default());
+        }
+        let len = pieces.iter().map(Bytes::len).sum();
+        StoredBody {
+            parts: Parts::Many(pieces.into()),
+            len,
+        }
+    }
+
+    /// Calls `f` with the parts' bytes that lie in `start..end`, in order.
+    fn for_each_in(&self, start: usize, end: usize, mut f: impl FnMut(&[u8])) {
+        let mut offset = 0;
+        for part in self.parts() {
+            let (from, to) = (offset, offset + part.len());
+            offset = to;
+            if to > start && from < end {
+                f(&part[start.max(from) - from..end.min(to) - from]);
+            }
+        }
+    }
+}
+
+impl From<Bytes> for StoredBody {
+    fn from(bytes: Bytes) -> StoredBody {
+        StoredBody {
+            len: bytes.len(),
+            parts: Parts::One(bytes),
+        }
+    }
+}
+
+impl From<&'static str> for StoredBody {
+    fn from(text: &'static str) -> StoredBody {
+        StoredBody::from(Bytes::from_static(text.as_bytes()))
+    }
+}
+
+impl PartialEq<[u8]> for StoredBody {
+    fn eq(&self, other: &[u8]) -> bool {
+        if other.len() != self.len {
+            return false;
+        }
+        let mut at = 0;
+        self.parts().iter().all(|part| {
+            let same = other[at..at + part.len()] == part[..];
+            at += part.len();
+            same
+        })
+    }
+}
+
+impl PartialEq<&str> for StoredBody {
+    fn eq(&self, other: &&str) -> bool {
+        *self == *other.as_bytes()
+    }
+}
+
+impl PartialEq for StoredBody {
+    fn eq(&self, other: &StoredBody) -> bool {
+        *self == *other.to_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn stored(len: usize) -> (Vec<u8>, StoredBody) {
+        let bytes = content(len);
+        let mut buffer = BytesMut::with_capacity(len);
+        buffer.extend_from_slice(&bytes);
+        (bytes, StoredBody::from_buffer(buffer))
+    }
+
+    #[test]
+    fn a_plan_adds_up_to_the_body_and_rounds_at_most_a_part_cost() {
+        for len in [
+            0, 1, 100, 1024, 1300, 16_000, 16_385, 41_300, 262_144, 1_000_000,
+        ] {
+            let plan = plan(len);
+            assert_eq!(plan.iter().sum::<usize>(), len, "{len}");
+            assert!(plan.len() <= MAX_PARTS, "{len}: {plan:?}");
+            let (last, whole) = plan.split_last().map_or((0, &[][..]), |(l, w)| (*l, w));
+            for &part in whole {
+                assert_eq!(footprint::allocated(part), part, "{len}: {plan:?}");
+            }
+            if plan.len() < MAX_PARTS {
+                assert!(
+                    footprint::allocated(last) - last <= PART_COST,
+                    "{len}: {plan:?}"
+                );
+            }
+        }
+    }
+
+    #[cfg(feature = "jemalloc")]
+    #[test]
+    fn bodies_of_unlucky_sizes_are_split_at_size_classes() {
+        assert_eq!(plan(41_300), vec![40_960, 340]);
+        assert_eq!(plan(1_000_000), vec![999_424, 576]);
+        assert_eq!(plan(1_024_000), vec![1_024_000]);
+        assert_eq!(plan(16_000), vec![12_288, 3_584, 128]);
+        assert_eq!(plan(16_384), vec![16_384]);
+        assert_eq!(plan(1024), vec![1024]);
+    }
+
+    #[cfg(not(feature = "jemalloc"))]
+    #[test]
+    fn with_the_system_allocator_a_body_is_one_part() {
+        assert_eq!(plan(41_300), vec![41_300]);
+    }
+
+    #[test]
+    fn split_bodies_keep_their_bytes_and_no_spare_capacity() {
+        for len in [0, 10, 1000, 16_000, 16_385, 41_300, 300_001, 1_000_000] {
+            let (bytes, body) = stored(len);
+            assert_eq!(body.len(), len);
+            assert!(body == bytes[..], "{len}");
+            assert_eq!(body.to_bytes(), bytes, "{len}");
+            assert_eq!(body.parts().len(), plan(len).len().max(1), "{len}");
+            // (An empty body is a static one, which nobody owns.)
+            assert!(body.is_unique() || len == 0, "{len}");
+        }
+        // A buffer that doubled past its length is shrunk.
+        let mut buffer = BytesMut::with_capacity(64 * 1024);
+        buffer.extend_from_slice(&content(40_000));
+        let body = StoredBody::from_buffer(buffer);
+        assert!(body == content(40_000)[..]);
+        // Each part's own buffer (the handles are the only ones once the body is dropped, so
+        // `Vec::from` takes the buffer rather than copying it).
+        let parts = body.parts().to_vec();
+        drop(body);
+        let held: usize = parts.into_iter().map(|p| Vec::from(p).capacity()).sum();
+        assert_eq!(held, 40_000, "spare capacity kept");
+    }
+
+    #[test]
+    fn copies_and_slices_across_parts_are_the_same_bytes() {
+        let len = 16_000;
+        let (bytes, body) = stored(len);
+        for (start, end) in [
+            (0, 1),
+            (0, len),
+            (12_280, 12_290),
+            (12_280, 15_900),
+            (15_880, len),
+            (5, 5),
+        ] {
+            assert_eq!(
+                body.copy_range(start, end),
+                bytes[start..end],
+                "{start}..{end}"
+            );
+            if start < end {
+                let slice = body.slice(start..=end - 1);
+                assert_eq!(slice.len(), end - start);
+                assert!(slice == bytes[start..end], "{start}..={}", end - 1);
+            }
+        }
+        assert_eq!(body.copy_range(len - 3, len + 100), bytes[len - 3..]);
+    }
+
+    #[test]
+    fn a_body_with_a_slice_handed_out_is_not_unique() {
+        let (_, body) = stored(41_300);
+        let slice = body.slice(10..=20);
+        assert!(!body.is_unique());
+        drop(slice);
+        assert!(body.is_unique());
+        let other = body.clone();
+        assert!(!body.is_unique());
+        drop(other);
+        assert!(body.is_unique());
+    }
+
+    #[test]
+    fn the_footprint_counts_every_part_at_its_size_class() {
+        let (_, body) = stored(41_300);
+        let parts: usize = body
+            .parts()
+            .iter()
+            .map(|p| footprint::allocated(p.len()))
+            .sum();
+        assert!(body.footprint() >= parts + 32 * body.parts().len());
+        assert_eq!(StoredBody::default().footprint(), 0);
+    }
+}
