@@ -107,11 +107,11 @@ impl StoredBody {
         }
     }
 
-    /// The body as one `Bytes` when it is kept in one part.
-    pub fn as_single(&self) -> Option<&Bytes> {
-        match &self.parts {
-            Parts::One(bytes) => Some(bytes),
-            Parts::Many(_) => None,
+    /// The body as one `Bytes` when it is kept in one part, else the body back.
+    pub fn into_single(self) -> Result<Bytes, StoredBody> {
+        match self.parts {
+            Parts::One(bytes) => Ok(bytes),
+            Parts::Many(_) => Err(self),
         }
     }
 

@@ -148,9 +148,10 @@ impl Body {
 
     /// A stored body: one frame, or a frame per part.
     pub fn stored(body: StoredBody) -> Body {
-        match body.as_single() {
-            Some(bytes) => Body::full(bytes.clone()),
-            None => Body::Parts(Parts {
+        // Moved, not cloned: a hit's body costs one reference count, as a `Bytes` did.
+        match body.into_single() {
+            Ok(bytes) => Body::full(bytes),
+            Err(body) => Body::Parts(Parts {
                 left: body.len(),
                 body,
                 next: 0,
