@@ -133,9 +133,13 @@ pub(super) fn is_standard(name: &HeaderName) -> bool {
     KNOWN.iter().any(|k| k == name)
 }
 
-const KNOWN: [HeaderName; 24] = [
+/// The names origins commonly send, all standard in `http`. Stored fields name them by their
+/// index here (`cache::fields`).
+pub(super) const KNOWN: [HeaderName; 29] = [
     http::header::ACCEPT_RANGES,
+    http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
     http::header::AGE,
+    http::header::ALT_SVC,
     http::header::CACHE_CONTROL,
     http::header::CONNECTION,
     http::header::CONTENT_DISPOSITION,
@@ -152,12 +156,15 @@ const KNOWN: [HeaderName; 24] = [
     http::header::LAST_MODIFIED,
     http::header::LINK,
     http::header::LOCATION,
+    http::header::PRAGMA,
+    http::header::REFERRER_POLICY,
     http::header::SERVER,
     http::header::SET_COOKIE,
     http::header::STRICT_TRANSPORT_SECURITY,
     http::header::VARY,
     http::header::X_CONTENT_TYPE_OPTIONS,
     http::header::X_FRAME_OPTIONS,
+    http::header::X_XSS_PROTECTION,
 ];
 
 /// Bytes a vector of `capacity` `Arc`s holds (the pointers; not what they point to).
