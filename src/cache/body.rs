@@ -9,6 +9,7 @@
 //! about 64 bytes in all), so bodies are split only where that saves more than it costs, into
 //! at most `MAX_PARTS`. With the system allocator (16-byte rounding) a body is one part.
 
+use std::mem::size_of;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -43,7 +44,8 @@ impl Default for Parts {
 }
 
 /// The lengths a body of `len` bytes is kept in: the largest size class that fits, then the
-/// same for what is left, until what is left rounds up by at most `PART_COST`.
+/// same for what is left, until what is left rounds up by at most `PART_COST`; one part when
+/// that would not hold less than one buffer does (the list of parts costs too).
 pub fn plan(len: usize) -> Vec<usize> {
     let mut plan = Vec::with_capacity(MAX_PARTS);
     let mut rest = len;
@@ -56,14 +58,28 @@ pub fn plan(len: usize) -> Vec<usize> {
         plan.push(part);
         rest -= part;
     }
+    if plan.len() > 1 && held(&plan) >= held(&[len]) {
+        return vec![len];
+    }
     plan
+}
+
+/// What a body kept in `parts` holds (as `StoredBody::footprint` counts it).
+fn held(parts: &[usize]) -> usize {
+    let each: usize = (parts.iter())
+        .map(|&n| footprint::allocated(n) + 32 + ALLOCATION)
+        .sum();
+    match parts.len() {
+        0 | 1 => each,
+        n => each + footprint::allocated(16 + n * size_of::<Bytes>()) + ALLOCATION,
+    }
 }
 
 impl StoredBody {
     /// The body a fill collected, split as `plan` says. The first part stays in the fill's own
-    /// buffer, shrunk in place (the allocator gives a large allocation's tail back without
-    /// moving it); the parts after it, together smaller than a quarter of the body, are copied
-    /// out first. A buffer that grew by doubling keeps no spare capacity either way.
+    /// buffer, shrunk (in place when it is whole pages: the allocator gives a large
+    /// allocation's tail back without moving it; a small one is moved); the parts after it,
+    /// together smaller than a quarter of the body, are copied out first. A buffer that grew by doubling keeps no spare capacity either way.
     pub fn from_buffer(buffer: BytesMut) -> StoredBody {
         let len = buffer.len();
         let plan = plan(len);
@@ -140,8 +156,14 @@ impl StoredBody {
         out.freeze()
     }
 
-    /// Bytes `range` without a copy (a Range answer); `range` must lie within the body.
+    /// Bytes `range` without a copy (a Range answer); `range` must lie within the body (it is
+    /// clamped to it, which would leave the answer shorter than its Content-Range says).
     pub fn slice(&self, range: RangeInclusive<usize>) -> StoredBody {
+        debug_assert!(
+            *range.end() < self.len,
+            "range {range:?} beyond {}",
+            self.len
+        );
         let (start, end) = (*range.start(), range.end().saturating_add(1).min(self.len));
         if start >= end {
             return StoredBody::default();
@@ -171,7 +193,9 @@ impl StoredBody {
             .sum();
         match &self.parts {
             Parts::One(_) => parts,
-            Parts::Many(list) => parts + 16 + std::mem::size_of_val(&**list) + ALLOCATION,
+            Parts::Many(list) => {
+                parts + footprint::allocated(16 + std::mem::size_of_val(&**list)) + ALLOCATION
+            }
         }
     }
 
@@ -287,6 +311,11 @@ mod tests {
     #[cfg(feature = "jemalloc")]
     #[test]
     fn bodies_of_unlucky_sizes_are_split_at_size_classes() {
+        if !footprint::four_kib_pages() {
+            return;
+        }
+        // Splitting would hold more than it saves: the list of parts costs too.
+        assert_eq!(plan(1200), vec![1200]);
         assert_eq!(plan(41_300), vec![40_960, 340]);
         assert_eq!(plan(1_000_000), vec![999_424, 576]);
         assert_eq!(plan(1_024_000), vec![1_024_000]);

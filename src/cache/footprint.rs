@@ -82,43 +82,57 @@ pub fn strings_footprint(pairs: &[(String, Option<String>)]) -> usize {
             .sum::<usize>()
 }
 
-/// jemalloc's largest small size class (with 4 KiB pages): up to it, an allocation comes from
-/// a slab of same-sized regions; above it, it is an extent of whole pages.
-const SMALL_MAX: usize = 14 * 1024;
-
-/// jemalloc's page (its build's `LG_PAGE`, 4 KiB on x86-64 Linux).
+/// jemalloc's page on x86-64 Linux (its build's `LG_PAGE`; 64 KiB on aarch64 builds). Only a
+/// first guess for `class_below`, which asks jemalloc whether the guess is exact.
 const PAGE: usize = 4096;
 
-/// The size of the allocation that holds `len` bytes. jemalloc (the default allocator, see
-/// `src/cli/allocator.rs`) rounds a small request up to a size class, four per doubling above
-/// 128 bytes (a 1,025-byte body takes 1,280), and a large one (above 14 KiB) up to whole pages:
-/// the bundled jemalloc 5.3.1 has large size classes off (`opt.disable_large_size_classes`,
+/// The size of the allocation that holds `len` bytes, as jemalloc (the default allocator, see
+/// `src/cli/allocator.rs`) answers it (`nallocx`), so it is exact for the build's page size and
+/// for an operator's `_RJEM_MALLOC_CONF`. With 4 KiB pages: up to 14 KiB a size class, four
+/// per doubling above 128 bytes (a 1,025-byte body takes 1,280); above that whole pages, since
+/// the bundled jemalloc 5.3.1 has its large size classes off (`opt.disable_large_size_classes`,
 /// its stats print it), so a 600 KiB body takes 600 KiB, not the 640 KiB class. The system
 /// allocator rounds to 16 bytes, counted in `ALLOCATION`.
 pub fn allocated(len: usize) -> usize {
-    if !cfg!(feature = "jemalloc") || len <= 128 {
+    if len <= 128 {
         return len;
     }
-    if len > SMALL_MAX {
-        return len.div_ceil(PAGE) * PAGE;
-    }
-    // The class spacing is a quarter of the power of two just below `len`.
-    let spacing = 1usize << ((usize::BITS - 1 - (len - 1).leading_zeros()) - 2);
-    len.div_ceil(spacing) * spacing
+    jemalloc_size(len)
 }
 
 /// The largest allocation size at most `len` that `allocated` does not round (`len` itself
-/// without jemalloc): whole pages above 14 KiB (4, 8 and 12 KiB are small classes too), a
-/// small size class below.
+/// without jemalloc, or when no guess is exact): whole pages, or the size class below.
 pub fn class_below(len: usize) -> usize {
     if !cfg!(feature = "jemalloc") || len <= 128 {
         return len;
     }
-    if len > SMALL_MAX {
-        return len / PAGE * PAGE;
-    }
+    // The class spacing is a quarter of the power of two at or just below `len`.
     let spacing = 1usize << ((usize::BITS - 1 - len.leading_zeros()) - 2);
-    len / spacing * spacing
+    [len / PAGE * PAGE, len / spacing * spacing]
+        .into_iter()
+        .filter(|&size| size > 0 && allocated(size) == size)
+        .max()
+        .unwrap_or(len)
+}
+
+#[cfg(feature = "jemalloc")]
+fn jemalloc_size(len: usize) -> usize {
+    // SAFETY: nallocx only computes a size and allocates nothing; `len` is not 0.
+    match unsafe { tikv_jemalloc_sys::nallocx(len, 0) } {
+        0 => len,
+        size => size,
+    }
+}
+
+#[cfg(not(feature = "jemalloc"))]
+fn jemalloc_size(len: usize) -> usize {
+    len
+}
+
+/// Whether jemalloc's pages are 4 KiB, for tests whose figures assume them.
+#[cfg(all(test, feature = "jemalloc"))]
+pub fn four_kib_pages() -> bool {
+    allocated(PAGE + 1) == 2 * PAGE
 }
 
 /// Bytes an `Arc<T>` holds besides `T`'s own heap data.
@@ -133,9 +147,13 @@ pub(super) fn is_standard(name: &HeaderName) -> bool {
     KNOWN.iter().any(|k| k == name)
 }
 
-const KNOWN: [HeaderName; 24] = [
+/// The names origins commonly send, all standard in `http`. Stored fields name them by their
+/// index here (`cache::fields`).
+pub(super) const KNOWN: [HeaderName; 29] = [
     http::header::ACCEPT_RANGES,
+    http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
     http::header::AGE,
+    http::header::ALT_SVC,
     http::header::CACHE_CONTROL,
     http::header::CONNECTION,
     http::header::CONTENT_DISPOSITION,
@@ -152,12 +170,15 @@ const KNOWN: [HeaderName; 24] = [
     http::header::LAST_MODIFIED,
     http::header::LINK,
     http::header::LOCATION,
+    http::header::PRAGMA,
+    http::header::REFERRER_POLICY,
     http::header::SERVER,
     http::header::SET_COOKIE,
     http::header::STRICT_TRANSPORT_SECURITY,
     http::header::VARY,
     http::header::X_CONTENT_TYPE_OPTIONS,
     http::header::X_FRAME_OPTIONS,
+    http::header::X_XSS_PROTECTION,
 ];
 
 /// Bytes a vector of `capacity` `Arc`s holds (the pointers; not what they point to).
@@ -167,10 +188,29 @@ pub fn arc_vec_footprint(capacity: usize) -> usize {
 
 #[cfg(all(test, feature = "jemalloc"))]
 mod tests {
-    use super::{allocated, class_below};
+    use super::{allocated, class_below, jemalloc_size};
+
+    /// What a body is counted at is never less than what jemalloc gives it, and the size a
+    /// body is split at is one jemalloc does not round, whatever the build's page size.
+    #[test]
+    fn the_weigher_never_counts_less_than_jemalloc_gives() {
+        for len in (129..80_000).chain((80_000..4_000_000).step_by(997)) {
+            assert!(allocated(len) >= jemalloc_size(len), "{len}");
+            let below = class_below(len);
+            assert!(below <= len && below > 0, "{len}: {below}");
+            assert_eq!(allocated(below), below, "{len}: {below}");
+            assert!(
+                below == 128 || jemalloc_size(below) == below,
+                "{len}: {below}"
+            );
+        }
+    }
 
     #[test]
     fn bodies_are_counted_at_their_jemalloc_size_class_or_in_pages() {
+        if !super::four_kib_pages() {
+            return;
+        }
         for (len, class) in [
             (1, 1),
             (128, 128),
