@@ -134,8 +134,7 @@ impl Fields {
         headers
     }
 
-    /// `to_map` written into `headers`, which is emptied first: a map whose tables are already
-    /// allocated (a request's, handed back as its answer's) costs no allocation here.
+    /// `to_map` written into `headers`, which is emptied first (its tables are kept).
     pub fn fill(&self, headers: &mut HeaderMap, extra: usize, skip: Option<&HeaderName>) {
         headers.clear();
         headers.reserve(self.fields.len() + extra);

@@ -289,6 +289,7 @@ impl Proxy {
                     let status = CacheStatus::new(Phase::StaleHit)
                         .ttl(entry.ttl(now))
                         .detail(detail);
+                    // The request ends here: its header map is the answer's (`from_entry_reusing`).
                     return Step::Done((from_entry_reusing(&entry, &mut req.parts, now), status));
                 }
                 (Some(entry), Phase::Revalidated)
