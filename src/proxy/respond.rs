@@ -119,15 +119,16 @@ fn asks(request: &HeaderMap) -> (bool, bool) {
 /// slot) whatever the store holds.
 const ANSWER_SLOTS: usize = 32;
 
-/// An entry's fields as an answer sends them, checked and ready to clone.
-type Ready = Box<[(HeaderName, HeaderValue)]>;
+/// An entry's fields as an answer sends them, checked and ready to clone, with the entry they
+/// are of.
+type Ready = (Weak<Entry>, Box<[(HeaderName, HeaderValue)]>);
 
 thread_local! {
     /// The fields of entries answered lately. The `Weak` keeps the entry's allocation (not its
     /// body) from being reused while the slot holds its address, so an equal address is the
     /// same entry; the values pin the entry's small field buffer until another entry takes the
     /// slot.
-    static ANSWERS: RefCell<[Option<(Weak<Entry>, Ready)>; ANSWER_SLOTS]> =
+    static ANSWERS: RefCell<[Option<Ready>; ANSWER_SLOTS]> =
         const { RefCell::new([const { None }; ANSWER_SLOTS]) };
 }
 
