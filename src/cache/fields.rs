@@ -158,13 +158,20 @@ impl Fields {
     /// The fields as a header map with room for `extra` more, leaving out `skip`.
     pub fn to_map(&self, extra: usize, skip: Option<&HeaderName>) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(self.fields.len() + extra);
+        self.fill(&mut headers, extra, skip);
+        headers
+    }
+
+    /// `to_map` written into `headers`, which is emptied first (its tables are kept).
+    pub fn fill(&self, headers: &mut HeaderMap, extra: usize, skip: Option<&HeaderName>) {
+        headers.clear();
+        headers.reserve(self.fields.len() + extra);
         for field in self.fields.iter() {
             let name = self.name(field);
             if Some(name) != skip {
                 headers.append(name.clone(), self.value(field));
             }
         }
-        headers
     }
 
     /// Bytes these fields hold: the list, the values' shared buffer and the names not in
@@ -251,6 +258,25 @@ mod tests {
         assert_eq!(fields.get_all_str(&x_b).collect::<Vec<_>>(), ["1", "3"]);
         assert_eq!(fields.to_map(0, None), h);
         assert!(!fields.contains_key(&ETAG));
+    }
+
+    #[test]
+    fn filling_a_used_map_leaves_only_the_fields() {
+        let fields = Fields::copy_of(&map());
+        let mut used = HeaderMap::with_capacity(32);
+        used.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        used.append(SET_COOKIE, HeaderValue::from_static("old=1"));
+        let room = used.capacity();
+        fields.fill(&mut used, 4, Some(&ETAG));
+        assert_eq!(used.len(), 4);
+        assert!(!used.contains_key(CACHE_CONTROL) && !used.contains_key(ETAG));
+        let cookies: Vec<_> = used.get_all(SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(
+            used.capacity(),
+            room,
+            "the map's tables are reused, not replaced"
+        );
     }
 
     #[test]

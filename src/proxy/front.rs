@@ -46,7 +46,10 @@ impl Proxy {
     /// slices of the connection's read buffer) is gone before hyper reads the connection again.
     /// Held in a future instead, it made hyper allocate a fresh 8 KiB read buffer per request
     /// (the old one was still shared), and hyper moved that kilobytes-large future into place.
-    pub fn handle(self: Arc<Self>, request: Request<Incoming>, client: Client) -> Handling {
+    ///
+    /// The proxy and the client are borrowed: a hit needs no handle of its own on either (the
+    /// connection holds both), only work that outlives this call clones them.
+    pub fn handle(self: &Arc<Self>, request: Request<Incoming>, client: &Client) -> Handling {
         let started = Instant::now();
         let method = request.method().clone();
         let authority = RawAuthority::of(&request);
@@ -93,7 +96,7 @@ impl Proxy {
                 );
                 (Step::Done(refused), None)
             }
-            Some(_) => self.admit(request, &client, authority, ip),
+            Some(_) => self.admit(request, client, authority, ip),
         };
         match step {
             Step::Done(served) => {
@@ -103,10 +106,11 @@ impl Proxy {
             Step::Later(pending) => {
                 // The admission is held until the answer is ready, as before.
                 let guard = guard.map(|g| g.owned(self.clone()));
+                let proxy = self.clone();
                 Either::Right(Box::pin(async move {
                     let served = pending.await;
                     drop(guard);
-                    self.answered(served, site, opened)
+                    proxy.answered(served, site, opened)
                 }))
             }
         }

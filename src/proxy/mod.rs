@@ -51,7 +51,7 @@ use crate::routing::Router;
 use body::Body;
 pub use drain::shutting_down;
 use front::{default_port, refuse};
-use respond::{from_entry, Canned};
+use respond::{from_entry, from_entry_reusing, Canned};
 
 /// What a coalesced fetch ended with, as seen by the requests that waited for it.
 #[derive(Clone)]
@@ -240,7 +240,7 @@ impl Proxy {
     }
 
     /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
-    fn lookup(self: &Arc<Self>, req: Req) -> Step {
+    fn lookup(self: &Arc<Self>, mut req: Req) -> Step {
         let site = &self.sites[req.site];
         let key = || site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
         let now = SystemTime::now();
@@ -261,7 +261,8 @@ impl Proxy {
                     return Step::Done(self.too_many(wait, &req.parts.method));
                 }
                 let status = CacheStatus::new(Phase::Hit).ttl(entry.ttl(now));
-                return Step::Done((from_entry(&entry, &req.parts, now), status));
+                // The request ends here: its header map is the answer's (`from_entry_reusing`).
+                return Step::Done((from_entry_reusing(&entry, &mut req.parts, now), status));
             }
             Lookup::Found(entry) => {
                 let staleness = entry.staleness(now);
@@ -288,7 +289,8 @@ impl Proxy {
                     let status = CacheStatus::new(Phase::StaleHit)
                         .ttl(entry.ttl(now))
                         .detail(detail);
-                    return Step::Done((from_entry(&entry, &req.parts, now), status));
+                    // The request ends here: its header map is the answer's (`from_entry_reusing`).
+                    return Step::Done((from_entry_reusing(&entry, &mut req.parts, now), status));
                 }
                 (Some(entry), Phase::Revalidated)
             }

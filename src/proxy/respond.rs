@@ -1,7 +1,8 @@
 //! Building client responses: from a stored entry (Age, conditionals, ranges, HEAD) and
 //! Kagami's own short answers (errors, refusals).
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -99,6 +100,84 @@ fn age_value(secs: u64) -> HeaderValue {
     }
 }
 
+/// Whether a request asks for a precondition check or a range: one pass over its few names
+/// instead of five hashed lookups per hit.
+fn asks(request: &HeaderMap) -> (bool, bool) {
+    let (mut conditional, mut ranged) = (false, false);
+    for name in request.keys() {
+        conditional |= name == IF_MATCH
+            || name == IF_NONE_MATCH
+            || name == IF_MODIFIED_SINCE
+            || name == IF_UNMODIFIED_SINCE;
+        ranged |= name == RANGE;
+    }
+    (conditional, ranged)
+}
+
+/// Slots of the per-thread table of answer fields (`answer_headers`), by entry address: enough
+/// for a thread's busy pages not to push each other out, and bounded (a few hundred bytes a
+/// slot) whatever the store holds.
+const ANSWER_SLOTS: usize = 32;
+
+/// An entry's fields as an answer sends them, checked and ready to clone, with the entry they
+/// are of.
+type Ready = (Weak<Entry>, Box<[(HeaderName, HeaderValue)]>);
+
+thread_local! {
+    /// The fields of entries answered lately. The `Weak` keeps the entry's allocation (not its
+    /// body) from being reused while the slot holds its address, so an equal address is the
+    /// same entry; the values pin the entry's small field buffer until another entry takes the
+    /// slot.
+    static ANSWERS: RefCell<[Option<Ready>; ANSWER_SLOTS]> =
+        const { RefCell::new([const { None }; ANSWER_SLOTS]) };
+}
+
+/// Writes the stored fields of `entry` into `headers` (emptied first), without
+/// `CDN-Cache-Control` (it is addressed to Kagami, RFC 9213: stored, not passed on). Fields
+/// made ready before are only cloned (a reference count each); making a value from the
+/// entry's buffer checks its every byte again.
+fn answer_headers(entry: &Arc<Entry>, headers: &mut HeaderMap) {
+    let address = Arc::as_ptr(entry) as usize;
+    let index = (address / std::mem::align_of::<Entry>()) % ANSWER_SLOTS;
+    headers.clear();
+    ANSWERS.with_borrow_mut(|slots| {
+        let slot = &mut slots[index];
+        let fresh =
+            !matches!(slot, Some((seen, _)) if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(entry)));
+        if fresh {
+            let ready = (entry.headers.iter())
+                .filter(|(name, _)| **name != CDN_CACHE_CONTROL)
+                .map(|(name, value)| (name.clone(), value))
+                .collect();
+            *slot = Some((Arc::downgrade(entry), ready));
+        }
+        if let Some((_, ready)) = slot {
+            headers.reserve(ready.len() + ANSWER_FIELDS);
+            for (name, value) in ready.iter() {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    });
+}
+
+/// [`from_entry`] for a request that ends with this answer (a hit) and asks for no
+/// precondition or range (nearly every hit): the request's own header map becomes the
+/// answer's. hyper parses each request into the map of the answer before it, so a
+/// connection's hits allocate no header map at all.
+pub fn from_entry_reusing(
+    entry: &Arc<Entry>,
+    request: &mut request::Parts,
+    now: SystemTime,
+) -> Response<Body> {
+    if asks(&request.headers) != (false, false) {
+        return from_entry(entry, request, now);
+    }
+    let mut headers = std::mem::take(&mut request.headers);
+    answer_headers(entry, &mut headers);
+    headers.insert(AGE, age_value(entry.age(now).as_secs()));
+    whole(entry, &request.method, headers)
+}
+
 /// Answers a request from a stored entry, with a correct `Age` (RFC 9111 §5.1), client
 /// preconditions and single byte ranges.
 pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> Response<Body> {
@@ -109,15 +188,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
         .headers
         .to_map(ANSWER_FIELDS, Some(&CDN_CACHE_CONTROL));
 
-    // One pass over the request's few names instead of five hashed lookups per hit.
-    let (mut conditional, mut ranged) = (false, false);
-    for name in request.headers.keys() {
-        conditional |= name == IF_MATCH
-            || name == IF_NONE_MATCH
-            || name == IF_MODIFIED_SINCE
-            || name == IF_UNMODIFIED_SINCE;
-        ranged |= name == RANGE;
-    }
+    let (conditional, ranged) = asks(&request.headers);
     if conditional && entry.status.is_success() {
         match conditional::evaluate(&request.headers, &headers) {
             Precondition::NotModified => {
@@ -177,7 +248,12 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
             }
         }
     }
-    let body = if head_only {
+    whole(entry, &request.method, headers)
+}
+
+/// The whole stored answer, with `headers` (the entry's, `Age` included).
+fn whole(entry: &Entry, method: &Method, headers: HeaderMap) -> Response<Body> {
+    let body = if method == Method::HEAD {
         Body::empty()
     } else {
         Body::stored(entry.body.clone())
@@ -188,6 +264,64 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::StoreSettings;
+    use crate::config::SiteConfig;
+
+    fn entry(etag: &'static str) -> Arc<Entry> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        headers.insert(CDN_CACHE_CONTROL, HeaderValue::from_static("max-age=600"));
+        headers.insert(ETAG, HeaderValue::from_static(etag));
+        let site = SiteConfig::new("t", &["t.test"], "http://127.0.0.1:9").unwrap();
+        let now = SystemTime::now();
+        let body = Bytes::from_static(b"body");
+        let settings = StoreSettings::of(&site);
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            headers,
+            body,
+            &HeaderMap::new(),
+            now,
+            now,
+            &settings,
+        ))
+    }
+
+    fn hit(entry: &Arc<Entry>) -> Response<Body> {
+        let request = http::Request::get("/").header(http::header::HOST, "t.test");
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        from_entry_reusing(entry, &mut parts, SystemTime::now())
+    }
+
+    #[test]
+    fn answers_from_the_thread_table_are_each_entrys_own() {
+        let (a, b) = (entry("\"a\""), entry("\"b\""));
+        let (empty, ()) = http::Request::new(()).into_parts();
+        // First made, then from the table: the same answer both times.
+        for _ in 0..2 {
+            for (entry, etag) in [(&a, "\"a\""), (&b, "\"b\"")] {
+                let answer = hit(entry);
+                let headers = answer.headers();
+                assert_eq!(headers[ETAG], etag);
+                assert_eq!(headers[AGE], "0");
+                assert!(
+                    !headers.contains_key(CDN_CACHE_CONTROL),
+                    "addressed to Kagami"
+                );
+                assert!(
+                    !headers.contains_key(http::header::HOST),
+                    "nothing of the request"
+                );
+                let general = from_entry(entry, &empty, SystemTime::now());
+                assert_eq!(headers, general.headers());
+            }
+        }
+        // A new entry, perhaps where a dropped one lived: never the old one's fields.
+        drop(a);
+        let c = entry("\"c\"");
+        assert_eq!(hit(&c).headers()[ETAG], "\"c\"");
+        assert_eq!(hit(&b).headers()[ETAG], "\"b\"");
+    }
 
     #[test]
     fn age_values_from_the_table_and_beyond_it_read_as_the_number() {

@@ -76,7 +76,9 @@ impl fmt::Display for HostPattern {
 #[derive(Debug, Default)]
 pub struct Router {
     /// host -> (port or any port, site); a specific port is preferred over "any port".
-    exact: HashMap<String, Vec<(Option<u16>, usize)>>,
+    /// foldhash rather than SipHash: every request hashes its host here, and the keys are the
+    /// operator's names (a client's Host only looks up, it can never crowd a bucket).
+    exact: HashMap<String, Vec<(Option<u16>, usize)>, foldhash::fast::RandomState>,
     wildcards: Vec<(String, Option<u16>, usize)>,
 }
 

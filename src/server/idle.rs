@@ -64,7 +64,7 @@ enum Head {
     Busy = 2,
 }
 
-/// Marks a request as under way until dropped.
+/// Marks a request whose answer outlives its service call as under way until dropped.
 pub struct RequestGuard(Arc<Activity>);
 
 impl Drop for RequestGuard {
@@ -134,11 +134,19 @@ impl Activity {
         self.events.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
+    /// A request has started. A hit is answered within the service call (no await between this
+    /// and its answer being tracked), so it is counted by this alone: two atomic adds instead
+    /// of the guard's five (`still_running` for a request that waits).
+    pub fn request_started(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.head.store(Head::Busy as u8, Ordering::Relaxed);
         self.touch();
+    }
+
+    /// The request just started (`request_started`) is still under way after its service call
+    /// (it waits for the origin): counted as active until the guard is dropped.
+    pub fn still_running(self: &Arc<Self>) -> RequestGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
     }
 
@@ -470,10 +478,14 @@ mod tests {
         let activity = Activity::new();
         activity.bytes_arrived();
         assert_eq!(activity.head(), Head::Reading);
-        let guard = activity.request_started();
+        activity.request_started();
+        let guard = activity.still_running();
+        assert_eq!(activity.look().active, 1);
         activity.bytes_arrived();
         assert_eq!(activity.head(), Head::Busy, "a request body is not a head");
         drop(guard);
+        assert_eq!(activity.look().active, 0);
+        assert_eq!(activity.look().requests, 1);
         let body = activity.track(crate::proxy::body::Body::full(Bytes::from_static(b"x")));
         assert_eq!(
             activity.head(),

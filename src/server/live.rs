@@ -92,6 +92,13 @@ impl Live {
         self.proxy.load_full()
     }
 
+    /// [`Live::proxy`] for the length of one call: a hit is answered within its service call,
+    /// and this takes no reference count (two atomic operations per request) unless the guard
+    /// is kept long or many are held at once. Work that outlives the call clones the `Arc`.
+    pub fn proxy_now(&self) -> arc_swap::Guard<Arc<Proxy>> {
+        self.proxy.load()
+    }
+
     /// Re-reads the config file and applies it; logs the outcome either way.
     pub async fn reload_file(&self) -> Result<ReloadReport, ReloadError> {
         let Some(path) = self.path.clone() else {

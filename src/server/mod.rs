@@ -384,9 +384,8 @@ fn serve_connection(
         let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             // Per request, not per connection: a keep-alive connection opened before a reload
             // gets the new config for its next request. This one keeps its proxy to the end.
-            let proxy = live.proxy();
-            let tracker = tracker.clone();
-            let guard = tracker.request_started();
+            let proxy = live.proxy_now();
+            tracker.request_started();
             let (method, version) = (request.method().clone(), request.version());
             if version == hyper::Version::HTTP_2 {
                 tracker.set_multiplexed();
@@ -394,16 +393,16 @@ fn serve_connection(
             // Called here, not in the future: a hit is answered within this call, so the
             // request is dropped before hyper reads again and hyper can reuse its read buffer
             // (see `Proxy::handle`).
-            let pending = match proxy.handle(request, client.clone()) {
+            let pending = match proxy.handle(request, &client) {
                 // Answered already: nothing to race against the drain, nothing to box.
                 Either::Left(ready) => {
-                    drop(guard);
                     let response = ready.into_inner().map(|body| tracker.track(body));
                     return Either::Left(future::ready(Ok(response)));
                 }
                 Either::Right(pending) => pending,
             };
-            let mut overdue = overdue.clone();
+            let guard = tracker.still_running();
+            let (tracker, mut overdue) = (tracker.clone(), overdue.clone());
             // Boxed: hyper keeps the slot for a request's future (`in_flight`) allocated for
             // the connection's whole life, at that future's size, so every idle keep-alive
             // connection held it (the memory bench: 24.5 -> 22.1 KiB per connection after one
