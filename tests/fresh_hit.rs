@@ -155,3 +155,46 @@ async fn an_absurd_age_from_the_origin_does_not_break_the_page() {
         assert_eq!((reply.status, reply.text().as_str()), (200, "o"));
     }
 }
+
+/// A hit's answer is written into the request's own header map (`respond::from_entry_reusing`):
+/// nothing a visitor sent may come back in it, on this request or the next on the connection.
+/// Raw socket, so the fields are exactly what went over the wire.
+#[tokio::test]
+async fn nothing_from_the_request_comes_back_in_a_hit() {
+    let origin = Origin::start().await;
+    origin.route(
+        "/page",
+        Route::ok("hello").header("cache-control", "max-age=60"),
+    );
+    let kagami = Kagami::start(&origin.url()).await;
+    assert_eq!(kagami.get("/page").await.status, 200);
+
+    let mut stream = common::raw::connect(kagami.addr).await;
+    let hostile = "GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Inject: evil\r\n\
+                   Set-Cookie: session=stolen\r\nCache-Status: forged\r\nAge: 999\r\n\
+                   Access-Control-Allow-Origin: *\r\n\r\n";
+    let plain = "GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    for request in [hostile, plain] {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let raw = common::raw::read_one_response(&mut stream, Duration::from_secs(5)).await;
+        let answer = common::raw::RawResponse::parse(&raw);
+        assert_eq!(answer.status, 200, "{raw}");
+        assert_eq!(answer.body, b"hello", "{raw}");
+        for name in [
+            "x-inject",
+            "set-cookie",
+            "access-control-allow-origin",
+            "host",
+        ] {
+            assert!(!answer.has(name), "{name} came back: {raw}");
+        }
+        let status = answer.all("cache-status");
+        assert_eq!(status.len(), 1, "{raw}");
+        assert!(status[0].starts_with("kagami; hit"), "{raw}");
+        let age = answer.all("age");
+        assert_eq!(age.len(), 1, "{raw}");
+        assert!(age[0].parse::<u64>().unwrap() < 60, "{raw}");
+        assert!(!raw.contains("evil") && !raw.contains("stolen") && !raw.contains("forged"));
+    }
+}
