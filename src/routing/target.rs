@@ -39,14 +39,7 @@ pub fn canonical(raw: &str) -> Result<Cow<'_, str>, TargetError> {
     if !path.starts_with('/') {
         return Err(TargetError::NotAPath);
     }
-    let plain = |text: &str, part| text.bytes().all(|b| b != b'%' && literal(b, part));
-    if raw.starts_with('/')
-        && plain(path, Part::Path)
-        && !has_dot_segment(path)
-        && query.is_none_or(|q| plain(q, Part::Query))
-    {
-        return Ok(Cow::Borrowed(raw));
-    }
+    // A target that is canonical already was answered above (`already_canonical`).
     let mut out = remove_dot_segments(&percent_normalised(path.as_bytes(), Part::Path)?);
     if let Some(query) = query {
         out.push('?');
@@ -55,8 +48,8 @@ pub fn canonical(raw: &str) -> Result<Cow<'_, str>, TargetError> {
     Ok(Cow::Owned(out))
 }
 
-/// The test the slow path below makes first (an absolute path, every byte literal, no `%`, no
-/// `.` or `..` segment), in one pass over the bytes with a table per byte: it runs for every
+/// Whether `raw` is canonical as it is (an absolute path, every byte literal, no `%`, no `.` or
+/// `..` segment), in one pass over the bytes with a table per byte: it runs for every
 /// request, and the splits and searches of the slow path cost several times more.
 fn already_canonical(raw: &str) -> bool {
     let bytes = raw.as_bytes();
@@ -100,11 +93,6 @@ const fn literal_table(part: Part) -> [bool; 256] {
         b += 1;
     }
     table
-}
-
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/')
-        .any(|segment| segment == "." || segment == "..")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -234,9 +222,14 @@ mod tests {
         canonical(raw).unwrap().into_owned()
     }
 
+    fn has_dot_segment(path: &str) -> bool {
+        path.split('/')
+            .any(|segment| segment == "." || segment == "..")
+    }
+
     #[test]
     fn the_one_pass_test_agrees_with_the_slow_paths_own() {
-        // The slow path's test, as it reads: split, then look at each part.
+        // The test `canonical` made before the one pass: split, then look at each part.
         let slow = |raw: &str| {
             let (path, query) = match raw.split_once('?') {
                 Some((path, query)) => (path, Some(query)),
