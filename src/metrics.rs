@@ -66,6 +66,7 @@ stats! {
     emergency_pages: "Emergency pages served.",
     connections_open: "Client connections open now.",
     connections_total: "Client connections accepted.",
+    connections_shrunk: "Times an idle HTTP/1 connection gave its read and write buffers back until its next request.",
     requests_in_flight: "Client requests under way now.",
     inflight_bytes: "Body bytes held in flight now (fills, chunks for slow clients, shared errors).",
     inflight_peak_bytes: "Most body bytes ever held in flight at once.",

@@ -321,27 +321,60 @@ async fn a_slow_head_over_tls_after_a_first_request_is_cut_off() {
     tls.write_all(b"GET / HTTP/1.1\r\nHost: www.a.test\r\n\r\n")
         .await
         .unwrap();
-    // The first answer (a small cached page): read until its body has come.
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).ends_with("home") {
-        let n = tokio::time::timeout(LIMIT, tls.read(&mut buf))
-            .await
-            .expect("the first answer in time")
-            .unwrap();
-        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(read_home(&mut tls).await.starts_with("HTTP/1.1 200"));
     tls.write_all(b"GET / HTTP/1.1\r\nHost: www.a.test\r\nX-Slow: ")
         .await
         .unwrap();
     let started = Instant::now();
+    let mut buf = [0u8; 64];
     let read = tokio::time::timeout(LIMIT, tls.read(&mut buf)).await;
     let read = read.expect("Kagami closed the connection with the stalled head");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(started.elapsed() >= Duration::from_millis(250));
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// Reads one answer of the small cached page `/` (until its body has come).
+async fn read_home(tls: &mut TlsClient) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with("home") {
+        let n = tokio::time::timeout(LIMIT, tls.read(&mut buf))
+            .await
+            .expect("the answer in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn an_idle_tls_connection_gives_its_buffers_back_and_answers_again() {
+    // The watchdog's period is the header-read timeout: the shrink comes 0.3-0.6 s after.
+    let s = Setup::start(r#"header_read_timeout = "300ms""#).await;
+    let mut tls = s.connect(Some("www.a.test")).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: www.a.test\r\n\r\n";
+    tls.write_all(request).await.unwrap();
+    assert!(read_home(&mut tls).await.starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    while s.running.proxy.stats.snapshot().connections_shrunk == 0 {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the idle connection was never shrunk"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next request, over the same TLS session, in two writes (two TLS records).
+    tls.write_all(&request[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tls.write_all(&request[5..]).await.unwrap();
+    let again = read_home(&mut tls).await;
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    assert!(again.contains("cache-status: kagami; hit"), "{again}");
+    let stats = s.running.proxy.stats.snapshot();
+    assert_eq!(stats.connections_total, 1, "one connection: {stats:?}");
+    assert_eq!(s.origin.hits("/"), 1);
 }
 
 /// An HTTPS origin on 127.0.0.1 answering as `localhost` with `leaf`; records the SNI names

@@ -19,18 +19,28 @@
 //! bodies are handed to hyper in pieces of at most `PROGRESS_CHUNK`, so a client that keeps
 //! reading a long download keeps asking for the next piece and is never idle, while one that
 //! stops reading stops the pieces too.
+//!
+//! An HTTP/1 connection found idle at a look (no request activity since the look before, and
+//! no bytes of a next head) is also asked to give hyper's buffers back (`conn`): looks are at
+//! most 5 s apart, so that happens 5 to 10 s after its last answer, well before the idle
+//! timeout (60 s by default) closes it.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::proxy::body::Piece;
+
+/// The longest time between two looks of the watchdog, whatever the timeouts: an idle HTTP/1
+/// connection gives hyper's buffers back 5 to 10 s after its last answer.
+const LONGEST_PERIOD: Duration = Duration::from_secs(5);
 
 /// Largest piece of a response body handed to hyper at once.
 const PROGRESS_CHUNK: usize = 16 * 1024;
@@ -48,6 +58,10 @@ pub struct Activity {
     /// Set once a request came over HTTP/2: its streams overlap and its connection carries
     /// bytes without a request (PING, SETTINGS), so the head rule does not apply.
     multiplexed: AtomicBool,
+    /// Set by the watchdog for an idle HTTP/1 connection: hand hyper's buffers back (`conn`).
+    shrink: AtomicBool,
+    /// The connection's task, woken for `shrink`.
+    shrink_waker: AtomicWaker,
 }
 
 /// The connection's state for the header-read rule (stored in `Activity::head`).
@@ -93,6 +107,8 @@ impl Activity {
             // Before the first request the connection-wide rule applies (`watch`).
             head: AtomicU8::new(Head::Waiting as u8),
             multiplexed: AtomicBool::new(false),
+            shrink: AtomicBool::new(false),
+            shrink_waker: AtomicWaker::new(),
         })
     }
 
@@ -115,6 +131,29 @@ impl Activity {
             1 => Head::Reading,
             _ => Head::Busy,
         }
+    }
+
+    /// A new HTTP/1 connection (hyper's) starts on the socket, polled by the task `waker`
+    /// wakes: a shrink asked before it does not apply to it.
+    pub fn watch_for_shrink(&self, waker: &Waker) {
+        self.shrink.store(false, Ordering::Relaxed);
+        self.shrink_waker.register(waker);
+    }
+
+    /// Whether the watchdog asked the connection to give its buffers back, and it still has
+    /// nothing under way: no request and no bytes of a next head since its last answer (the
+    /// ask came a look ago, and a request may have started since). One load per poll.
+    pub fn shrink_asked(&self) -> bool {
+        if !self.shrink.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.shrink.store(false, Ordering::Relaxed);
+        self.head() == Head::Waiting && self.active.load(Ordering::Relaxed) == 0
+    }
+
+    fn ask_shrink(&self) {
+        self.shrink.store(true, Ordering::Relaxed);
+        self.shrink_waker.wake();
     }
 
     /// A request came over HTTP/2 (see `multiplexed`).
@@ -160,7 +199,7 @@ impl Activity {
     }
 
     /// Resolves when the connection should be closed. Wakes once per period (the shorter of the
-    /// two timeouts), not per request: a head or an idle spell is judged by what two looks a
+    /// two timeouts, at most `LONGEST_PERIOD`), not per request: a head or an idle spell is judged by what two looks a
     /// period apart saw, so either closes between one timeout and that plus two periods after it
     /// began.
     pub async fn watch(
@@ -178,14 +217,16 @@ impl Activity {
             }
             tokio::time::sleep((header_timeout - now).min(idle_timeout)).await;
         }
-        let period = header_timeout.min(idle_timeout);
+        let period = header_timeout.min(idle_timeout).min(LONGEST_PERIOD);
         let mut looks = Looks::new(Instant::now(), self.look());
         loop {
             tokio::time::sleep(period).await;
-            if let Some(verdict) =
-                looks.judge(Instant::now(), self.look(), header_timeout, idle_timeout)
-            {
+            let (now, look) = (Instant::now(), self.look());
+            if let Some(verdict) = looks.judge(now, look, header_timeout, idle_timeout) {
                 return verdict;
+            }
+            if looks.shrink_due(now, look, period) {
+                self.ask_shrink();
             }
         }
     }
@@ -196,6 +237,7 @@ impl Activity {
             active: self.active.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             reading_head: self.head() == Head::Reading && !self.multiplexed.load(Ordering::Relaxed),
+            waiting_head: self.head() == Head::Waiting && !self.multiplexed.load(Ordering::Relaxed),
         }
     }
 }
@@ -208,6 +250,8 @@ struct Look {
     requests: u64,
     /// An HTTP/1 head is being read (`Head::Reading`).
     reading_head: bool,
+    /// An HTTP/1 connection waits for its next request, none of it come yet (`Head::Waiting`).
+    waiting_head: bool,
 }
 
 /// The watchdog's memory between looks: since when each condition has held.
@@ -217,6 +261,8 @@ struct Looks {
     idle_since: Instant,
     /// Since when the same head (no request started since) has been seen being read.
     head_since: Instant,
+    /// Whether this idle spell's shrink was asked for already.
+    shrink_asked: bool,
 }
 
 impl Looks {
@@ -225,6 +271,7 @@ impl Looks {
             last: look,
             idle_since: now,
             head_since: now,
+            shrink_asked: false,
         }
     }
 
@@ -238,6 +285,7 @@ impl Looks {
     ) -> Option<Verdict> {
         if !is_idle(self.last.events, look.events, look.active) {
             self.idle_since = now;
+            self.shrink_asked = false;
         }
         // The same head: being read at both looks with no request started in between.
         let same_head =
@@ -253,6 +301,20 @@ impl Looks {
             return Some(Verdict::Idle);
         }
         None
+    }
+}
+
+impl Looks {
+    /// Whether to ask the connection to give its buffers back, after a look at `now` (judged):
+    /// once per idle spell, when the look before already saw it idle (a period without request
+    /// activity) and it is HTTP/1 waiting for a next request with none of it come.
+    fn shrink_due(&mut self, now: Instant, look: Look, period: Duration) -> bool {
+        let due = !self.shrink_asked
+            && look.waiting_head
+            && look.requests > 0
+            && now.duration_since(self.idle_since) >= period;
+        self.shrink_asked |= due;
+        due
     }
 }
 
@@ -384,141 +446,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::{Buf, Bytes};
-    use http_body_util::BodyExt;
-
-    #[test]
-    fn idle_only_without_requests_and_without_events() {
-        assert!(is_idle(5, 5, 0));
-        assert!(!is_idle(5, 6, 0), "a request or body progress in between");
-        assert!(!is_idle(5, 5, 1), "a request under way");
-    }
-
-    fn look(events: u64, requests: u64, reading_head: bool) -> Look {
-        Look {
-            events,
-            active: 0,
-            requests,
-            reading_head,
-        }
-    }
-
-    #[test]
-    fn a_head_read_over_two_looks_a_timeout_apart_is_too_slow() {
-        let (t0, second) = (Instant::now(), Duration::from_secs(1));
-        let mut looks = Looks::new(t0, look(3, 1, false));
-        // The head's first bytes came after this look: not judged yet.
-        assert_eq!(
-            looks.judge(t0 + second, look(3, 1, true), second, 60 * second),
-            None
-        );
-        assert_eq!(
-            looks.judge(t0 + 2 * second, look(3, 1, true), second, 60 * second),
-            Some(Verdict::HeadTooSlow)
-        );
-    }
-
-    #[test]
-    fn heads_that_complete_between_looks_are_not_one_slow_head() {
-        let (t0, second) = (Instant::now(), Duration::from_secs(1));
-        let mut looks = Looks::new(t0, look(3, 1, true));
-        // A request started in between (and the next head is being read): a new head.
-        assert_eq!(
-            looks.judge(t0 + second, look(5, 2, true), second, 60 * second),
-            None
-        );
-        assert_eq!(
-            looks.judge(t0 + 2 * second, look(7, 3, true), second, 60 * second),
-            None
-        );
-    }
-
-    #[test]
-    fn the_keep_alive_wait_is_judged_by_the_idle_timeout_only() {
-        let (t0, second) = (Instant::now(), Duration::from_secs(1));
-        let mut looks = Looks::new(t0, look(3, 1, false));
-        for n in 1..4 {
-            assert_eq!(
-                looks.judge(t0 + n * second, look(3, 1, false), second, 4 * second),
-                None
-            );
-        }
-        assert_eq!(
-            looks.judge(t0 + 4 * second, look(3, 1, false), second, 4 * second),
-            Some(Verdict::Idle)
-        );
-    }
-
-    #[test]
-    fn activity_between_looks_restarts_the_idle_spell() {
-        let (t0, second) = (Instant::now(), Duration::from_secs(1));
-        let mut looks = Looks::new(t0, look(3, 1, false));
-        assert_eq!(
-            looks.judge(t0 + second, look(3, 1, false), second, 2 * second),
-            None
-        );
-        assert_eq!(
-            looks.judge(t0 + 2 * second, look(4, 1, false), second, 2 * second),
-            None
-        );
-        assert_eq!(
-            looks.judge(t0 + 3 * second, look(4, 1, false), second, 2 * second),
-            None
-        );
-        assert_eq!(
-            looks.judge(t0 + 4 * second, look(4, 1, false), second, 2 * second),
-            Some(Verdict::Idle)
-        );
-    }
-
-    #[tokio::test]
-    async fn reads_start_a_head_only_while_waiting_for_a_request() {
-        let activity = Activity::new();
-        activity.bytes_arrived();
-        assert_eq!(activity.head(), Head::Reading);
-        activity.request_started();
-        let guard = activity.still_running();
-        assert_eq!(activity.look().active, 1);
-        activity.bytes_arrived();
-        assert_eq!(activity.head(), Head::Busy, "a request body is not a head");
-        drop(guard);
-        assert_eq!(activity.look().active, 0);
-        assert_eq!(activity.look().requests, 1);
-        let body = activity.track(crate::proxy::body::Body::full(Bytes::from_static(b"x")));
-        assert_eq!(
-            activity.head(),
-            Head::Busy,
-            "the answer is still being sent"
-        );
-        drop(body);
-        assert_eq!(activity.head(), Head::Waiting);
-        assert!(!activity.look().reading_head);
-        activity.bytes_arrived();
-        assert!(activity.look().reading_head);
-        activity.set_multiplexed();
-        assert!(!activity.look().reading_head, "HTTP/2 has no heads to time");
-    }
-
-    #[tokio::test]
-    async fn a_body_is_handed_out_in_pieces_each_counted() {
-        let activity = Activity::new();
-        let data = Bytes::from(vec![7u8; PROGRESS_CHUNK * 2 + 10]);
-        let mut body = activity.track(crate::proxy::body::Body::full(data.clone()));
-        assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
-        let mut sizes = Vec::new();
-        let mut got = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let Ok(chunk) = frame.unwrap().into_data() else {
-                panic!("a data frame");
-            };
-            sizes.push(chunk.len());
-            got.extend_from_slice(chunk.chunk());
-        }
-        assert_eq!(sizes, vec![PROGRESS_CHUNK, PROGRESS_CHUNK, 10]);
-        assert_eq!(got, data);
-        assert!(body.is_end_stream());
-        assert_eq!(activity.events.load(Ordering::Relaxed), 3);
-    }
-}
+#[path = "idle_tests.rs"]
+mod tests;

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::{self, Either};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::atomic::Ordering;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -22,6 +20,7 @@ use crate::config::{Config, ServerConfig};
 use crate::limit::TrustedProxies;
 use crate::proxy::{BuildError, Client, Proxy};
 
+mod conn;
 mod idle;
 mod live;
 mod per_client;
@@ -239,12 +238,10 @@ const OVERDUE_ANSWER_TIME: Duration = Duration::from_secs(1);
 /// hyper's HTTP/1 header count limit when none is set.
 const HYPER_MAX_HEADERS: usize = 100;
 
-fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn builder(server: &ServerConfig) -> conn::Http {
     let header_size = server.max_header_size as usize;
-    let mut http1 = builder.http1();
-    http1
-        .timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // Off: the connection watchdog (`idle`) enforces the header-read timeout without a
         // timer armed and cancelled per request, and leaves the keep-alive wait to the idle
         // timeout.
@@ -254,11 +251,10 @@ fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     // hyper's own limit is 100 headers, kept in an uninitialised array; naming any limit,
     // even 100, makes it fill a vector of that size for every request instead.
     if server.max_headers != HYPER_MAX_HEADERS {
-        http1.max_headers(server.max_headers);
+        h1.max_headers(server.max_headers);
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(server.h2_max_concurrent_streams)
         .max_header_list_size(header_size as u32)
         // Rapid-reset (CVE-2023-44487) and error-reset floods: hyper closes the connection.
@@ -266,7 +262,7 @@ fn builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(Some(256));
     // No HTTP/2 keep-alive pings: hyper would ping idle connections too, and the ping traffic
     // would keep them from ever counting as idle. Dead peers are closed by the idle timeout.
-    builder
+    conn::Http { h1, h2 }
 }
 
 async fn accept_loop(
@@ -279,7 +275,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
 ) {
     let builder = Arc::new(builder(&server));
-    let graceful = GracefulShutdown::new();
+    let graceful = conn::Drain::new();
     // Set once the drain time is over: requests still in flight then answer 503.
     let (overdue_tx, overdue) = watch::channel(false);
     loop {
@@ -345,8 +341,8 @@ async fn accept_loop(
 fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    builder: &Arc<conn::Http>,
+    graceful: &conn::Drain,
     live: Arc<Live>,
     server: &ServerConfig,
     permit: (OwnedSemaphorePermit, ClientConnection),
@@ -356,6 +352,7 @@ fn serve_connection(
     let _ = stream.set_nodelay(true);
     // Every proxy a reload builds shares these statistics.
     let stats = live.proxy().stats.clone();
+    let conn_stats = stats.clone();
     stats.add(&stats.connections_total);
     stats.connections_open.fetch_add(1, Ordering::Relaxed);
     let local_port = stream.local_addr().map_or(0, |a| a.port());
@@ -423,10 +420,8 @@ fn serve_connection(
                 Ok::<_, std::convert::Infallible>(response.map(|body| tracker.track(body)))
             }))
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(reads.watched(io)), service)
-            .into_owned();
-        watcher.watch(connection).await
+        let io = reads.watched(io);
+        conn::serve(&builder, io, service, &reads, &conn_stats, watcher).await
     };
     // The watchdog is a task of its own rather than a branch beside the connection: a branch
     // would be polled (its sleep re-registered) every time the connection wakes, once per
