@@ -249,6 +249,8 @@ struct Logged {
     /// Heap trims (`kagami::trim` at debug) and the longest one, in microseconds.
     trims: u64,
     longest_trim_us: u64,
+    /// Idle connections that gave hyper's buffers back, from the "shutting down" line.
+    shrunk: u64,
 }
 
 impl Logged {
@@ -293,6 +295,7 @@ fn stop_and_count(mut kagami: Kagami) -> Logged {
         } else if line.contains("shutting down") {
             logged.entries = field(line, "entries").unwrap_or(0);
             logged.weighted = field(line, "weighted_bytes").unwrap_or(0);
+            logged.shrunk = field(line, "connections_shrunk").unwrap_or(0);
         }
     }
     logged
@@ -529,9 +532,9 @@ async fn main() {
     if run("idle") {
         println!("Idle HTTP/1.1 keep-alive connections, RSS growth per connection\n");
         println!(
-            "| connections | opened | served one request | RSS start | before a request | after one request | RSS once closed | heap trims |"
+            "| connections | opened | served one request | RSS start | before a request | after one request | idle past a shrink (shrunk) | RSS once closed | heap trims |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         idle::idle_connections(&bench, None).await;
         let tls = idle::Tls::new(bench.dir.path());
         idle::idle_connections(&bench, Some(&tls)).await;

@@ -212,9 +212,12 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         let _ = running.reload_file().await;
     }
     let store = &running.proxy.store;
+    let stats = running.proxy.stats.snapshot();
     tracing::info!(
         entries = store.entry_count(),
         weighted_bytes = store.weighted_size(),
+        connections = stats.connections_total,
+        connections_shrunk = stats.connections_shrunk,
         "shutting down"
     );
     running.shutdown(config.server.drain_timeout).await;

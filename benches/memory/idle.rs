@@ -1,5 +1,6 @@
 //! The memory bench's idle part: many keep-alive connections to Kagami, plain and TLS 1.3,
-//! left idle before and after one request each; RSS per connection.
+//! left idle before and after one request each, and once Kagami has given hyper's buffers of
+//! the idle connections back (`server::conn`); RSS per connection.
 
 use std::time::Duration;
 
@@ -9,6 +10,9 @@ use http::Request;
 use hyper_util::rt::TokioIo;
 
 use super::{free_port, mib, rss_kib, started, stop_and_count, Bench, SETTLE};
+
+/// How long after the requests the idle connections have surely been shrunk (see `measure_idle`).
+const SHRINK_WAIT: Duration = Duration::from_secs(11);
 
 /// One idle HTTP/1.1 client connection to Kagami, kept open by holding its sender (and the
 /// task driving it).
@@ -87,7 +91,7 @@ pub async fn idle_connections(bench: &Bench, tls: Option<&Tls>) {
     }
     let (kagami, port, start) = started(bench, bench.memory_mib, 0, &server).await;
     let pid = kagami.0.id();
-    let (before, after, opened, ok) = match tls {
+    let (before, after, shrunk, opened, ok) = match tls {
         None => {
             let streams = connect_all(n, port, |s| async { Ok(s) }).await;
             measure_idle(pid, streams).await
@@ -106,19 +110,22 @@ pub async fn idle_connections(bench: &Bench, tls: Option<&Tls>) {
     let logged = stop_and_count(kagami);
     let per = |kib: u64| kib as f64 * 1024.0 / opened as f64;
     println!(
-        "| {} | {opened} | {ok} | {:.0} MiB | {:.2} KiB | {:.2} KiB | {:+.1} MiB | {} |",
+        "| {} | {opened} | {ok} | {:.0} MiB | {:.2} KiB | {:.2} KiB | {:.2} KiB ({}) | {:+.1} MiB | {} |",
         if tls.is_some() { "TLS 1.3" } else { "plain" },
         mib(start),
         per(before.saturating_sub(start)) / 1024.0,
         per(after.saturating_sub(start)) / 1024.0,
+        per(shrunk.saturating_sub(start)) / 1024.0,
+        logged.shrunk,
         mib(closed) - mib(start),
         logged.trims(),
     );
 }
 
-/// RSS with `streams` open and idle, then after one request on each; closes them and waits
-/// for Kagami to settle. Returns both RSS figures and how many were open and served.
-async fn measure_idle<I>(pid: u32, streams: Vec<I>) -> (u64, u64, usize, usize)
+/// RSS with `streams` open and idle, then after one request on each, then once the idle
+/// connections have been shrunk; closes them and waits for Kagami to settle. Returns the three
+/// RSS figures and how many were open and served.
+async fn measure_idle<I>(pid: u32, streams: Vec<I>) -> (u64, u64, u64, usize, usize)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -133,10 +140,14 @@ where
         .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = rss_kib(pid);
+    // With both timeouts at 60 s the watchdog looks every `LONGEST_PERIOD` (5 s), and asks an
+    // idle connection to shrink 5-10 s after its last answer.
+    tokio::time::sleep(SHRINK_WAIT).await;
+    let shrunk = rss_kib(pid);
     let ok = served.len();
     drop(served);
     tokio::time::sleep(SETTLE).await;
-    (before, after, opened, ok)
+    (before, after, shrunk, opened, ok)
 }
 
 /// A certificate for `localhost` (Kagami's own `gen-cert` code) and a client that trusts it.

@@ -97,7 +97,9 @@ where
     };
     if first.as_ref() == H2_PREFACE {
         let io = TokioIo::new(Rewind::new(first, io));
-        let mut connection = pin!(http.h2.serve_connection(io, service));
+        // Boxed, as the HTTP/1 connection below: the task waiting for a first request holds
+        // neither inline (hyper's connection types are several KiB).
+        let mut connection = Box::pin(http.h2.serve_connection(io, service));
         let mut draining = false;
         return poll_fn(|cx| {
             if !draining && drained.as_mut().poll(cx).is_ready() {
@@ -111,7 +113,7 @@ where
     }
     let mut io = Rewind::new(first, io);
     loop {
-        let mut connection = http.h1.serve_connection(TokioIo::new(io), service);
+        let mut connection = Box::new(http.h1.serve_connection(TokioIo::new(io), service));
         let (mut draining, mut shrinking, mut watched) = (false, false, false);
         poll_fn(|cx| {
             if !watched {
@@ -121,18 +123,18 @@ where
             }
             if !draining && drained.as_mut().poll(cx).is_ready() {
                 draining = true;
-                Pin::new(&mut connection).graceful_shutdown();
+                Pin::new(&mut *connection).graceful_shutdown();
             }
             if !draining && !shrinking && activity.shrink_asked() {
                 // An idle connection closes at once: hyper's state goes to closed, and as
                 // nothing is under way, `poll_without_shutdown` is done at this very poll.
                 shrinking = true;
-                Pin::new(&mut connection).graceful_shutdown();
+                Pin::new(&mut *connection).graceful_shutdown();
             }
             connection.poll_without_shutdown(cx)
         })
         .await?;
-        let parts = connection.into_parts();
+        let parts = (*connection).into_parts();
         let mut rest = parts.io.into_inner();
         if draining || !shrinking {
             // The client closed, or asked to (`Connection: close`, HTTP/1.0), or we drain.
@@ -143,9 +145,12 @@ where
         service = parts.service;
         // Bytes hyper read beyond the last request (pipelined) start the next connection; else
         // the next request's first bytes are waited for, with no hyper buffer held meanwhile.
-        let next = if !parts.read_buf.is_empty() {
-            parts.read_buf
+        let read_buf = parts.read_buf;
+        let next = if !read_buf.is_empty() {
+            read_buf
         } else {
+            // Even empty, the `Bytes` is a slice of hyper's 8 KiB read buffer: let it go.
+            drop(read_buf);
             let mut first = [0u8; FIRST_BYTES];
             let read = tokio::select! {
                 read = rest.read(&mut first) => read?,

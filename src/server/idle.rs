@@ -215,7 +215,10 @@ impl Activity {
             if now >= header_timeout {
                 return Verdict::NoRequestInTime;
             }
-            tokio::time::sleep((header_timeout - now).min(idle_timeout)).await;
+            // At most a longest period too, so that a long header timeout does not put off the
+            // first shrink (the connection is asked one to two periods after its first answer).
+            let nap = (header_timeout - now).min(idle_timeout).min(LONGEST_PERIOD);
+            tokio::time::sleep(nap).await;
         }
         let period = header_timeout.min(idle_timeout).min(LONGEST_PERIOD);
         let mut looks = Looks::new(Instant::now(), self.look());
