@@ -174,7 +174,7 @@ impl Proxy {
         if let Some(answer) = tls::acme_challenge(&self.acme, client, &request, authority) {
             return (Step::Done(answer), None);
         }
-        let Some(authority) = authority.and_then(|a| Authority::parse(a).ok()) else {
+        let Some(authority) = authority.and_then(|a| Authority::parse_remembered(a).ok()) else {
             let refused = refuse(
                 StatusCode::BAD_REQUEST,
                 "kagami: the request needs exactly one valid Host",

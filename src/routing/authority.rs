@@ -4,6 +4,7 @@
 //! spelling of a name (case, trailing dot, `0080`, brackets around a name) can reach the origin
 //! raw while sharing a cache key with the canonical name.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -104,6 +105,38 @@ impl Authority {
             None if !self.host.contains(':') => self.host,
             _ => self.normalised_on(default_port, listener_port),
         }
+    }
+}
+
+/// Longest text [`Authority::parse_remembered`] keeps: any accepted authority is shorter (a
+/// 253-byte name, a port, brackets), so this only bounds the copy a thread holds.
+const REMEMBERED_MAX: usize = 272;
+
+thread_local! {
+    /// The last authority text this thread accepted, and what it parsed to: a connection's
+    /// requests, and most of a busy site's, name the same host byte for byte.
+    static LAST_ACCEPTED: RefCell<(String, Option<Authority>)> =
+        const { RefCell::new((String::new(), None)) };
+}
+
+impl Authority {
+    /// [`Authority::parse`], remembering per thread the last text it accepted: the same bytes
+    /// again get the same answer without being parsed again (the parse is a pure function of
+    /// the text, and only an accepted text is kept, so a refusal is always the full parser's).
+    /// What is kept is a copy of the text, never a slice of the request's buffer.
+    pub fn parse_remembered(text: &str) -> Result<Authority, AuthorityError> {
+        LAST_ACCEPTED.with_borrow_mut(|(seen, parsed)| {
+            if let Some(parsed) = parsed.as_ref().filter(|_| seen.as_str() == text) {
+                return Ok(parsed.clone());
+            }
+            let fresh = Authority::parse(text)?;
+            if text.len() <= REMEMBERED_MAX {
+                seen.clear();
+                seen.push_str(text);
+                *parsed = Some(fresh.clone());
+            }
+            Ok(fresh)
+        })
     }
 }
 
@@ -249,5 +282,55 @@ mod tests {
         }
         let long = format!("{}.test", "a".repeat(64));
         assert!(Authority::parse(&long).is_err());
+    }
+
+    #[test]
+    fn remembered_parses_agree_with_the_full_parser() {
+        let mut texts: Vec<String> = [
+            "www.pref.test",
+            "WWW.PREF.TEST.",
+            "www.pref.test:80",
+            "www.pref.test:0080",
+            "www.pref.test:",
+            " www.pref.test ",
+            "www.pref.test:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1",
+            "0177.0.0.1",
+            "256.0.0.1",
+            "[::1]:8080",
+            "[0:0::1]",
+            "[::1",
+            "::1",
+            "",
+            " ",
+            "a b.test",
+            "user@www.pref.test",
+            "www..pref.test",
+            "www.pref.test:0",
+            "www.pref.test:65536",
+            "*.pref.test",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        texts.push(format!("{}.test", "a".repeat(63)));
+        texts.push(format!("{}.test", "a".repeat(64)));
+        texts.push(format!("{}.test", "a.".repeat(130)));
+        texts.push("a".repeat(REMEMBERED_MAX + 1));
+        // Every pair in both orders, each text twice in a row: the remembered answer is asked
+        // after an accepted text, after a refused one and after itself.
+        for a in &texts {
+            for b in &texts {
+                for text in [a, a, b, b, a] {
+                    assert_eq!(
+                        Authority::parse_remembered(text),
+                        Authority::parse(text),
+                        "{text:?} after {a:?} / {b:?}"
+                    );
+                }
+            }
+        }
     }
 }
