@@ -297,4 +297,63 @@ mod tests {
         io.read_to_end(&mut again).await.unwrap();
         assert_eq!(again, b"again");
     }
+
+    /// A client asked to close (`Connection: close`) and stopped reading its answer: hyper is
+    /// still writing when the watchdog asks for a shrink. hyper would close once the answer is
+    /// out; the connection must not be rebuilt and its next bytes parsed as a request (they may
+    /// be the rest of a body hyper gave up on).
+    #[tokio::test]
+    async fn a_connection_hyper_would_close_is_not_rebuilt_by_a_late_shrink() {
+        use std::time::Duration;
+        let (mut client, server) = tokio::io::duplex(64);
+        let http = Http {
+            h1: http1::Builder::new(),
+            h2: http2::Builder::new(TokioExecutor::new()),
+        };
+        let activity = Activity::new();
+        let stats = Stats::default();
+        let drain = Drain::new();
+        let watcher = drain.watcher();
+        let service = hyper::service::service_fn(|_req| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                http_body_util::Full::new(Bytes::from(vec![b'x'; 4096])),
+            )))
+        });
+        let served = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                let stats = stats;
+                serve(&http, server, service, &activity, &stats, watcher).await
+            })
+        };
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Not reading: the 64-byte pipe is full and hyper waits to write the rest.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        activity.ask_shrink();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while !got.ends_with(&[b'x'; 4096][..]) {
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed before the answer was out");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = client
+            .write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await;
+        let mut after = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut after))
+            .await
+            .expect("the connection closes after the answer the client asked to be the last");
+        assert!(read.is_ok());
+        assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
+        let _ = tokio::time::timeout(Duration::from_secs(5), served).await;
+        drop(drain);
+    }
 }

@@ -151,7 +151,7 @@ impl Activity {
         self.head() == Head::Waiting && self.active.load(Ordering::Relaxed) == 0
     }
 
-    fn ask_shrink(&self) {
+    pub(super) fn ask_shrink(&self) {
         self.shrink.store(true, Ordering::Relaxed);
         self.shrink_waker.wake();
     }
