@@ -16,6 +16,8 @@ use std::error::Error as StdError;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -113,9 +115,10 @@ where
     }
     let mut io = Rewind::new(first, io);
     loop {
+        let blocked = io.write_blocked.clone();
         let mut connection = Box::new(http.h1.serve_connection(TokioIo::new(io), service));
         let (mut draining, mut shrinking, mut watched) = (false, false, false);
-        poll_fn(|cx| {
+        let shrunk = poll_fn(|cx| {
             if !watched {
                 // Once per hyper connection: a task's waker stays the same from poll to poll.
                 activity.watch_for_shrink(cx.waker());
@@ -125,19 +128,30 @@ where
                 draining = true;
                 Pin::new(&mut *connection).graceful_shutdown();
             }
-            if !draining && !shrinking && activity.shrink_asked() {
+            // Not while hyper still holds answer bytes the client has not taken (a slow reader):
+            // its connection would end at once and `into_parts` drop them.
+            if !draining && !shrinking && activity.shrink_asked() && !blocked.load(Relaxed) {
                 // An idle connection closes at once: hyper's state goes to closed, and as
                 // nothing is under way, `poll_without_shutdown` is done at this very poll.
                 shrinking = true;
                 Pin::new(&mut *connection).graceful_shutdown();
             }
-            connection.poll_without_shutdown(cx)
+            if shrinking {
+                connection.poll_without_shutdown(cx).map_ok(|()| true)
+            } else {
+                // Anything but a shrink ends as hyper ends it: its write buffer flushed, then
+                // the socket shut down (`poll_without_shutdown` flushes neither).
+                Pin::new(&mut *connection).poll(cx).map_ok(|()| false)
+            }
         })
         .await?;
+        if !shrunk {
+            return Ok(());
+        }
         let parts = (*connection).into_parts();
         let mut rest = parts.io.into_inner();
-        if draining || !shrinking {
-            // The client closed, or asked to (`Connection: close`, HTTP/1.0), or we drain.
+        if draining {
+            // The drain came after the ask (hyper's buffer was empty then: see `blocked`).
             let _ = rest.shutdown().await;
             return Ok(());
         }
@@ -189,11 +203,17 @@ async fn read_preface<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Option<Byt
 pub struct Rewind<T> {
     prefix: Bytes,
     io: T,
+    /// The last write or flush could not finish: bytes wait in hyper's buffer.
+    write_blocked: Arc<AtomicBool>,
 }
 
 impl<T> Rewind<T> {
     fn new(prefix: Bytes, io: T) -> Rewind<T> {
-        Rewind { prefix, io }
+        Rewind {
+            prefix,
+            io,
+            write_blocked: Arc::default(),
+        }
     }
 
     /// Puts `bytes` in front of what is still to be read (nothing, at the call sites).
@@ -230,7 +250,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        this.write_blocked.store(polled.is_pending(), Relaxed);
+        polled
     }
 
     fn poll_write_vectored(
@@ -238,7 +261,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.write_blocked.store(polled.is_pending(), Relaxed);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -246,7 +272,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.write_blocked.store(polled.is_pending(), Relaxed);
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -298,12 +327,21 @@ mod tests {
         assert_eq!(again, b"again");
     }
 
-    /// A client asked to close (`Connection: close`) and stopped reading its answer: hyper is
-    /// still writing when the watchdog asks for a shrink. hyper would close once the answer is
-    /// out; the connection must not be rebuilt and its next bytes parsed as a request (they may
-    /// be the rest of a body hyper gave up on).
-    #[tokio::test]
-    async fn a_connection_hyper_would_close_is_not_rebuilt_by_a_late_shrink() {
+    /// What ends a connection while its answer is still on the way to a slow reader.
+    #[derive(Clone, Copy)]
+    enum Ending {
+        /// The watchdog asks for a shrink (hyper would otherwise give the connection up at
+        /// once, and `into_parts` drop what it still holds).
+        Shrink,
+        /// A graceful shutdown.
+        Drain,
+    }
+
+    /// A client that does not read while a 4 KiB answer waits in hyper's buffer (a 64-byte
+    /// pipe), then `ending`, then reads: the whole answer comes, then the connection closes
+    /// (nothing of a next request is answered). `close`: the client asked for the answer to be
+    /// the last.
+    async fn a_slow_reader_gets_its_whole_last_answer(close: bool, ending: Ending) {
         use std::time::Duration;
         let (mut client, server) = tokio::io::duplex(64);
         let http = Http {
@@ -311,7 +349,6 @@ mod tests {
             h2: http2::Builder::new(TokioExecutor::new()),
         };
         let activity = Activity::new();
-        let stats = Stats::default();
         let drain = Drain::new();
         let watcher = drain.watcher();
         let service = hyper::service::service_fn(|_req| {
@@ -322,17 +359,24 @@ mod tests {
         let served = {
             let activity = activity.clone();
             tokio::spawn(async move {
-                let stats = stats;
+                let stats = Stats::default();
                 serve(&http, server, service, &activity, &stats, watcher).await
             })
         };
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let request = match close {
+            true => &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..],
+            false => &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        };
+        client.write_all(request).await.unwrap();
         // Not reading: the 64-byte pipe is full and hyper waits to write the rest.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        activity.ask_shrink();
+        let drained = match ending {
+            Ending::Shrink => {
+                activity.ask_shrink();
+                None
+            }
+            Ending::Drain => Some(tokio::spawn(drain.shutdown())),
+        };
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut got = Vec::new();
         let mut buf = [0u8; 8192];
@@ -344,16 +388,34 @@ mod tests {
             assert!(n > 0, "closed before the answer was out");
             got.extend_from_slice(&buf[..n]);
         }
-        let _ = client
-            .write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await;
-        let mut after = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut after))
-            .await
-            .expect("the connection closes after the answer the client asked to be the last");
-        assert!(read.is_ok());
-        assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
-        let _ = tokio::time::timeout(Duration::from_secs(5), served).await;
-        drop(drain);
+        if close || matches!(ending, Ending::Drain) {
+            let _ = client
+                .write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await;
+            let mut after = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut after))
+                .await
+                .expect("the connection closes after its last answer");
+            assert!(read.is_ok());
+            assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
+            let ended = tokio::time::timeout(Duration::from_secs(5), served).await;
+            assert!(ended.is_ok(), "the connection's task ended");
+        }
+        if let Some(drained) = drained {
+            let done = tokio::time::timeout(Duration::from_secs(5), drained).await;
+            assert!(done.is_ok(), "the drain finished");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_shrink_neither_cuts_an_answer_short_nor_rebuilds_a_closing_connection() {
+        a_slow_reader_gets_its_whole_last_answer(true, Ending::Shrink).await;
+        a_slow_reader_gets_its_whole_last_answer(false, Ending::Shrink).await;
+    }
+
+    #[tokio::test]
+    async fn a_drain_lets_a_slow_reader_have_its_whole_answer_then_closes() {
+        a_slow_reader_gets_its_whole_last_answer(true, Ending::Drain).await;
+        a_slow_reader_gets_its_whole_last_answer(false, Ending::Drain).await;
     }
 }
