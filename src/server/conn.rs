@@ -10,7 +10,10 @@
 //! the next request's first bytes with a small buffer of its own, and starts a new hyper
 //! connection over the same socket with those bytes put back in front (`Rewind`). A connection
 //! that keeps asking never gets there: the ask comes only after a watchdog period without
-//! request activity.
+//! request activity, and it is not taken while hyper still holds answer bytes a slow reader
+//! has not taken (`poll_without_shutdown` and `into_parts` would drop them). Every other end
+//! (the client's close, `Connection: close`, a drain) is hyper's own: its buffer flushed, then
+//! the socket shut down.
 
 use std::error::Error as StdError;
 use std::future::{poll_fn, Future};
