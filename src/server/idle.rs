@@ -199,9 +199,9 @@ impl Activity {
     }
 
     /// Resolves when the connection should be closed. Wakes once per period (the shorter of the
-    /// two timeouts, at most `LONGEST_PERIOD`), not per request: a head or an idle spell is judged by what two looks a
-    /// period apart saw, so either closes between one timeout and that plus two periods after it
-    /// began.
+    /// two timeouts, at most `LONGEST_PERIOD`), not per request: a head or an idle spell is
+    /// judged by what two looks a period apart saw, so either closes between one timeout and
+    /// that plus two periods after it began.
     pub async fn watch(
         self: Arc<Self>,
         header_timeout: Duration,

@@ -1,7 +1,8 @@
 //! Listeners and connections: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, with the
-//! header-read (slowloris) and idle timeouts (both kept by the watchdog in `idle`), the connection caps (overall and per client
-//! address), and graceful shutdown (one connection's HTTP is `conn`'s). HTTPS listeners (`tls`) add a TLS handshake in front of the
-//! same connection handling.
+//! header-read (slowloris) and idle timeouts (both kept by the watchdog in `idle`), the
+//! connection caps (overall and per client address), and graceful shutdown (one connection's
+//! HTTP is `conn`'s). HTTPS listeners (`tls`) add a TLS handshake in front of the same
+//! connection handling.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
