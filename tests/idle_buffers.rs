@@ -181,3 +181,31 @@ async fn a_shutdown_closes_a_shrunk_connection_at_once() {
         .expect("shutdown done in time")
         .unwrap();
 }
+
+/// A request body that comes after the watchdog's period (the answer, a hit, went out without
+/// reading it) is never read as a request of its own: no shrink turns it into one.
+#[tokio::test]
+async fn a_late_request_body_is_never_read_as_a_request_after_a_shrink() {
+    let origin = Origin::start().await;
+    origin.route("/q", Route::ok("smuggled"));
+    let kagami = start(&origin).await;
+    let mut stream = connect(kagami.addr).await;
+    ask(&mut stream).await;
+    let smuggled = b"GET /q HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let head = format!(
+        "GET /p HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(4 * PERIOD).await;
+    let _ = stream.write_all(smuggled).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(2 * PERIOD, stream.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("smuggled"), "{rest}");
+    assert_eq!(
+        origin.hits("/q"),
+        0,
+        "the body reached the origin as a request: {rest}"
+    );
+}
