@@ -1,9 +1,11 @@
 //! Attacks on the idle-connection shrink (`server::conn`): an HTTP/1 connection's hyper
 //! connection ended between requests without closing the socket, and a new one started with the
 //! next request's first bytes put back. Chunked bodies and `Expect: 100-continue` across a
-//! rebuild, an HTTP/2 preface trickled in, and the connection caps. Raw sockets on 127.0.0.1,
-//! every wait bounded.
+//! rebuild, an HTTP/2 preface trickled in, the connection caps, and a TLS close_notify or half a
+//! record in the shrunk wait. Raw sockets on 127.0.0.1, every wait bounded.
 mod common;
+#[path = "tls_support/pki.rs"]
+mod pki;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -152,6 +154,8 @@ async fn a_late_chunked_tail_is_never_read_as_a_request_after_a_shrink() {
     for tail_only in [false, true] {
         let mut stream = connect(kagami.addr).await;
         ask(&mut stream).await;
+        // The chunked request is read by a rebuilt hyper connection.
+        until_shrunk(&kagami, shrunk(&kagami) + 1).await;
         let mut head =
             b"GET /p HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let tail = match tail_only {
@@ -175,6 +179,8 @@ async fn a_late_chunked_tail_is_never_read_as_a_request_after_a_shrink() {
         let rest = read_for(&mut stream, 2 * PERIOD).await;
         assert!(!rest.contains("HTTP/1.1"), "the tail was answered: {rest}");
         assert_eq!(origin.hits("/q"), 0, "the body reached the origin: {rest}");
+        // hyper gives up a connection whose request body it did not read: no rebuild after it.
+        until_open(&kagami, 0).await;
     }
 }
 
@@ -230,6 +236,8 @@ async fn a_request_sent_instead_of_an_expected_body_is_never_smuggled() {
         assert!(!rest.contains("smuggled"), "{method}: {rest}");
         assert_eq!(origin.hits("/q"), 0, "{method}: {rest}");
     }
+    // The upload's declared body, the request-like bytes, went to the origin as its body.
+    assert_eq!(origin.log().last(), Some(&("POST".into(), "/p".into())));
 }
 
 /// Writes to `inner`, except that the first bytes, the HTTP/2 preface the test already sent by
@@ -425,4 +433,129 @@ async fn until_open(kagami: &Kagami, count: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Kagami with one HTTPS site `www.a.test` (a test CA's certificate), a short idle timeout, and
+/// a TLS client config trusting that CA.
+async fn start_tls() -> (tempfile::TempDir, Origin, Kagami, rustls::ClientConfig) {
+    let origin = Origin::start().await;
+    origin.route("/", Route::ok("home").header("cache-control", "max-age=60"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::new("Kagami test CA");
+    ca.leaf(&["www.a.test"]).write(dir.path(), "a");
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nlisten_tls = [\"127.0.0.1:0\"]\n\
+         header_read_timeout = \"300ms\"\nidle_timeout = \"{}s\"\n[log]\naccess = false\n\
+         [[site]]\nname = \"a\"\nhosts = [\"www.a.test\"]\norigin = \"{}\"\n\
+         tls_cert = \"a.pem\"\ntls_key = \"a.key\"\n",
+        TLS_IDLE.as_secs(),
+        origin.url()
+    );
+    let path = dir.path().join("kagami.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let running = kagami::server::start(&config).await.unwrap();
+    let addr = running.tls_addrs[0];
+    let mut client = ca.rustls_client();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let kagami = Kagami {
+        running,
+        addr,
+        client: reqwest::Client::new(),
+    };
+    (dir, origin, kagami, client)
+}
+
+const TLS_IDLE: Duration = Duration::from_secs(4);
+const HOME: &[u8] = b"GET / HTTP/1.1\r\nHost: www.a.test\r\n\r\n";
+type TlsClient = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS connection that has asked for the home page once and been shrunk since.
+async fn shrunk_tls(kagami: &Kagami, client: &rustls::ClientConfig) -> TlsClient {
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client.clone()));
+    let name = rustls_pki_types::ServerName::try_from("www.a.test").unwrap();
+    let tcp = connect(kagami.addr).await;
+    let mut tls = tokio::time::timeout(LIMIT, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .unwrap();
+    let before = shrunk(kagami);
+    tls.write_all(HOME).await.unwrap();
+    read_tls_until(&mut tls, "home").await;
+    until_shrunk(kagami, before + 1).await;
+    tls
+}
+
+async fn read_tls_until(tls: &mut TlsClient, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with(needle) {
+        let read = tokio::time::timeout(LIMIT, tls.read(&mut buf)).await;
+        let n = read.expect("answer in time").expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A client's close_notify while the connection waits shrunk (with the TCP connection left
+/// open, and with it closed too): Kagami closes at once, not at the idle timeout, and counts
+/// the connection closed.
+#[tokio::test]
+async fn a_close_notify_in_the_shrunk_wait_closes_the_connection_at_once() {
+    let (_dir, _origin, kagami, client) = start_tls().await;
+    for with_fin in [false, true] {
+        let mut tls = shrunk_tls(&kagami, &client).await;
+        let started = Instant::now();
+        tls.get_mut().1.send_close_notify();
+        tls.flush().await.unwrap();
+        if with_fin {
+            let _ = tls.get_mut().0.shutdown().await;
+        }
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(TLS_IDLE / 2, tls.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0))), "fin {with_fin}: {read:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        until_open(&kagami, 0).await;
+    }
+}
+
+/// Half a TLS record in the shrunk wait: with the rest soon after, the request in it is
+/// answered on the same connection; left half, the connection is closed by the idle timeout at
+/// the latest, never held longer.
+#[tokio::test]
+async fn half_a_tls_record_in_the_shrunk_wait_is_waited_for_then_cut_off() {
+    let (_dir, origin, kagami, client) = start_tls().await;
+    for complete in [true, false] {
+        let mut tls = shrunk_tls(&kagami, &client).await;
+        // The request sealed into one record by hand, then written to the socket in halves.
+        let (tcp, session) = tls.get_mut();
+        std::io::Write::write_all(&mut session.writer(), HOME).unwrap();
+        let mut record = Vec::new();
+        while session.wants_write() {
+            session.write_tls(&mut record).unwrap();
+        }
+        let half = record.len() / 2;
+        tcp.write_all(&record[..half]).await.unwrap();
+        let started = Instant::now();
+        if complete {
+            tokio::time::sleep(PERIOD / 2).await;
+            tcp.write_all(&record[half..]).await.unwrap();
+            let again = read_tls_until(&mut tls, "home").await;
+            assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+            continue;
+        }
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(TLS_IDLE + LIMIT, tls.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "still open after {:?}", started.elapsed());
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+        let after = started.elapsed();
+        assert!(after < TLS_IDLE + 3 * PERIOD, "{after:?}");
+    }
+    assert_eq!(origin.hits("/"), 1, "one fill, the rest hits");
+    until_open(&kagami, 0).await;
 }
