@@ -8,6 +8,8 @@ mod common;
 mod pki;
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use common::{Kagami, Origin, Route};
 use kagami::config::{Config, SiteConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// The header-read timeout, and so the watchdog's period: an idle connection is asked to shrink
 /// one to two periods after its last answer.
@@ -472,7 +475,7 @@ type TlsClient = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A TLS connection that has asked for the home page once and been shrunk since.
 async fn shrunk_tls(kagami: &Kagami, client: &rustls::ClientConfig) -> TlsClient {
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client.clone()));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client.clone()));
     let name = rustls_pki_types::ServerName::try_from("www.a.test").unwrap();
     let tcp = connect(kagami.addr).await;
     let mut tls = tokio::time::timeout(LIMIT, connector.connect(name, tcp))
@@ -503,6 +506,11 @@ async fn read_tls_until(tls: &mut TlsClient, needle: &str) -> String {
 /// the connection closed.
 #[tokio::test]
 async fn a_close_notify_in_the_shrunk_wait_closes_the_connection_at_once() {
+    // The test's runtime is on this thread, Kagami's connection tasks too: their events come here.
+    let loud = Arc::new(AtomicUsize::new(0));
+    let _logs = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(CountLoud(loud.clone())),
+    );
     let (_dir, _origin, kagami, client) = start_tls().await;
     for with_fin in [false, true] {
         let mut tls = shrunk_tls(&kagami, &client).await;
@@ -521,6 +529,22 @@ async fn a_close_notify_in_the_shrunk_wait_closes_the_connection_at_once() {
             started.elapsed()
         );
         until_open(&kagami, 0).await;
+    }
+    assert_eq!(
+        loud.load(Ordering::SeqCst),
+        0,
+        "warn or error events were logged"
+    );
+}
+
+/// Counts the events at warn level or louder.
+struct CountLoud(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountLoud {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
