@@ -216,11 +216,15 @@ impl Proxy {
                 };
                 self.lookup(req)
             }
-            Method::CONNECT | Method::TRACE => Step::Done(refuse(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "kagami: method not allowed",
-                &method,
-            )),
+            // PRI is HTTP/2's preface, never a real HTTP/1 method (RFC 9113 §3.4, §11.6): an
+            // origin that sniffs for the preface must not be handed one.
+            _ if matches!(method, Method::CONNECT | Method::TRACE) || method.as_str() == "PRI" => {
+                Step::Done(refuse(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "kagami: method not allowed",
+                    &method,
+                ))
+            }
             _ => {
                 let site = &self.sites[index];
                 if let Err(wait) = check(&site.misses, ip) {
