@@ -32,23 +32,6 @@ async fn start(origin: &Origin) -> Kagami {
     Kagami::start_config(config).await
 }
 
-fn shrunk(kagami: &Kagami) -> u64 {
-    kagami.running.proxy.stats.snapshot().connections_shrunk
-}
-
-/// Waits until Kagami has shrunk `count` connections in all.
-async fn until_shrunk(kagami: &Kagami, count: u64) {
-    let started = Instant::now();
-    while shrunk(kagami) < count {
-        assert!(
-            started.elapsed() < LIMIT,
-            "only {} connections shrunk after {LIMIT:?}",
-            shrunk(kagami)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads until `count` answers of the page have come (they may come in one read).
 async fn read_answers(stream: &mut TcpStream, count: usize) -> String {
     let mut got = Vec::new();
@@ -78,7 +61,7 @@ async fn an_idle_connection_gives_its_buffers_back_and_answers_its_next_requests
     let mut stream = connect(kagami.addr).await;
     let first = ask(&mut stream).await;
     assert_eq!(status_of(&first), 200, "{first}");
-    until_shrunk(&kagami, 1).await;
+    kagami.until_shrunk(1, LIMIT).await;
 
     // The next request in pieces: its first bytes are read by Kagami's own small buffer, the
     // rest by hyper's connection started after them.
@@ -93,7 +76,7 @@ async fn an_idle_connection_gives_its_buffers_back_and_answers_its_next_requests
     assert!(second.contains("cache-status: kagami; hit"), "{second}");
 
     // Shrunk again, then two requests in one write (more than the small buffer takes).
-    until_shrunk(&kagami, 2).await;
+    kagami.until_shrunk(2, LIMIT).await;
     stream.write_all(&[GET, GET].concat()).await.unwrap();
     let both = read_answers(&mut stream, 2).await;
     assert_eq!(both.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{both}");
@@ -117,7 +100,7 @@ async fn a_connection_that_keeps_asking_is_never_shrunk() {
         assert_eq!(status_of(&answer), 200, "{answer}");
         tokio::time::sleep(PERIOD / 6).await;
     }
-    assert_eq!(shrunk(&kagami), 0);
+    assert_eq!(kagami.shrunk(), 0);
 }
 
 #[tokio::test]
@@ -131,7 +114,7 @@ async fn a_stalled_head_after_a_shrink_is_still_cut_off() {
     {
         let mut stream = connect(kagami.addr).await;
         ask(&mut stream).await;
-        until_shrunk(&kagami, n as u64 + 1).await;
+        kagami.until_shrunk(n as u64 + 1, LIMIT).await;
         stream.write_all(partial).await.unwrap();
         let started = Instant::now();
         let (after, got) = wait_for_close(&mut stream, started, LIMIT).await;
@@ -148,7 +131,7 @@ async fn a_client_that_closes_a_shrunk_connection_ends_it() {
     let kagami = start(&origin).await;
     let mut stream = connect(kagami.addr).await;
     ask(&mut stream).await;
-    until_shrunk(&kagami, 1).await;
+    kagami.until_shrunk(1, LIMIT).await;
     assert_eq!(kagami.running.proxy.stats.snapshot().connections_open, 1);
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -170,7 +153,7 @@ async fn a_shutdown_closes_a_shrunk_connection_at_once() {
     let kagami = start(&origin).await;
     let mut stream = connect(kagami.addr).await;
     ask(&mut stream).await;
-    until_shrunk(&kagami, 1).await;
+    kagami.until_shrunk(1, LIMIT).await;
     let started = Instant::now();
     let stopping = tokio::spawn(kagami.running.shutdown(Duration::from_secs(10)));
     let (after, got) = wait_for_close(&mut stream, started, LIMIT).await;

@@ -61,25 +61,8 @@ async fn start_recording() -> (RecordingOrigin, Kagami) {
     (origin, kagami)
 }
 
-fn shrunk(kagami: &Kagami) -> u64 {
-    kagami.running.proxy.stats.snapshot().connections_shrunk
-}
-
 fn open(kagami: &Kagami) -> u64 {
     kagami.running.proxy.stats.snapshot().connections_open
-}
-
-/// Waits until Kagami has shrunk `count` connections in all.
-async fn until_shrunk(kagami: &Kagami, count: u64) {
-    let started = Instant::now();
-    while shrunk(kagami) < count {
-        assert!(
-            started.elapsed() < LIMIT,
-            "only {} connections shrunk after {LIMIT:?}",
-            shrunk(kagami)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn ask(stream: &mut TcpStream) -> String {
@@ -118,7 +101,7 @@ async fn a_slow_chunked_upload_across_periods_reaches_the_origin_once_and_whole(
     let warm = [&head[..], b"2\r\nhi\r\n0\r\n\r\n"].concat();
     stream.write_all(&warm).await.unwrap();
     assert_eq!(status_of(&read_one_response(&mut stream, LIMIT).await), 200);
-    until_shrunk(&kagami, 1).await;
+    kagami.until_shrunk(1, LIMIT).await;
 
     // The head's first bytes go to Kagami's small buffer; each chunk after a period's pause.
     stream.write_all(head).await.unwrap();
@@ -141,7 +124,7 @@ async fn a_slow_chunked_upload_across_periods_reaches_the_origin_once_and_whole(
     assert_eq!(received[1].error, None);
 
     // Shrunk again after it, and the connection still answers.
-    until_shrunk(&kagami, 2).await;
+    kagami.until_shrunk(2, LIMIT).await;
     stream.write_all(&warm).await.unwrap();
     assert_eq!(status_of(&read_one_response(&mut stream, LIMIT).await), 200);
     assert_eq!(origin.received().len(), 3);
@@ -158,7 +141,7 @@ async fn a_late_chunked_tail_is_never_read_as_a_request_after_a_shrink() {
         let mut stream = connect(kagami.addr).await;
         ask(&mut stream).await;
         // The chunked request is read by a rebuilt hyper connection.
-        until_shrunk(&kagami, shrunk(&kagami) + 1).await;
+        kagami.until_shrunk(kagami.shrunk() + 1, LIMIT).await;
         let mut head =
             b"GET /p HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let tail = match tail_only {
@@ -196,7 +179,7 @@ async fn an_upload_waiting_for_100_continue_across_a_period_is_forwarded_whole()
     let warm = b"POST /up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\nhi";
     stream.write_all(warm).await.unwrap();
     assert_eq!(status_of(&read_one_response(&mut stream, LIMIT).await), 200);
-    until_shrunk(&kagami, 1).await;
+    kagami.until_shrunk(1, LIMIT).await;
 
     let head = "POST /up HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\
                 Expect: 100-continue\r\n\r\n";
@@ -222,7 +205,7 @@ async fn a_request_sent_instead_of_an_expected_body_is_never_smuggled() {
     for method in ["GET", "POST"] {
         let mut stream = connect(kagami.addr).await;
         ask(&mut stream).await;
-        until_shrunk(&kagami, shrunk(&kagami) + 1).await;
+        kagami.until_shrunk(kagami.shrunk() + 1, LIMIT).await;
         let head = format!(
             "{method} /p HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\
              Expect: 100-continue\r\n\r\n",
@@ -322,7 +305,7 @@ async fn an_http2_preface_trickled_in_byte_by_byte_is_served_and_never_shrunk() 
         // Idle for three periods of the watchdog: an HTTP/1 connection would be shrunk.
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    assert_eq!(shrunk(&kagami), 0);
+    assert_eq!(kagami.shrunk(), 0);
     assert_eq!(kagami.running.proxy.stats.snapshot().connections_total, 1);
 }
 
@@ -375,12 +358,12 @@ async fn shrunk_connections_count_once_against_the_per_client_cap() {
     for stream in [&mut first, &mut second] {
         assert_eq!(status_of(&ask(stream).await), 200);
     }
-    until_shrunk(&kagami, 2).await;
+    kagami.until_shrunk(2, LIMIT).await;
     // Shrunk again each (a rebuilt connection may not take a second place).
     for stream in [&mut first, &mut second] {
         assert_eq!(status_of(&ask(stream).await), 200);
     }
-    until_shrunk(&kagami, 4).await;
+    kagami.until_shrunk(4, LIMIT).await;
     assert_eq!(open(&kagami), 2);
 
     let mut third = connect(kagami.addr).await;
@@ -411,7 +394,7 @@ async fn shrunk_connections_count_once_against_the_connection_cap() {
         for stream in [&mut first, &mut second] {
             assert_eq!(status_of(&ask(stream).await), 200);
         }
-        until_shrunk(&kagami, 2 * round).await;
+        kagami.until_shrunk(2 * round, LIMIT).await;
     }
     let mut third = connect(kagami.addr).await;
     third.write_all(GET).await.unwrap();
@@ -482,10 +465,10 @@ async fn shrunk_tls(kagami: &Kagami, client: &rustls::ClientConfig) -> TlsClient
         .await
         .expect("handshake in time")
         .unwrap();
-    let before = shrunk(kagami);
+    let before = kagami.shrunk();
     tls.write_all(HOME).await.unwrap();
     read_tls_until(&mut tls, "home").await;
-    until_shrunk(kagami, before + 1).await;
+    kagami.until_shrunk(before + 1, LIMIT).await;
     tls
 }
 

@@ -378,6 +378,24 @@ impl Kagami {
         }
     }
 
+    /// Connections whose hyper buffers Kagami has given back so far (idle shrinks).
+    pub fn shrunk(&self) -> u64 {
+        self.running.proxy.stats.snapshot().connections_shrunk
+    }
+
+    /// Waits until Kagami has shrunk `count` connections in all, failing after `within`.
+    pub async fn until_shrunk(&self, count: u64, within: Duration) {
+        let started = std::time::Instant::now();
+        while self.shrunk() < count {
+            assert!(
+                started.elapsed() < within,
+                "only {} connections shrunk after {within:?}",
+                self.shrunk()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
