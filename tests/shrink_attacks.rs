@@ -78,8 +78,8 @@ async fn read_for(stream: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-/// Reads until `needle` has come, within [`LIMIT`].
-async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+/// Reads until `needle` has come (over TCP or TLS), within [`LIMIT`].
+async fn read_until<S: AsyncRead + Unpin>(stream: &mut S, needle: &str) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&got).contains(needle) {
@@ -467,21 +467,9 @@ async fn shrunk_tls(kagami: &Kagami, client: &rustls::ClientConfig) -> TlsClient
         .unwrap();
     let before = kagami.shrunk();
     tls.write_all(HOME).await.unwrap();
-    read_tls_until(&mut tls, "home").await;
+    read_until(&mut tls, "home").await;
     kagami.until_shrunk(before + 1, LIMIT).await;
     tls
-}
-
-async fn read_tls_until(tls: &mut TlsClient, needle: &str) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).ends_with(needle) {
-        let read = tokio::time::timeout(LIMIT, tls.read(&mut buf)).await;
-        let n = read.expect("answer in time").expect("read");
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// A client's close_notify while the connection waits shrunk (with the TCP connection left
@@ -552,7 +540,7 @@ async fn half_a_tls_record_in_the_shrunk_wait_is_waited_for_then_cut_off() {
         if complete {
             tokio::time::sleep(PERIOD / 2).await;
             tcp.write_all(&record[half..]).await.unwrap();
-            let again = read_tls_until(&mut tls, "home").await;
+            let again = read_until(&mut tls, "home").await;
             assert!(again.starts_with("HTTP/1.1 200"), "{again}");
             continue;
         }

@@ -213,16 +213,19 @@ mod tests {
         Authority::parse(text).map(|a| a.normalised(80))
     }
 
+    /// Spellings of `www.pref.test` on port 80.
+    const SPELLINGS: [&str; 6] = [
+        "www.pref.test",
+        "WWW.PREF.TEST.",
+        "www.pref.test:80",
+        "www.pref.test:0080",
+        "www.pref.test:",
+        " www.pref.test ",
+    ];
+
     #[test]
     fn spellings_of_one_name_normalise_to_one_value() {
-        for spelling in [
-            "www.pref.test",
-            "WWW.PREF.TEST.",
-            "www.pref.test:80",
-            "www.pref.test:0080",
-            "www.pref.test:",
-            " www.pref.test ",
-        ] {
+        for spelling in SPELLINGS {
             assert_eq!(norm(spelling).as_deref(), Ok("www.pref.test"), "{spelling}");
         }
         assert_eq!(
@@ -286,35 +289,30 @@ mod tests {
 
     #[test]
     fn remembered_parses_agree_with_the_full_parser() {
-        let mut texts: Vec<String> = [
-            "www.pref.test",
-            "WWW.PREF.TEST.",
-            "www.pref.test:80",
-            "www.pref.test:0080",
-            "www.pref.test:",
-            " www.pref.test ",
-            "www.pref.test:8080",
-            "127.0.0.1",
-            "127.0.0.1:8080",
-            "127.1",
-            "0177.0.0.1",
-            "256.0.0.1",
-            "[::1]:8080",
-            "[0:0::1]",
-            "[::1",
-            "::1",
-            "",
-            " ",
-            "a b.test",
-            "user@www.pref.test",
-            "www..pref.test",
-            "www.pref.test:0",
-            "www.pref.test:65536",
-            "*.pref.test",
-        ]
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
+        let mut texts: Vec<String> = SPELLINGS.iter().map(|t| t.to_string()).collect();
+        texts.extend(
+            [
+                "www.pref.test:8080",
+                "127.0.0.1",
+                "127.0.0.1:8080",
+                "127.1",
+                "0177.0.0.1",
+                "256.0.0.1",
+                "[::1]:8080",
+                "[0:0::1]",
+                "[::1",
+                "::1",
+                "",
+                " ",
+                "a b.test",
+                "user@www.pref.test",
+                "www..pref.test",
+                "www.pref.test:0",
+                "www.pref.test:65536",
+                "*.pref.test",
+            ]
+            .map(String::from),
+        );
         texts.push(format!("{}.test", "a".repeat(63)));
         texts.push(format!("{}.test", "a".repeat(64)));
         texts.push(format!("{}.test", "a.".repeat(130)));
