@@ -142,8 +142,8 @@ async fn origin() -> SocketAddr {
     addr
 }
 
-/// Kills the Kagami process however the bench ends.
-struct Kagami(Child);
+/// Kills the Kagami process however the bench ends; the second field is its admin port.
+struct Kagami(Child, u16);
 
 impl Drop for Kagami {
     fn drop(&mut self) {
@@ -168,10 +168,12 @@ async fn start_kagami(
     server: &str,
 ) -> (Kagami, u16) {
     let port = free_port();
+    let admin = free_port();
     let (server, site) = server.split_once("--site--\n").unwrap_or((server, ""));
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworker_threads = 2\n{server}\n\
          [cache]\nmemory = \"{memory_mib}MiB\"\n\n[log]\naccess = false\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
          [limits]\nhits = \"off\"\nmisses = \"off\"\n\n\
          [[site]]\nname = \"bench\"\nhosts = [\"127.0.0.1\", \"localhost\"]\n\
          origin = \"http://{origin}\"\n{site}"
@@ -191,7 +193,7 @@ async fn start_kagami(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start kagami");
-    let kagami = Kagami(child);
+    let kagami = Kagami(child, admin);
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -405,7 +407,67 @@ async fn probe(
 /// The issue's own measure: `objects` objects into a store big enough for all of them (at most
 /// three quarters of it in bodies, so nothing is evicted); RSS growth per object, and that
 /// minus the object's body.
-async fn unfilled(bench: &Bench, m: usize) {
+/// jemalloc's counts in Kagami (`kagami_allocator_bytes` on its admin API), in KiB; `None`
+/// for a build without jemalloc.
+#[derive(Clone, Copy, Default)]
+struct Allocator {
+    allocated: f64,
+    active: f64,
+    metadata: f64,
+    resident: f64,
+}
+
+async fn allocator(client: &reqwest::Client, admin: u16) -> Option<Allocator> {
+    let text = client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let kind = |name: &str| {
+        let prefix = format!("kagami_allocator_bytes{{kind=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|bytes| bytes / 1024.0)
+    };
+    Some(Allocator {
+        allocated: kind("allocated")?,
+        active: kind("active")?,
+        metadata: kind("metadata")?,
+        resident: kind("resident")?,
+    })
+}
+
+/// Where the second half's RSS went, per object, from jemalloc's counts: a row of the
+/// breakdown table.
+fn breakdown(
+    name: &str,
+    from: Allocator,
+    to: Allocator,
+    rss_kib: f64,
+    n: f64,
+    body: f64,
+) -> String {
+    let per = |to: f64, from: f64| (to - from) / n;
+    let allocated = per(to.allocated, from.allocated);
+    let rounding = per(to.active - to.allocated, from.active - from.allocated);
+    let metadata = per(to.metadata, from.metadata);
+    let unreturned = per(
+        to.resident - to.active - to.metadata,
+        from.resident - from.active - from.metadata,
+    );
+    let outside = rss_kib / n - per(to.resident, from.resident);
+    format!(
+        "| {name} | {:.2} KiB | {allocated:.2} KiB | {:.2} KiB | {rounding:.2} KiB | {metadata:.2} KiB | {unreturned:.2} KiB | {outside:.2} KiB |",
+        rss_kib / n - body / 1024.0,
+        allocated - body / 1024.0,
+    )
+}
+
+async fn unfilled(bench: &Bench, m: usize) -> Option<String> {
     let (kagami, port, start) = started(bench, bench.big_mib, m, "").await;
     let pid = kagami.0.id();
     let room = count_for(m, 1, (bench.big_mib << 20) * 3 / 4);
@@ -418,9 +480,11 @@ async fn unfilled(bench: &Bench, m: usize) {
     warm(&bench.client, port, m, 1, half).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let at_half = rss_kib(pid);
+    let counts_at_half = allocator(&bench.client, kagami.1).await;
     warm(&bench.client, port, m, 1 + half, n - half).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let at_end = rss_kib(pid);
+    let counts_at_end = allocator(&bench.client, kagami.1).await;
     let growth = at_end.saturating_sub(start);
     let logged = stop_and_count(kagami);
     let mean = |from: u64, to: u64| {
@@ -441,6 +505,15 @@ async fn unfilled(bench: &Bench, m: usize) {
         (marginal - mean(1 + half, n)) / 1024.0,
         logged.trims(),
     );
+    let (from, to) = (counts_at_half?, counts_at_end?);
+    Some(breakdown(
+        MIXES[m].name,
+        from,
+        to,
+        at_end.saturating_sub(at_half) as f64,
+        second as f64,
+        mean(1 + half, n),
+    ))
 }
 
 /// The mixes KAGAMI_MEMORY_MIXES names (a comma list of `1kib`, `16kib`, `256kib`,
@@ -518,8 +591,9 @@ async fn main() {
             "| mix | objects | entries | RSS growth | per object | body | overhead per object | second half: overhead per object | heap trims |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
+        let mut rows = Vec::new();
         for m in mixes() {
-            unfilled(&bench, m).await;
+            rows.extend(unfilled(&bench, m).await);
         }
         println!(
             "\nTarget (issue 7): overhead <= 1.5 KiB per object (16 KiB objects: <= 17.5 KiB of \
@@ -528,6 +602,17 @@ async fn main() {
              their mean body (what one more object costs, without what the first burst of fills \
              costs once).\n"
         );
+        if !rows.is_empty() {
+            println!(
+                "Second half, per object, from jemalloc's counts (kagami_allocator_bytes)\n\n\
+                 | mix | overhead (RSS) | allocated | of it not body | rounding and free slots | jemalloc metadata | freed, not yet returned | RSS outside jemalloc |\n\
+                 |---|---|---|---|---|---|---|---|"
+            );
+            for row in rows {
+                println!("{row}");
+            }
+            println!();
+        }
     }
     if run("idle") {
         println!("Idle HTTP/1.1 keep-alive connections, RSS growth per connection\n");

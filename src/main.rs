@@ -125,6 +125,9 @@ enum Command {
 
 fn main() -> ExitCode {
     tune_allocator();
+    // `ALLOCATOR` above: its counts describe this process, so /metrics exports them.
+    #[cfg(feature = "jemalloc")]
+    kagami::metrics::allocator::jemalloc_is_global();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         // A bare `kagami` is someone finding their way: help, and no error status.

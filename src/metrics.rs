@@ -1,6 +1,7 @@
 //! Counters for everything the request path decides, in one place: the admin API's
 //! `/metrics` reads a `Snapshot` and the per-site handles (`site`); benches print it.
 
+pub mod allocator;
 pub mod latency;
 pub mod site;
 

@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::allocator;
 use crate::metrics::site::{SiteMetrics, NO_SITE};
 use crate::metrics::Stats;
 use crate::proxy::Proxy;
@@ -92,6 +93,7 @@ pub fn render(proxy: &Proxy) -> String {
         "Bytes held by stored responses, per tier",
         held,
     );
+    register_allocator(&mut registry);
 
     let mut out = String::new();
     // Writing into a String cannot fail; an encoding error would be a bug in a metric type.
@@ -99,6 +101,26 @@ pub fn render(proxy: &Proxy) -> String {
         tracing::error!(error = %err, "cannot encode /metrics");
     }
     out
+}
+
+/// jemalloc's counts, when it is the allocator (absent otherwise, rather than zeros that
+/// would read as a process holding nothing).
+fn register_allocator(registry: &mut Registry) {
+    let Some(bytes) = allocator::now() else {
+        return;
+    };
+    let mut series = Series::new(MetricType::Gauge);
+    for (kind, value) in bytes.kinds() {
+        series.push(vec![("kind", kind.to_string())], ConstGauge::new(value));
+    }
+    registry.register(
+        "allocator_bytes",
+        "Bytes the allocator (jemalloc) holds, by kind: allocated (what Kagami asked for), \
+         active (their pages), metadata (jemalloc's bookkeeping), resident (in memory: active \
+         pages, metadata, freed pages not yet handed back), mapped and retained (address \
+         space, not memory)",
+        series,
+    );
 }
 
 /// Every `Stats` counter and gauge, under its own name.
