@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the pure functions on Kagami's hot path: Cache-Control parsing, the
 //! RFC 9111 freshness arithmetic, cache keys, and a complete in-memory hit (store lookup plus
-//! building the client response) for 1 KiB and 16 KiB bodies, and a hit's `Cache-Status` value.
+//! building the client response) for 1 KiB and 16 KiB bodies, a hit's `Cache-Status` value, and
+//! a large fill's buffer: its pages in a mapping of their own against the allocator's heap.
 //!
 //! Run: `cargo bench --bench freshness` (add `-- --quick` for a short run).
 
@@ -15,6 +16,7 @@ use http::{Request, StatusCode};
 
 use kagami::cache::control::response_directives;
 use kagami::cache::key::primary_key;
+use kagami::cache::mapped::FillBuffer;
 use kagami::cache::policy::{corrected_initial_age, freshness_lifetime, Heuristic};
 use kagami::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings};
 use kagami::config::CookiePolicy;
@@ -256,8 +258,40 @@ fn bench_cache_status(c: &mut Criterion) {
     group.finish();
 }
 
+/// Kagami's allocator, so that the heap side is what a fill really gets (without Kagami's
+/// settings: freed pages wait 10 s for reuse here, 1 s in Kagami).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A large body collected from 16 KiB chunks, stored, then dropped (evicted): in a mapping of
+/// its own (`mapped`: mmap with its pages populated, munmap) or on the heap (`heap`).
+fn bench_fill_buffer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fill_buffer");
+    let chunk = vec![7u8; 16 * 1024];
+    for len in [262_144usize, 1_000_000] {
+        let fill = |mut buffer: FillBuffer| {
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                buffer.extend_from_slice(&chunk[..n]);
+                left -= n;
+            }
+            drop(black_box(buffer.into_stored()));
+        };
+        group.bench_function(BenchmarkId::new("mapped", len), |b| {
+            b.iter(|| fill(FillBuffer::for_length(Some(len))))
+        });
+        group.bench_function(BenchmarkId::new("heap", len), |b| {
+            b.iter(|| fill(FillBuffer::heap(len)))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    bench_fill_buffer,
     bench_directives,
     bench_freshness,
     bench_key,

@@ -441,8 +441,8 @@ async fn allocator(client: &reqwest::Client, admin: u16) -> Option<Allocator> {
     })
 }
 
-/// Where the second half's RSS went, per object, from jemalloc's counts: a row of the
-/// breakdown table.
+/// Where a half's RSS went, per object, from jemalloc's counts: a row of the breakdown table.
+/// Bodies with pages in mappings of their own (`cache::mapped`) are outside jemalloc.
 fn breakdown(
     name: &str,
     from: Allocator,
@@ -461,15 +461,16 @@ fn breakdown(
     );
     let outside = rss_kib / n - per(to.resident, from.resident);
     format!(
-        "| {name} | {:.2} KiB | {allocated:.2} KiB | {:.2} KiB | {rounding:.2} KiB | {metadata:.2} KiB | {unreturned:.2} KiB | {outside:.2} KiB |",
+        "| {name} | {:.2} KiB | {:.2} KiB | {allocated:.2} KiB | {rounding:.2} KiB | {metadata:.2} KiB | {unreturned:.2} KiB | {outside:.2} KiB |",
         rss_kib / n - body / 1024.0,
-        allocated - body / 1024.0,
+        body / 1024.0,
     )
 }
 
 async fn unfilled(bench: &Bench, m: usize) -> Option<String> {
     let (kagami, port, start) = started(bench, bench.big_mib, m, "").await;
     let pid = kagami.0.id();
+    let counts_at_start = allocator(&bench.client, kagami.1).await;
     let room = count_for(m, 1, (bench.big_mib << 20) * 3 / 4);
     let n = bench.objects.min(room).max(1);
     // In two halves, to tell what each object costs from what the first burst of fills costs
@@ -505,15 +506,25 @@ async fn unfilled(bench: &Bench, m: usize) -> Option<String> {
         (marginal - mean(1 + half, n)) / 1024.0,
         logged.trims(),
     );
-    let (from, to) = (counts_at_half?, counts_at_end?);
-    Some(breakdown(
-        MIXES[m].name,
-        from,
-        to,
+    let (start_counts, half_counts, end_counts) =
+        (counts_at_start?, counts_at_half?, counts_at_end?);
+    let first = breakdown(
+        &format!("{}, first half", MIXES[m].name),
+        start_counts,
+        half_counts,
+        at_half.saturating_sub(start) as f64,
+        half.max(1) as f64,
+        mean(1, half),
+    );
+    let second = breakdown(
+        &format!("{}, second half", MIXES[m].name),
+        half_counts,
+        end_counts,
         at_end.saturating_sub(at_half) as f64,
         second as f64,
         mean(1 + half, n),
-    ))
+    );
+    Some(format!("{first}\n{second}"))
 }
 
 /// The mixes KAGAMI_MEMORY_MIXES names (a comma list of `1kib`, `16kib`, `256kib`,
@@ -604,8 +615,9 @@ async fn main() {
         );
         if !rows.is_empty() {
             println!(
-                "Second half, per object, from jemalloc's counts (kagami_allocator_bytes)\n\n\
-                 | mix | overhead (RSS) | allocated | of it not body | rounding and free slots | jemalloc metadata | freed, not yet returned | RSS outside jemalloc |\n\
+                "Each half, per object, from jemalloc's counts (kagami_allocator_bytes; metadata \
+                 counts address space it reserved, so some of it is not in RSS)\n\n\
+                 | mix | overhead (RSS - body) | body | jemalloc: allocated | rounding and free slots | metadata | freed, not yet returned | RSS outside jemalloc (mapped bodies, stacks) |\n\
                  |---|---|---|---|---|---|---|---|"
             );
             for row in rows {

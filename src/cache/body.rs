@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::footprint::{self, ALLOCATION};
+use super::mapped::Mapping;
 
 /// At most this many allocations per body: a fourth part would save less than a part costs.
 pub const MAX_PARTS: usize = 4;
@@ -35,6 +36,10 @@ enum Parts {
     One(Bytes),
     /// Never empty and never a single part; every part but the last is a whole size class.
     Many(Arc<[Bytes]>),
+    /// Parts of which one (the first, in a stored body) is a mapping's pages
+    /// (`super::mapped`), and the mapping, counted once per holder. Kept so even as one part,
+    /// so that `is_unique` can see who else holds the pages.
+    Mapped(Arc<[Bytes]>, Arc<Mapping>),
 }
 
 impl Default for Parts {
@@ -107,6 +112,21 @@ impl StoredBody {
         }
     }
 
+    /// A body whose whole pages are `pages` (a fill's mapping, full) and whose rest, less
+    /// than a page, is `rest`, split as `from_buffer` splits any body.
+    pub fn mapped(pages: Mapping, rest: BytesMut) -> StoredBody {
+        let (pages, mapping) = pages.share();
+        let len = pages.len() + rest.len();
+        let rest = StoredBody::from_buffer(rest);
+        let parts: Vec<Bytes> = std::iter::once(pages)
+            .chain(rest.parts().iter().filter(|p| !p.is_empty()).cloned())
+            .collect();
+        StoredBody {
+            parts: Parts::Mapped(parts.into(), mapping),
+            len,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -119,7 +139,7 @@ impl StoredBody {
     pub fn parts(&self) -> &[Bytes] {
         match &self.parts {
             Parts::One(bytes) => std::slice::from_ref(bytes),
-            Parts::Many(parts) => parts,
+            Parts::Many(parts) | Parts::Mapped(parts, _) => parts,
         }
     }
 
@@ -127,7 +147,7 @@ impl StoredBody {
     pub fn into_single(self) -> Result<Bytes, StoredBody> {
         match self.parts {
             Parts::One(bytes) => Ok(bytes),
-            Parts::Many(_) => Err(self),
+            Parts::Many(_) | Parts::Mapped(..) => Err(self),
         }
     }
 
@@ -138,6 +158,17 @@ impl StoredBody {
             // A slice handed out by `range` shares a part's storage, not the list.
             Parts::Many(parts) => {
                 Arc::strong_count(parts) == 1 && parts.iter().all(Bytes::is_unique)
+            }
+            // The pages' `Bytes` never say they are unique (they have an owner); the mapping's
+            // count of holders does. Slices in flight to a client are not counted: a body
+            // that waits for a slow client (`proxy::body::Held`) copies what it sends.
+            Parts::Mapped(parts, mapping) => {
+                Arc::strong_count(parts) == 1
+                    && Mapping::holders(mapping) == 1
+                    && parts
+                        .iter()
+                        .filter(|p| !is_mapping(p, mapping))
+                        .all(Bytes::is_unique)
             }
         }
     }
@@ -181,7 +212,15 @@ impl StoredBody {
             }
             pieces.push(part.slice(start.max(from) - from..end.min(to) - from));
         }
-        StoredBody::from_pieces(pieces)
+        match &self.parts {
+            Parts::Mapped(_, mapping) if pieces.iter().any(|p| is_mapping(p, mapping)) => {
+                StoredBody {
+                    len: end - start,
+                    parts: Parts::Mapped(pieces.into(), mapping.clone()),
+                }
+            }
+            _ => StoredBody::from_pieces(pieces),
+        }
     }
 
     /// Memory the body holds: each part's allocation (at its size class) and storage header,
@@ -196,6 +235,12 @@ impl StoredBody {
             Parts::Many(list) => {
                 parts + footprint::allocated(16 + std::mem::size_of_val(&**list)) + ALLOCATION
             }
+            Parts::Mapped(list, _) => {
+                parts
+                    + footprint::allocated(16 + std::mem::size_of_val(&**list))
+                    + ALLOCATION
+                    + Mapping::COST
+            }
         }
     }
 
@@ -203,7 +248,7 @@ impl StoredBody {
     pub fn to_bytes(&self) -> Bytes {
         match &self.parts {
             Parts::One(bytes) => bytes.clone(),
-            Parts::Many(_) => self.copy_range(0, self.len),
+            Parts::Many(_) | Parts::Mapped(..) => self.copy_range(0, self.len),
         }
     }
 
@@ -229,6 +274,17 @@ impl StoredBody {
             }
         }
     }
+}
+
+/// Whether `part` is (a slice of) `mapping`'s pages.
+fn is_mapping(part: &Bytes, mapping: &Mapping) -> bool {
+    let pages = mapping.pages();
+    let (start, end) = (
+        pages.as_ptr() as usize,
+        pages.as_ptr() as usize + pages.len(),
+    );
+    let at = part.as_ptr() as usize;
+    !part.is_empty() && at >= start && at < end
 }
 
 impl From<Bytes> for StoredBody {

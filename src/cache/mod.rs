@@ -11,6 +11,7 @@ pub mod entry;
 pub mod fields;
 pub mod footprint;
 pub mod key;
+pub mod mapped;
 pub mod memory;
 pub mod policy;
 pub mod share;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
@@ -29,6 +29,7 @@ use super::budget::{Budget, Charge, Meter, Owner};
 use super::Outcome;
 use crate::cache::body::StoredBody;
 use crate::cache::coalesce::Leader;
+use crate::cache::mapped::FillBuffer;
 use crate::cache::{Entry, MemoryStore, StoreSettings};
 use crate::origin::Slot;
 
@@ -283,12 +284,13 @@ async fn pump(
 ) {
     let expected = response.content_length();
     let mut stream = response.bytes_stream();
-    // The body being stored, in one allocation of its own (never the origin's read buffers),
-    // counted in the job's `fill` charge (all of it up front when the length is known).
+    // The body being stored, in storage of its own (never the origin's read buffers; a large
+    // one's pages in a mapping, `cache::mapped`), counted in the job's `fill` charge (all of
+    // it up front when the length is known).
     let mut fill = Fill {
-        body: BytesMut::with_capacity(match (&job, expected) {
-            (Some(_), Some(len)) => len as usize,
-            _ => 0,
+        body: FillBuffer::for_length(match (&job, expected) {
+            (Some(_), Some(len)) => usize::try_from(len).ok(),
+            _ => None,
         }),
         behind: None,
     };
@@ -418,7 +420,7 @@ async fn pump(
 
 /// A body being stored.
 struct Fill {
-    body: BytesMut,
+    body: FillBuffer,
     /// Where a client that fell behind stopped getting chunks (it gets the rest from the
     /// stored copy).
     behind: Option<u64>,
@@ -451,7 +453,7 @@ impl Fill {
     /// even when the in-flight budget is full (a copy used to need room there, and without it
     /// the body kept its spare capacity while the store counted only its length).
     fn finish(&mut self) -> StoredBody {
-        StoredBody::from_buffer(std::mem::take(&mut self.body))
+        std::mem::take(&mut self.body).into_stored()
     }
 }
 
@@ -494,12 +496,21 @@ fn stop_storing(
     client: &mut Client,
 ) {
     *job = None;
-    let body = std::mem::take(&mut fill.body).freeze();
+    let pieces = std::mem::take(&mut fill.body).into_pieces();
     if let (Some(offset), true) = (fill.behind.take(), client.open) {
-        let rest = body.slice(offset as usize..);
-        client.lag.force_grow(rest.len() as u64);
-        client.pending_bytes = rest.len() as u64;
-        client.pending = VecDeque::from([rest]);
+        // What the client has not had yet: the pieces from `offset` on, uncopied.
+        let mut skip = offset as usize;
+        let rest: VecDeque<Bytes> = (pieces.into_iter())
+            .filter_map(|piece| {
+                let from = skip.min(piece.len());
+                skip -= from;
+                (from < piece.len()).then(|| piece.slice(from..))
+            })
+            .collect();
+        let len = rest.iter().map(Bytes::len).sum::<usize>() as u64;
+        client.lag.force_grow(len);
+        client.pending_bytes = len;
+        client.pending = rest;
     }
     if let Some(l) = leader.take() {
         l.finish(Outcome::Uncacheable);

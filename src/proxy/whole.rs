@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -14,8 +14,8 @@ use crate::origin::Slot;
 use super::body::{Body, Piece, Relayed, Truncated};
 use super::fill::StoreJob;
 use super::Outcome;
-use crate::cache::body::StoredBody;
 use crate::cache::coalesce::Leader;
+use crate::cache::mapped::FillBuffer;
 use crate::cache::Entry;
 
 /// Storable bodies up to this declared length are read whole before answering. Larger ones, and
@@ -84,11 +84,13 @@ async fn read_and_store(
         super::cut::publish(leader);
         return (cut_short(chunks, reason, want_body), false);
     }
-    let mut body = BytesMut::with_capacity(received as usize);
+    // Storage of its own (a large body's pages in a mapping, `cache::mapped`), never the
+    // origin's read buffers the chunks are slices of.
+    let mut body = FillBuffer::for_length(usize::try_from(received).ok());
     for chunk in &chunks {
         body.extend_from_slice(chunk);
     }
-    let body = StoredBody::from_buffer(body);
+    let body = body.into_stored();
     let entry = Arc::new(Entry::new(
         job.status,
         job.headers,
