@@ -93,6 +93,11 @@ pub fn render(proxy: &Proxy) -> String {
         "Bytes held by stored responses, per tier",
         held,
     );
+    registry.register(
+        "body_mappings",
+        "Bodies (stored or being filled) whose pages are a mapping of their own, at most 16384",
+        ConstGauge::new(crate::cache::mapped::live() as u64),
+    );
     register_allocator(&mut registry);
 
     let mut out = String::new();

@@ -6,12 +6,15 @@
 //! `mmap`ed directly, which cost 0.01 KiB); the store does not count it, and it was most of what
 //! a large object cost besides its body. A mapping needs none of it, and an evicted body's pages
 //! go back to the kernel at once instead of waiting in the allocator. The kernel merges
-//! neighbouring anonymous mappings, so the count of mappings stays low; when the kernel refuses
-//! one (`vm.max_map_count`, memory) the body goes to the heap as before. Only the whole pages of
+//! neighbouring anonymous mappings; Kagami keeps at most `MAX_MAPPINGS` at once, so it never
+//! nears `vm.max_map_count` (where an unmap that splits a merged mapping would fail and leak
+//! it), and when the kernel refuses one the body goes to the heap as before. Only the whole pages of
 //! a body of at least `MAPPED_MIN` are mapped, and only when its length is known before its
 //! first byte: the rest (less than a page) is split into size classes as any body
 //! (`StoredBody::from_buffer`). Measured with `cargo bench --bench memory` (README "Memory").
 
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -23,6 +26,84 @@ use super::body::StoredBody;
 /// giving an allocation its own mapping, as Kagami sets it in builds with the system allocator).
 /// Below it the bookkeeping saved is under 0.3 KiB a body, not worth two system calls a fill.
 pub const MAPPED_MIN: usize = 128 * 1024;
+
+/// At most this many mappings at once (a quarter of Linux's default `vm.max_map_count`, 65,530,
+/// which the rest of the process needs some of): each is at most one of the process's memory
+/// areas, merged or not, so Kagami's stay below it. Past it a body goes to the heap.
+pub const MAX_MAPPINGS: usize = 16_384;
+
+/// Pages up to this size are populated when mapped (one system call instead of a fault per
+/// page: 86 against 132 us for 256 KiB); larger ones fault in as the body arrives, so that a
+/// fill announcing a large body does not hold a worker thread while the kernel zeroes it all.
+const POPULATE_MAX: usize = 1 << 20;
+
+/// Mappings this large are unmapped on the blocking pool, not on the worker thread that let go
+/// of them (an eviction during a request): the kernel frees every page then.
+const UNMAP_ASIDE: usize = 1 << 20;
+
+/// Mappings alive now (`Pages`).
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Mappings alive now: a body's pages, in a fill or in the store.
+pub fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// One anonymous mapping, counted in `LIVE` while it exists.
+#[derive(Debug)]
+struct Pages(Option<MmapMut>);
+
+impl Pages {
+    /// `len` bytes (whole pages) of fresh zeroed memory, unless `MAX_MAPPINGS` are alive or the
+    /// kernel refuses.
+    fn map(len: usize) -> Option<Pages> {
+        Pages::map_within(len, MAX_MAPPINGS)
+    }
+
+    fn map_within(len: usize, max: usize) -> Option<Pages> {
+        if LIVE.fetch_add(1, Ordering::Relaxed) >= max {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut options = MmapOptions::new();
+        options.len(len);
+        if len <= POPULATE_MAX {
+            options.populate();
+        }
+        match options.map_anon() {
+            Ok(map) => Some(Pages(Some(map))),
+            Err(_) => {
+                LIVE.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+impl Deref for Pages {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl DerefMut for Pages {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        let Some(map) = self.0.take() else { return };
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+        if map.len() >= UNMAP_ASIDE {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn_blocking(move || drop(map));
+            }
+        }
+    }
+}
 
 /// The kernel's page size, read once.
 fn page() -> usize {
@@ -40,7 +121,7 @@ fn page() -> usize {
 /// `StoredBody` that holds them (one count each), so that `StoredBody::is_unique` can tell
 /// whether the store is the only holder.
 #[derive(Debug)]
-pub struct Mapping(MmapMut);
+pub struct Mapping(Pages);
 
 /// The owner of a mapping's `Bytes`: whatever holds a slice of the pages keeps them mapped.
 struct Shared(Arc<Mapping>);
@@ -77,7 +158,7 @@ impl Mapping {
 /// it without a mapping).
 #[derive(Debug, Default)]
 pub struct FillBuffer {
-    pages: Option<(MmapMut, usize)>,
+    pages: Option<(Pages, usize)>,
     rest: BytesMut,
 }
 
@@ -87,9 +168,7 @@ impl FillBuffer {
     pub fn for_length(expected: Option<usize>) -> FillBuffer {
         let len = expected.unwrap_or(0);
         let whole = len / page() * page();
-        let pages = (whole >= MAPPED_MIN)
-            .then(|| MmapOptions::new().len(whole).populate().map_anon().ok())
-            .flatten();
+        let pages = (whole >= MAPPED_MIN).then(|| Pages::map(whole)).flatten();
         match pages {
             Some(map) => FillBuffer {
                 pages: Some((map, 0)),
@@ -203,6 +282,31 @@ mod tests {
         let buffer = FillBuffer::for_length(Some(300_001));
         assert_eq!(buffer.capacity(), 300_001);
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn past_the_most_mappings_a_body_goes_to_the_heap() {
+        assert!(Pages::map_within(MAPPED_MIN, 0).is_none());
+        let pages = Pages::map_within(MAPPED_MIN, usize::MAX).expect("a mapping");
+        assert_eq!(pages.len(), MAPPED_MIN);
+        assert!(live() >= 1);
+    }
+
+    /// Large mappings are unmapped on the blocking pool from within the runtime, at once
+    /// without one; both leave every byte readable until then.
+    #[tokio::test]
+    async fn large_mappings_are_unmapped_off_the_worker() {
+        for len in [UNMAP_ASIDE, 3 * UNMAP_ASIDE + 4096] {
+            let bytes = content(len);
+            let body = filled(Some(len), &bytes, 65_536).into_stored();
+            assert!(body == bytes[..]);
+            let slice = body.slice(len - 10..=len - 1);
+            drop(body);
+            assert!(slice == bytes[len - 10..]);
+            drop(slice);
+        }
+        let outside = std::thread::spawn(|| drop(Pages::map(UNMAP_ASIDE)));
+        assert!(outside.join().is_ok());
     }
 
     #[test]
