@@ -9,25 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{spawn_origin, Kagami, Origin, Reply, Route};
+use common::{payload, spawn_origin, Kagami, Origin, Reply, Route};
 use futures_util::StreamExt;
 use http::Response;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
-
-/// Deterministic, incompressible-looking bytes.
-fn payload(len: usize, seed: u32) -> Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 7) as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
 
 fn same_bytes(got: &[u8], want: &[u8], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");

@@ -8,22 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::raw::{read_to_close, silent_reader};
-use common::{Kagami, Origin, Route};
+use common::{payload, Kagami, Origin, Route};
 use kagami::config::{Config, SiteConfig};
-
-/// Deterministic bytes that differ at every offset a test looks at.
-fn payload(len: usize, seed: u32) -> Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 7) as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
 
 fn cacheable(body: Bytes) -> Route {
     Route::ok(body).header("cache-control", "max-age=600")

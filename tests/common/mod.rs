@@ -343,6 +343,21 @@ fn plain(status: u16, headers: Vec<(String, String)>, body: Bytes) -> Response<O
     response
 }
 
+/// Deterministic, incompressible-looking bytes (xorshift from `seed`): bodies whose every
+/// offset differs, so a misplaced or repeated piece shows.
+pub fn payload(len: usize, seed: u32) -> Bytes {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 7) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
 /// A real Kagami on 127.0.0.1:0 in front of one origin, for site "test" answering 127.0.0.1.
 pub struct Kagami {
     pub running: Running,
