@@ -13,7 +13,7 @@ use http::header::{
 };
 use http::{request, Method, Response, StatusCode};
 
-use super::body::Body;
+use super::body::{Body, HELD_PIECE};
 use crate::cache::conditional::{self, Precondition, RangeAnswer};
 use crate::cache::Entry;
 
@@ -226,15 +226,20 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
         match conditional::range(&request.headers, &headers, length) {
             RangeAnswer::Full => {}
             RangeAnswer::Partial { start, end } => {
-                let part = entry.body.slice(start as usize..=end as usize);
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(part.len()));
+                let (start, end) = (start as usize, end as usize);
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(end - start + 1));
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
                     headers.insert(CONTENT_RANGE, v);
                 }
+                // A small range is copied: a slice would keep the whole stored buffer (a large
+                // body's mapping) alive, uncounted, while its client does not read, and only
+                // answers larger than `HELD_PIECE` are `Held` (charged once the store lets go).
                 let body = if head_only {
                     Body::empty()
+                } else if end - start < HELD_PIECE {
+                    Body::full(entry.body.copy_range(start, end + 1))
                 } else {
-                    Body::stored(part)
+                    Body::stored(entry.body.slice(start..=end))
                 };
                 return build(StatusCode::PARTIAL_CONTENT, headers, body);
             }

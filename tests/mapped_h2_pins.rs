@@ -1,0 +1,104 @@
+//! A small Range answer from a large mapped body (`src/cache/mapped.rs`) on an HTTP/2 stream
+//! whose flow-control window the client keeps at zero: once the store has let go of the body,
+//! the answer must not keep its pages mapped, uncounted, until the connection times out. One test in
+//! this file, so that `kagami::cache::mapped::live()` counts only this test's mappings.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Kagami, Origin, Route};
+use kagami::cache::mapped::live;
+use kagami::config::{Config, SiteConfig};
+use tokio::net::TcpStream;
+
+fn payload(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn cacheable(body: Bytes) -> Route {
+    Route::ok(body).header("cache-control", "max-age=600")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_range_streams_do_not_keep_replaced_pages_mapped() {
+    const LEN: usize = 12 << 20;
+    const PAGES: usize = 3;
+    let origin = Origin::start().await;
+    let mut site = SiteConfig::new("test", &["127.0.0.1"], &origin.url()).unwrap();
+    site.limit_hits = None;
+    site.limit_misses = None;
+    site.max_object_size = 16 << 20;
+    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
+    config.log.access = false;
+    config.cache.memory = 128 << 20;
+    config.cache.inflight_memory = Some(256 << 20);
+    config.server.idle_timeout = Duration::from_secs(3);
+    let kagami = Kagami::start_config(config).await;
+    for i in 0..PAGES {
+        let path = format!("/doc/{i}.pdf");
+        let body = payload(LEN, i as u8);
+        origin.route(&path, cacheable(body.clone()));
+        assert!(kagami.get(&path).await.body == body);
+    }
+    kagami.running.proxy.store.entry_count();
+    assert_eq!(live(), PAGES);
+
+    // One connection, a small range of each page on a stream that may receive nothing.
+    let tcp = TcpStream::connect(kagami.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut responses = Vec::new();
+    for i in 0..PAGES {
+        let request = http::Request::get(format!("http://{}/doc/{i}.pdf", kagami.addr))
+            .header("range", "bytes=0-1023")
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 206);
+        responses.push(response);
+        client = client.ready().await.unwrap();
+    }
+
+    // Every page changes; the store now holds only the new bodies.
+    for i in 0..PAGES {
+        let path = format!("/doc/{i}.pdf");
+        let body = payload(LEN, 100 + i as u8);
+        origin.route(&path, cacheable(body.clone()));
+        let posted = kagami
+            .send(kagami.client.post(kagami.url(&path)).body("edit"))
+            .await;
+        assert_eq!(posted.status, 200);
+        assert!(kagami.get(&path).await.body == body);
+    }
+    // The 1 KiB answers waiting on their streams must not keep 12 MiB bodies mapped (and
+    // uncounted: they are not `Held`, so never charged) until the connection times out.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut now = live();
+    while now != PAGES && Instant::now() < deadline {
+        kagami.running.proxy.store.entry_count();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = live();
+    }
+    assert!(!driver.is_finished(), "the connection is still open");
+    assert_eq!(
+        now,
+        PAGES,
+        "{} replaced {LEN}-byte bodies stay mapped for 1 KiB ranges on zero-window streams",
+        now.saturating_sub(PAGES)
+    );
+    drop(responses);
+    driver.abort();
+}
