@@ -158,14 +158,29 @@ pub struct Proxy {
 
 type Served = (Response<Body>, CacheStatus);
 
-/// Where the request path is with a request: its answer made already (a hit, a refusal), or
-/// the work that makes it (a fetch, a pass), boxed so that a hit's caller carries none of it.
-// `Done` is the hit, the common case, so it is the one kept inline: boxing it would cost an
-// allocation per hit.
-#[allow(clippy::large_enum_variant)]
-enum Step {
-    Done(Served),
-    Later(futures_util::future::BoxFuture<'static, Served>),
+/// What `Proxy::serve` leaves for the origin once the request is taken over (`Proxy::onward`).
+enum Onward {
+    /// Fetch (coalesced) with this stale copy, if any, and the fields the lookup built for
+    /// the origin already (a page with `Vary`).
+    Fetch {
+        stale: Option<Arc<Entry>>,
+        phase: Phase,
+        sent: OnceLock<HeaderMap>,
+    },
+    /// Relay to the origin uncached.
+    Pass { reason: &'static str },
+}
+
+/// A GET/HEAD as the lookup sees it: the request borrowed, so that a hit moves none of it
+/// (the large request value is taken over, as a `Req`, only when it goes on to the origin).
+struct Asked<'r> {
+    site: usize,
+    request: &'r mut Request<Incoming>,
+    /// As `Req::sent`, and handed on to it.
+    sent: OnceLock<HeaderMap>,
+    client: &'r Client,
+    host: &'r str,
+    ip: IpAddr,
 }
 
 thread_local! {
@@ -183,16 +198,18 @@ impl Proxy {
         &self.sites
     }
 
-    /// Answers a hit (or a refusal) at once; anything that needs the origin is `Step::Later`.
+    /// Answers a hit (or a refusal) at once, with the request only borrowed: a hit moves none
+    /// of it. What needs the origin comes back as `Onward`, for `onward` to take the request
+    /// over.
     fn serve(
         self: &Arc<Self>,
         index: usize,
-        request: Request<Incoming>,
+        request: &mut Request<Incoming>,
         client: &Client,
-        host: String,
+        host: &str,
         // The rate-limit key, worked out once by the front door (`limit_key(client_ip(..))`).
         ip: IpAddr,
-    ) -> Step {
+    ) -> Result<Served, Onward> {
         let method = request.method().clone();
         // A forwarding header the operator lets visitors send reaches the origin unkeyed, so
         // such a request is neither answered from nor stored in the shared cache.
@@ -205,21 +222,20 @@ impl Proxy {
             Method::GET | Method::HEAD
                 if !request.headers().contains_key(AUTHORIZATION) && !unkeyed =>
             {
-                let (parts, _) = request.into_parts();
-                let req = Req {
+                let asked = Asked {
                     site: index,
-                    parts,
+                    request,
                     sent: OnceLock::new(),
-                    client: client.clone(),
+                    client,
                     host,
                     ip,
                 };
-                self.lookup(req)
+                self.lookup(asked)
             }
             // PRI is HTTP/2's preface, never a real HTTP/1 method (RFC 9113 §3.4, §11.6): an
             // origin that sniffs for the preface must not be handed one.
             _ if matches!(method, Method::CONNECT | Method::TRACE) || method.as_str() == "PRI" => {
-                Step::Done(refuse(
+                Ok(refuse(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "kagami: method not allowed",
                     &method,
@@ -228,58 +244,94 @@ impl Proxy {
             _ => {
                 let site = &self.sites[index];
                 if let Err(wait) = check(&site.misses, ip) {
-                    return Step::Done(self.too_many(wait, &method));
+                    return Ok(self.too_many(wait, &method));
                 }
                 let reason = if method == Method::GET || method == Method::HEAD {
                     "bypass"
                 } else {
                     "method"
                 };
-                let (proxy, client) = (self.clone(), client.clone());
-                Step::Later(Box::pin(async move {
-                    proxy.pass(index, request, client, &host, reason).await
-                }))
+                Err(Onward::Pass { reason })
             }
         }
     }
 
-    /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
-    fn lookup(self: &Arc<Self>, mut req: Req) -> Step {
-        let site = &self.sites[req.site];
-        let key = || site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
+    /// The work `serve` left for the origin, with the request now owned: a fetch (coalesced)
+    /// or a pass.
+    fn onward(
+        self: &Arc<Self>,
+        onward: Onward,
+        index: usize,
+        request: Request<Incoming>,
+        client: &Client,
+        host: String,
+        ip: IpAddr,
+    ) -> futures_util::future::BoxFuture<'static, Served> {
+        let proxy = self.clone();
+        match onward {
+            Onward::Pass { reason } => {
+                let client = client.clone();
+                Box::pin(async move { proxy.pass(index, request, client, &host, reason).await })
+            }
+            Onward::Fetch { stale, phase, sent } => {
+                let (parts, _) = request.into_parts();
+                let req = Req {
+                    site: index,
+                    parts,
+                    sent,
+                    client: client.clone(),
+                    host,
+                    ip,
+                };
+                let site = &self.sites[index];
+                let key = site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
+                Box::pin(async move { proxy.fetch_patiently(req, key, stale, phase).await })
+            }
+        }
+    }
+
+    /// GET/HEAD: answer from the cache when allowed, else what to fetch (coalesced).
+    fn lookup(self: &Arc<Self>, asked: Asked<'_>) -> Result<Served, Onward> {
+        let site = &self.sites[asked.site];
         let now = SystemTime::now();
         // The key is written into a buffer this thread reuses: a hit needs it for the lookup
         // only, and what keeps a key (a fetch, a background refresh) builds its own copy.
         let found = LOOKUP_KEY.with_borrow_mut(|buffer| {
             site.key_into(
                 buffer,
-                req.client.proto,
-                &req.host,
-                path_and_query(&req.parts),
+                asked.client.proto,
+                asked.host,
+                asked
+                    .request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str()),
             );
-            self.store.lookup_with(buffer, || self.sent(&req))
+            self.store.lookup_with(buffer, || self.sent_for(&asked))
         });
         let (stale, phase) = match found {
-            Lookup::Found(entry) if entry.serves_fresh(now) => {
-                if let Err(wait) = check(&site.hits, req.ip) {
-                    return Step::Done(self.too_many(wait, &req.parts.method));
-                }
-                let status = CacheStatus::new(Phase::Hit).ttl(entry.ttl(now));
-                // The request ends here: its header map is the answer's (`from_entry_reusing`).
-                return Step::Done((from_entry_reusing(&entry, &mut req.parts, now), status));
-            }
             Lookup::Found(entry) => {
+                // One clock reading and one age for every question below.
+                let age = entry.age(now);
+                if entry.serves_fresh_at(age) {
+                    if let Err(wait) = check(&site.hits, asked.ip) {
+                        return Ok(self.too_many(wait, asked.request.method()));
+                    }
+                    let status = CacheStatus::new(Phase::Hit).ttl(entry.ttl_at(age));
+                    // The request ends here: its header map is the answer's (`from_entry_reusing`).
+                    return Ok((from_entry_reusing(&entry, asked.request, age, now), status));
+                }
                 let staleness = entry.staleness(now);
                 let detail = if entry.may_serve_while_revalidating()
                     && serve_while_revalidating(&entry.stale, staleness)
                 {
-                    self.revalidate_in_background(&req, key(), entry.clone());
+                    self.revalidate_in_background(&asked, entry.clone());
                     Some("stale-while-revalidate")
                 } else if site.origin.avoid() && entry.may_serve_stale() {
                     stale_on_error(
                         &entry.stale,
                         staleness,
-                        request_sie(&req.parts),
+                        request_sie(asked.request.headers()),
                         site.grace(),
                     )
                     .map(|reason| reason.as_str())
@@ -287,25 +339,25 @@ impl Proxy {
                     None
                 };
                 if let Some(detail) = detail {
-                    if let Err(wait) = check(&site.hits, req.ip) {
-                        return Step::Done(self.too_many(wait, &req.parts.method));
+                    if let Err(wait) = check(&site.hits, asked.ip) {
+                        return Ok(self.too_many(wait, asked.request.method()));
                     }
                     let status = CacheStatus::new(Phase::StaleHit)
-                        .ttl(entry.ttl(now))
+                        .ttl(entry.ttl_at(age))
                         .detail(detail);
                     // The request ends here: its header map is the answer's (`from_entry_reusing`).
-                    return Step::Done((from_entry_reusing(&entry, &mut req.parts, now), status));
+                    return Ok((from_entry_reusing(&entry, asked.request, age, now), status));
                 }
                 (Some(entry), Phase::Revalidated)
             }
             Lookup::VaryMiss => (None, Phase::VaryMiss),
             Lookup::Miss => (None, Phase::Miss),
         };
-        let key = key();
-        let proxy = self.clone();
-        Step::Later(Box::pin(async move {
-            proxy.fetch_patiently(req, key, stale, phase).await
-        }))
+        Err(Onward::Fetch {
+            stale,
+            phase,
+            sent: asked.sent,
+        })
     }
 
     /// Charges a request that will reach the origin to the client's origin budget. Over it, a
@@ -346,7 +398,10 @@ impl Proxy {
                             let status = CacheStatus::new(Phase::Hit)
                                 .ttl(entry.ttl(now))
                                 .collapsed(true);
-                            return (from_entry(&entry, &req.parts, now), status);
+                            return (
+                                from_entry(&entry, &req.parts.method, &req.parts.headers, now),
+                                status,
+                            );
                         }
                     }
                     if let Some(refused) = self.charge_miss(&req, &stale) {
@@ -372,7 +427,10 @@ impl Proxy {
                                 .fwd_status(entry.status.as_u16())
                                 .ttl(entry.ttl(now))
                                 .collapsed(true);
-                            return (from_entry(&entry, &req.parts, now), status);
+                            return (
+                                from_entry(&entry, &req.parts.method, &req.parts.headers, now),
+                                status,
+                            );
                         }
                         Wait::Done(Outcome::Stored(_)) => {}
                         Wait::Done(Outcome::Uncacheable) => break,
@@ -422,7 +480,7 @@ impl Proxy {
         let reason = stale_on_error(
             &entry.stale,
             entry.staleness(now),
-            request_sie(&req.parts),
+            request_sie(&req.parts.headers),
             grace,
         )?;
         let mut status = CacheStatus::new(Phase::StaleOnError)
@@ -431,7 +489,10 @@ impl Proxy {
         if let Some(s) = origin_status {
             status = status.fwd_status(s.as_u16());
         }
-        Some((from_entry(entry, &req.parts, now), status))
+        Some((
+            from_entry(entry, &req.parts.method, &req.parts.headers, now),
+            status,
+        ))
     }
 
     /// The answer when the origin failed and no stale copy may be served.
@@ -461,18 +522,41 @@ impl Proxy {
 
     /// stale-while-revalidate: one background fetch per key, only when an origin slot is free;
     /// errors never touch the stored copy.
-    fn revalidate_in_background(self: &Arc<Self>, req: &Req, key: String, stale: Arc<Entry>) {
+    fn revalidate_in_background(self: &Arc<Self>, asked: &Asked<'_>, stale: Arc<Entry>) {
+        let site = &self.sites[asked.site];
+        let key = site.key_for(
+            asked.client.proto,
+            asked.host,
+            asked
+                .request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str()),
+        );
         let Some(leader) = self.coalescer.try_lead(&key) else {
             return;
         };
         // A busy origin is not asked for a refresh nobody is waiting for.
-        let Some(permit) = self.sites[req.site].origin.try_slot(Some(req.ip)) else {
+        let Some(permit) = site.origin.try_slot(Some(asked.ip)) else {
             return;
         };
-        tokio::spawn(
-            self.clone()
-                .refresh(req.copy_as(Method::GET), key, stale, leader, permit),
+        let request = &asked.request;
+        let mut parts = head_copy(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
         );
+        parts.method = Method::GET;
+        let req = Req {
+            site: asked.site,
+            parts,
+            sent: asked.sent.clone(),
+            client: asked.client.clone(),
+            host: asked.host.to_string(),
+            ip: asked.ip,
+        };
+        tokio::spawn(self.clone().refresh(req, key, stale, leader, permit));
     }
 
     /// Revalidates `key` for nobody in particular (stale-while-revalidate, `origin_patience`):
@@ -531,13 +615,23 @@ impl Proxy {
             self.origin_headers(site, &req.parts.headers, &req.client, &req.host, true)
         })
     }
+
+    /// [`Proxy::sent`] for a request still borrowed by the lookup.
+    fn sent_for<'a>(&self, asked: &'a Asked<'_>) -> &'a HeaderMap {
+        asked.sent.get_or_init(|| {
+            let site = &self.sites[asked.site];
+            let headers = asked.request.headers();
+            self.origin_headers(site, headers, asked.client, asked.host, true)
+        })
+    }
 }
 
 impl Req {
     /// An owned copy as `method`, for work that outlives this request (a background refresh
     /// is a GET).
     fn copy_as(&self, method: Method) -> Req {
-        let mut parts = head_copy(&self.parts);
+        let p = &self.parts;
+        let mut parts = head_copy(&p.method, &p.uri, p.version, &p.headers);
         parts.method = method;
         Req {
             site: self.site,
@@ -588,8 +682,8 @@ fn path_and_query(parts: &request::Parts) -> &str {
 }
 
 /// A client's own `Cache-Control: stale-if-error=N` (RFC 5861 §4).
-fn request_sie(parts: &request::Parts) -> Option<Duration> {
-    parse_cache_control(&parts.headers)
+fn request_sie(headers: &HeaderMap) -> Option<Duration> {
+    parse_cache_control(headers)
         .stale_if_error
         .map(Duration::from_secs)
 }
@@ -599,13 +693,18 @@ fn fwd_of(phase: Phase) -> &'static str {
 }
 
 /// An owned copy of a request head (without extensions), for work that outlives the request.
-fn head_copy(parts: &request::Parts) -> request::Parts {
+fn head_copy(
+    method: &Method,
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &HeaderMap,
+) -> request::Parts {
     let (mut copy, ()) = Request::new(()).into_parts();
-    copy.method = parts.method.clone();
-    copy.uri = parts.uri.clone();
-    copy.version = parts.version;
+    copy.method = method.clone();
+    copy.uri = uri.clone();
+    copy.version = version;
     // Own copies: the client's values are slices of its connection's read buffer.
-    copy.headers = crate::cache::footprint::compact_headers(&parts.headers);
+    copy.headers = crate::cache::footprint::compact_headers(headers);
     copy
 }
 #[cfg(test)]
