@@ -91,8 +91,11 @@ pub enum Body {
     /// A stored body kept in several parts (`cache::body`), sent a part per frame, uncopied.
     Parts(Parts),
     Channel(Relayed),
-    /// A large body that shares a stored entry's buffer (see `Body::guarded`).
-    Held(Held),
+    /// A large body that shares a stored entry's buffer (see `Body::guarded`). Boxed: it is
+    /// the largest variant by far, and every response (every hit) is moved several times on
+    /// its way out at the size of its largest variant; the box costs an allocation per large
+    /// answer only.
+    Held(Box<Held>),
     /// Any of the others, counted for the access log (`access::Logged`).
     Logged(Box<super::access::Logged>),
 }
@@ -204,7 +207,7 @@ impl Body {
             budget.clone(),
             stall,
         ));
-        Body::Held(Held {
+        Body::Held(Box::new(Held {
             state,
             len,
             offset: 0,
@@ -212,7 +215,7 @@ impl Body {
             owner,
             charge: None,
             done,
-        })
+        }))
     }
 }
 
