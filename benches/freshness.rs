@@ -227,7 +227,12 @@ fn bench_hit(c: &mut Criterion) {
                     else {
                         panic!("entry not found");
                     };
-                    from_entry(&entry, black_box(&parts), SystemTime::now())
+                    from_entry(
+                        &entry,
+                        black_box(&parts.method),
+                        black_box(&parts.headers),
+                        SystemTime::now(),
+                    )
                 })
             });
             group.bench_function(BenchmarkId::new("key+lookup+from_entry", &id), |b| {
@@ -236,7 +241,12 @@ fn bench_hit(c: &mut Criterion) {
                     let Lookup::Found(entry) = store.lookup(&key, black_box(&parts.headers)) else {
                         panic!("entry not found");
                     };
-                    from_entry(&entry, black_box(&parts), SystemTime::now())
+                    from_entry(
+                        &entry,
+                        black_box(&parts.method),
+                        black_box(&parts.headers),
+                        SystemTime::now(),
+                    )
                 })
             });
         }

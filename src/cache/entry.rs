@@ -252,7 +252,12 @@ impl Entry {
 
     /// May this copy be served to anyone without revalidation (a fresh hit or a waiter)?
     pub fn serves_fresh(&self, now: SystemTime) -> bool {
-        self.shared && self.is_fresh(now)
+        self.serves_fresh_at(self.age(now))
+    }
+
+    /// [`Entry::serves_fresh`] at an age read already (the hit path reads the clock once).
+    pub fn serves_fresh_at(&self, age: Duration) -> bool {
+        self.shared && self.lifetime > age
     }
 
     /// May this copy be served stale (grace, stale-if-error, over a budget)? Only a shareable
@@ -285,7 +290,12 @@ impl Entry {
 
     /// Remaining freshness in whole seconds, negative once stale (Cache-Status `ttl`).
     pub fn ttl(&self, now: SystemTime) -> i64 {
-        self.lifetime.as_secs() as i64 - self.age(now).as_secs() as i64
+        self.ttl_at(self.age(now))
+    }
+
+    /// [`Entry::ttl`] at an age read already.
+    pub fn ttl_at(&self, age: Duration) -> i64 {
+        self.lifetime.as_secs() as i64 - age.as_secs() as i64
     }
 
     pub fn etag(&self) -> Option<&str> {

@@ -91,8 +91,11 @@ pub enum Body {
     /// A stored body kept in several parts (`cache::body`), sent a part per frame, uncopied.
     Parts(Parts),
     Channel(Relayed),
-    /// A large body that shares a stored entry's buffer (see `Body::guarded`).
-    Held(Held),
+    /// A large body that shares a stored entry's buffer (see `Body::guarded`). Boxed: it is
+    /// the largest variant by far, and every response (every hit) is moved several times on
+    /// its way out at the size of its largest variant; the box costs an allocation per large
+    /// answer only.
+    Held(Box<Held>),
     /// Any of the others, counted for the access log (`access::Logged`).
     Logged(Box<super::access::Logged>),
 }
@@ -159,19 +162,37 @@ impl Body {
         }
     }
 
+    /// [`Body::guarded`] in place: the usual body (small, or nobody else's) is not moved at
+    /// all, where `guarded` takes and gives back the whole value on every answer.
+    pub fn guard(&mut self, budget: &Arc<Budget>, owner: Owner, stall: Duration) {
+        if self.to_hold() {
+            let body = std::mem::replace(self, Body::empty());
+            *self = body.guarded(budget, owner, stall);
+        }
+    }
+
+    /// Whether `guarded` makes this a `Held` body: larger than `HELD_PIECE`, sent from its
+    /// start, and sharing its buffer.
+    fn to_hold(&self) -> bool {
+        match self {
+            Body::Full(Some(bytes)) => bytes.len() > HELD_PIECE && !bytes.is_unique(),
+            Body::Parts(parts) => {
+                parts.next == 0 && parts.left > HELD_PIECE && !parts.body.is_unique()
+            }
+            _ => false,
+        }
+    }
+
     /// A body larger than `HELD_PIECE` that shares its buffer with someone else (the store)
     /// becomes a `Held` body, charged to `owner` if it ever becomes the buffer's only holder and
     /// let go of if its client then takes nothing for `stall`.
     pub fn guarded(self, budget: &Arc<Budget>, owner: Owner, stall: Duration) -> Body {
+        if !self.to_hold() {
+            return self;
+        }
         let bytes = match self {
-            Body::Full(Some(bytes)) if bytes.len() > HELD_PIECE && !bytes.is_unique() => {
-                StoredBody::from(bytes)
-            }
-            Body::Parts(parts)
-                if parts.next == 0 && parts.left > HELD_PIECE && !parts.body.is_unique() =>
-            {
-                parts.body
-            }
+            Body::Full(Some(bytes)) => StoredBody::from(bytes),
+            Body::Parts(parts) => parts.body,
             other => return other,
         };
         let len = bytes.len();
@@ -186,7 +207,7 @@ impl Body {
             budget.clone(),
             stall,
         ));
-        Body::Held(Held {
+        Body::Held(Box::new(Held {
             state,
             len,
             offset: 0,
@@ -194,7 +215,7 @@ impl Body {
             owner,
             charge: None,
             done,
-        })
+        }))
     }
 }
 

@@ -170,7 +170,7 @@ impl Proxy {
                         cache_status = cache_status.detail(reason.as_str());
                     }
                 }
-                let mut answer = from_entry(&refreshed, &req.parts, now);
+                let mut answer = from_entry(&refreshed, &req.parts.method, &req.parts.headers, now);
                 for cookie in cookies {
                     answer.headers_mut().append(SET_COOKIE, cookie);
                 }

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::future::{ready, Ready};
 use std::net::IpAddr;
 use std::ops::Deref;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use hyper::body::Incoming;
 
 use super::body::Body;
 use super::respond::{self, Canned};
-use super::{access, budget, headers, tls, Client, Proxy, Served, Step};
+use super::{access, budget, headers, tls, Client, Proxy, Served};
 
 /// The Cache-Status field (RFC 9211), named once: a name made from a string is parsed again
 /// on every use.
@@ -49,16 +50,14 @@ impl Proxy {
     ///
     /// The proxy and the client are borrowed: a hit needs no handle of its own on either (the
     /// connection holds both), only work that outlives this call clones them.
-    pub fn handle(self: &Arc<Self>, request: Request<Incoming>, client: &Client) -> Handling {
+    pub fn handle(self: &Arc<Self>, mut request: Request<Incoming>, client: &Client) -> Handling {
         let started = Instant::now();
         let method = request.method().clone();
-        let authority = RawAuthority::of(&request);
-        let authority = authority.as_ref().and_then(RawAuthority::as_str);
         // Only the access log needs the path and host; the hit path should not pay for them.
         let logged = self.access_log.then(|| {
             (
                 crate::log_text::clip(request.uri().path()),
-                authority.map(crate::log_text::clip),
+                raw_authority(&request).map(crate::log_text::clip),
             )
         });
         let ip = limit_key(client_ip(
@@ -75,16 +74,16 @@ impl Proxy {
         };
 
         let guard = self.enter();
-        let (step, site) = match guard {
+        let (served, site) = match guard {
             None => {
                 self.stats.add(&self.stats.overloaded);
-                (Step::Done(overloaded(&opened.method)), None)
+                (overloaded(&opened.method), None)
             }
             Some(_) if headers::looped(request.headers(), &self.via) => {
                 // Once a minute is enough to tell staff; a loop (or a forged header) repeats fast.
                 if self.loop_logged.every(Duration::from_secs(60)) {
                     tracing::error!(
-                        host = authority.unwrap_or("-"),
+                        host = raw_authority(&request).unwrap_or("-"),
                         "request loop: a site's origin points back at this Kagami; configure \
                          the origin by IP address or an internal name, not the public one"
                     );
@@ -94,31 +93,65 @@ impl Proxy {
                     "kagami: request loop (an origin points back at Kagami)",
                     &opened.method,
                 );
-                (Step::Done(refused), None)
+                (refused, None)
             }
-            Some(_) => self.admit(request, client, authority, ip),
+            Some(_) => match self.admit(&mut request, client) {
+                Err(refused) => refused,
+                Ok((index, authority)) => {
+                    let host =
+                        authority.normalised_ref(default_port(client.proto), client.local_port);
+                    // The request stays borrowed through the lookup (`serve`), so a hit moves
+                    // none of it; only what goes on to the origin takes it over (`onward`).
+                    match self.serve(index, &mut request, client, &host, ip) {
+                        // Answered here, not through the match's value: a response not moved
+                        // once more per hit.
+                        Ok((mut response, status)) => {
+                            tls::add_hsts(&self.sites[index].config, client, &mut response);
+                            drop(guard);
+                            let response = self.answered(response, status, Some(index), opened);
+                            return Either::Left(ready(response));
+                        }
+                        Err(onward) => {
+                            let host = host.into_owned();
+                            let pending = self.onward(onward, index, request, client, host, ip);
+                            return self.later(guard, pending, index, client, opened);
+                        }
+                    }
+                }
+            },
         };
-        match step {
-            Step::Done(served) => {
-                drop(guard);
-                Either::Left(ready(self.answered(served, site, opened)))
-            }
-            Step::Later(pending) => {
-                // The admission is held until the answer is ready, as before.
-                let guard = guard.map(|g| g.owned(self.clone()));
-                let proxy = self.clone();
-                Either::Right(Box::pin(async move {
-                    let served = pending.await;
-                    drop(guard);
-                    proxy.answered(served, site, opened)
-                }))
-            }
-        }
+        drop(guard);
+        let (response, status) = served;
+        Either::Left(ready(self.answered(response, status, site, opened)))
+    }
+
+    /// An answer that needs the origin: the admission is held until it is ready, as before.
+    fn later(
+        self: &Arc<Self>,
+        guard: Option<InFlightGuard<&Proxy>>,
+        pending: BoxFuture<'static, Served>,
+        index: usize,
+        client: &Client,
+        opened: Opened,
+    ) -> Handling {
+        let guard = guard.map(|g| g.owned(self.clone()));
+        let (proxy, client) = (self.clone(), client.clone());
+        Either::Right(Box::pin(async move {
+            let (mut response, status) = pending.await;
+            tls::add_hsts(&proxy.sites[index].config, &client, &mut response);
+            drop(guard);
+            proxy.answered(response, status, Some(index), opened)
+        }))
     }
 
     /// Counts an answer and gives it its labels (`Cache-Status`, `Via`) and its access log line.
-    fn answered(&self, served: Served, site: Option<usize>, opened: Opened) -> Response<Body> {
-        let (response, status) = served;
+    fn answered(
+        &self,
+        mut response: Response<Body>,
+        status: CacheStatus,
+        site: Option<usize>,
+        opened: Opened,
+    ) -> Response<Body> {
         self.stats.record(status.phase, status.collapsed);
         let metrics = site.map_or(&self.unrouted, |index| &self.sites[index].metrics);
         // One clock read for both: the latency and the `/status` second.
@@ -133,9 +166,9 @@ impl Proxy {
             self.sites[index].window.record_answered(answered, &status);
         }
         // A large body that shares a stored entry's buffer must not pin it uncounted once the
-        // entry is evicted (see `body::Held`).
-        let mut response =
-            response.map(|body| body.guarded(&self.budget, opened.owner, self.held_stall));
+        // entry is evicted (see `body::Held`). In place: `Response::map` would move the whole
+        // response twice.
+        (response.body_mut()).guard(&self.budget, opened.owner, self.held_stall);
         let headers = response.headers_mut();
         // Purge tags stay stored but are the origin's business only (see `cache::tags`).
         crate::cache::tags::strip(headers);
@@ -153,37 +186,46 @@ impl Proxy {
                 status: response.status(),
                 cache: status,
             };
-            response = response
-                .map(|body| Body::Logged(Box::new(access::Logged::new(body, &metrics.name, line))));
+            let body = std::mem::replace(response.body_mut(), Body::empty());
+            *response.body_mut() =
+                Body::Logged(Box::new(access::Logged::new(body, &metrics.name, line)));
         }
         response
     }
 
-    /// Validates and normalises the request's authority and target once, routes it, and
-    /// serves it. Everything after this uses only the normalised values, so the cache key, the
-    /// origin's `Host` and the origin's request target always agree.
+    /// Validates and normalises the request's authority and target once, and routes it: the
+    /// site's index and the parsed authority, or the refusal (and the site, when known).
+    /// Everything after this uses only the normalised values, so the cache key, the origin's
+    /// `Host` and the origin's request target always agree.
+    // The refusal is kept inline: boxed, every refusal (a bad Host, a redirect) would cost an
+    // allocation, and the result is written in place either way.
+    #[allow(clippy::result_large_err)]
     fn admit(
-        self: &Arc<Self>,
-        mut request: Request<Incoming>,
+        &self,
+        request: &mut Request<Incoming>,
         client: &Client,
-        authority: Option<&str>,
-        ip: IpAddr,
-    ) -> (Step, Option<usize>) {
+    ) -> Result<(usize, Rc<Authority>), (Served, Option<usize>)> {
         let method = request.method().clone();
         // Before the Host is even looked at: the CA may name the site in any form.
-        if let Some(answer) = tls::acme_challenge(&self.acme, client, &request, authority) {
-            return (Step::Done(answer), None);
+        if let Some(answer) = tls::acme_challenge(&self.acme, client, request) {
+            return Err((answer, None));
         }
-        let Some(authority) = authority.and_then(|a| Authority::parse_remembered(a).ok()) else {
+        // The bytes this thread accepted last need no reading as text again (`remembered`).
+        let authority = raw_authority_bytes(request).and_then(|raw| {
+            Authority::remembered(raw).or_else(|| {
+                raw_authority(request).and_then(|a| Authority::parse_remembered(a).ok())
+            })
+        });
+        let Some(authority) = authority else {
             let refused = refuse(
                 StatusCode::BAD_REQUEST,
                 "kagami: the request needs exactly one valid Host",
                 &method,
             );
-            return (Step::Done(refused), None);
+            return Err((refused, None));
         };
         if let Some(refused) = tls::misdirected(client, &authority, &method) {
-            return (Step::Done(refused), None);
+            return Err((refused, None));
         }
         let default_port = default_port(client.proto);
         let Some(index) = self.router.route(&authority, default_port) else {
@@ -195,11 +237,11 @@ impl Proxy {
                 ),
                 &method,
             );
-            return (Step::Done(refused), None);
+            return Err((refused, None));
         };
         let raw_target = request.uri().path_and_query().map_or("/", |p| p.as_str());
         if raw_target == "*" {
-            return (Step::Done(asterisk(&method)), Some(index));
+            return Err((asterisk(&method), Some(index)));
         }
         let canonical = match target::canonical(raw_target) {
             // Nearly always: the target is canonical already.
@@ -216,7 +258,7 @@ impl Proxy {
                     "kagami: the request target must be an absolute path, with % followed by two hex digits",
                     &method,
                 );
-                return (Step::Done(refused), Some(index));
+                return Err((refused, Some(index)));
             }
         }
         let site = &self.sites[index].config;
@@ -226,24 +268,9 @@ impl Proxy {
             .then(|| tls::redirect(site, client, &authority, request.uri(), &method))
             .flatten()
         {
-            return (Step::Done(redirect), Some(index));
+            return Err((redirect, Some(index)));
         }
-        let host = authority.into_normalised_on(default_port, client.local_port);
-        let step = match self.serve(index, request, client, host, ip) {
-            Step::Done(mut served) => {
-                tls::add_hsts(&self.sites[index].config, client, &mut served.0);
-                Step::Done(served)
-            }
-            Step::Later(pending) => {
-                let (proxy, client) = (self.clone(), client.clone());
-                Step::Later(Box::pin(async move {
-                    let mut served = pending.await;
-                    tls::add_hsts(&proxy.sites[index].config, &client, &mut served.0);
-                    served
-                }))
-            }
-        };
-        (step, Some(index))
+        Ok((index, authority))
     }
 
     /// Admits a request under the global in-flight cap.
@@ -281,33 +308,32 @@ impl<P: Deref<Target = Proxy>> Drop for InFlightGuard<P> {
 }
 
 /// The request's authority as sent: the URI's (absolute form, HTTP/2 :authority), else the
-/// one `Host`. A handle on the request's own bytes (a reference count, not a copy), so that it
-/// outlives the request moving on without costing an allocation per request.
-enum RawAuthority {
-    Uri(http::uri::Authority),
-    Host(HeaderValue),
+/// one `Host`, trimmed; `None` for two Host lines (which one counts is exactly what
+/// cache-poisoning attacks play on) and for an empty or non-text Host. Borrowed from the
+/// request: nothing is copied or counted per request.
+pub(super) fn raw_authority<B>(request: &Request<B>) -> Option<&str> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.as_str());
+    }
+    let host = only_host(request)?;
+    host.to_str().ok().map(str::trim).filter(|h| !h.is_empty())
 }
 
-impl RawAuthority {
-    fn of<B>(request: &Request<B>) -> Option<RawAuthority> {
-        if let Some(authority) = request.uri().authority() {
-            return Some(RawAuthority::Uri(authority.clone()));
-        }
-        // Two Host lines: which one counts is exactly what cache-poisoning attacks play on.
-        let mut hosts = request.headers().get_all(HOST).iter();
-        let host = hosts.next()?;
-        if hosts.next().is_some() {
-            return None;
-        }
-        Some(RawAuthority::Host(host.clone()))
+/// The bytes [`raw_authority`] reads, as received (not yet read as text nor trimmed).
+fn raw_authority_bytes<B>(request: &Request<B>) -> Option<&[u8]> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.as_str().as_bytes());
     }
+    only_host(request).map(HeaderValue::as_bytes)
+}
 
-    /// The text, trimmed; `None` for an empty or non-text Host.
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            RawAuthority::Uri(authority) => Some(authority.as_str()),
-            RawAuthority::Host(host) => host.to_str().ok().map(str::trim).filter(|h| !h.is_empty()),
-        }
+/// The request's one `Host`; `None` for none or several.
+fn only_host<B>(request: &Request<B>) -> Option<&HeaderValue> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next()?;
+    match hosts.next() {
+        Some(_) => None,
+        None => Some(host),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The request path, top to bottom: the front door (`front`: global caps, Host and target
-//! normalised once, routing, the response's labels), then here: rate limits, choose cache or
-//! pass, look up, serve fresh or stale, coalesce misses into one origin fetch (`forward`), and
-//! fall back to stale when the origin fails.
+//! normalised once, routing, the response's labels), the lookup with the request borrowed
+//! (`lookup`: rate limits, choose cache or pass, look up, serve fresh or stale), then here:
+//! coalesce misses into one origin fetch (`forward`), and fall back to stale when the origin
+//! fails.
 //!
 //! Caching must never break the relay to the client: every failure of the cache machinery ends
 //! in a plain origin fetch or a clear error status, never a panic.
@@ -16,6 +17,7 @@ mod forward;
 pub mod forwarding;
 mod front;
 mod headers;
+mod lookup;
 mod patience;
 mod purge;
 pub use purge::{site_of_key, Purge, PurgeError};
@@ -30,17 +32,14 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use http::header::{
-    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
-};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{request, HeaderMap, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::task::AbortHandle;
 
 use crate::cache::coalesce::{Coalescer, Leader, Role, Wait};
 use crate::cache::control::parse_cache_control;
 use crate::cache::key::primary_key;
-use crate::cache::policy::{serve_while_revalidating, stale_on_error, Grace};
+use crate::cache::policy::{stale_on_error, Grace};
 use crate::cache::{CacheStatus, Entry, Lookup, MemoryStore, Phase, StoreSettings};
 use crate::config::{Config, SiteConfig};
 use crate::limit::{Limiter, TrustedProxies};
@@ -51,7 +50,7 @@ use crate::routing::Router;
 use body::Body;
 pub use drain::shutting_down;
 use front::{default_port, refuse};
-use respond::{from_entry, from_entry_reusing, Canned};
+use respond::{from_entry, Canned};
 
 /// What a coalesced fetch ended with, as seen by the requests that waited for it.
 #[derive(Clone)]
@@ -158,21 +157,6 @@ pub struct Proxy {
 
 type Served = (Response<Body>, CacheStatus);
 
-/// Where the request path is with a request: its answer made already (a hit, a refusal), or
-/// the work that makes it (a fetch, a pass), boxed so that a hit's caller carries none of it.
-// `Done` is the hit, the common case, so it is the one kept inline: boxing it would cost an
-// allocation per hit.
-#[allow(clippy::large_enum_variant)]
-enum Step {
-    Done(Served),
-    Later(futures_util::future::BoxFuture<'static, Served>),
-}
-
-thread_local! {
-    /// The buffer `Proxy::lookup` writes cache keys into (see there).
-    static LOOKUP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-}
-
 impl Proxy {
     /// Builds the proxy; must run inside a tokio runtime (health checks start here).
     pub fn new(config: &Config) -> Result<Proxy, BuildError> {
@@ -181,131 +165,6 @@ impl Proxy {
 
     pub fn sites(&self) -> &[Site] {
         &self.sites
-    }
-
-    /// Answers a hit (or a refusal) at once; anything that needs the origin is `Step::Later`.
-    fn serve(
-        self: &Arc<Self>,
-        index: usize,
-        request: Request<Incoming>,
-        client: &Client,
-        host: String,
-        // The rate-limit key, worked out once by the front door (`limit_key(client_ip(..))`).
-        ip: IpAddr,
-    ) -> Step {
-        let method = request.method().clone();
-        // A forwarding header the operator lets visitors send reaches the origin unkeyed, so
-        // such a request is neither answered from nor stored in the shared cache.
-        let unkeyed = !self.trusted.contains(client.peer.ip())
-            && forwarding::carries_passed(
-                request.headers(),
-                &self.sites[index].config.pass_forwarding_headers,
-            );
-        match method {
-            Method::GET | Method::HEAD
-                if !request.headers().contains_key(AUTHORIZATION) && !unkeyed =>
-            {
-                let (parts, _) = request.into_parts();
-                let req = Req {
-                    site: index,
-                    parts,
-                    sent: OnceLock::new(),
-                    client: client.clone(),
-                    host,
-                    ip,
-                };
-                self.lookup(req)
-            }
-            // PRI is HTTP/2's preface, never a real HTTP/1 method (RFC 9113 §3.4, §11.6): an
-            // origin that sniffs for the preface must not be handed one.
-            _ if matches!(method, Method::CONNECT | Method::TRACE) || method.as_str() == "PRI" => {
-                Step::Done(refuse(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "kagami: method not allowed",
-                    &method,
-                ))
-            }
-            _ => {
-                let site = &self.sites[index];
-                if let Err(wait) = check(&site.misses, ip) {
-                    return Step::Done(self.too_many(wait, &method));
-                }
-                let reason = if method == Method::GET || method == Method::HEAD {
-                    "bypass"
-                } else {
-                    "method"
-                };
-                let (proxy, client) = (self.clone(), client.clone());
-                Step::Later(Box::pin(async move {
-                    proxy.pass(index, request, client, &host, reason).await
-                }))
-            }
-        }
-    }
-
-    /// GET/HEAD: answer from the cache when allowed, else fetch (coalesced).
-    fn lookup(self: &Arc<Self>, mut req: Req) -> Step {
-        let site = &self.sites[req.site];
-        let key = || site.key_for(req.client.proto, &req.host, path_and_query(&req.parts));
-        let now = SystemTime::now();
-        // The key is written into a buffer this thread reuses: a hit needs it for the lookup
-        // only, and what keeps a key (a fetch, a background refresh) builds its own copy.
-        let found = LOOKUP_KEY.with_borrow_mut(|buffer| {
-            site.key_into(
-                buffer,
-                req.client.proto,
-                &req.host,
-                path_and_query(&req.parts),
-            );
-            self.store.lookup_with(buffer, || self.sent(&req))
-        });
-        let (stale, phase) = match found {
-            Lookup::Found(entry) if entry.serves_fresh(now) => {
-                if let Err(wait) = check(&site.hits, req.ip) {
-                    return Step::Done(self.too_many(wait, &req.parts.method));
-                }
-                let status = CacheStatus::new(Phase::Hit).ttl(entry.ttl(now));
-                // The request ends here: its header map is the answer's (`from_entry_reusing`).
-                return Step::Done((from_entry_reusing(&entry, &mut req.parts, now), status));
-            }
-            Lookup::Found(entry) => {
-                let staleness = entry.staleness(now);
-                let detail = if entry.may_serve_while_revalidating()
-                    && serve_while_revalidating(&entry.stale, staleness)
-                {
-                    self.revalidate_in_background(&req, key(), entry.clone());
-                    Some("stale-while-revalidate")
-                } else if site.origin.avoid() && entry.may_serve_stale() {
-                    stale_on_error(
-                        &entry.stale,
-                        staleness,
-                        request_sie(&req.parts),
-                        site.grace(),
-                    )
-                    .map(|reason| reason.as_str())
-                } else {
-                    None
-                };
-                if let Some(detail) = detail {
-                    if let Err(wait) = check(&site.hits, req.ip) {
-                        return Step::Done(self.too_many(wait, &req.parts.method));
-                    }
-                    let status = CacheStatus::new(Phase::StaleHit)
-                        .ttl(entry.ttl(now))
-                        .detail(detail);
-                    // The request ends here: its header map is the answer's (`from_entry_reusing`).
-                    return Step::Done((from_entry_reusing(&entry, &mut req.parts, now), status));
-                }
-                (Some(entry), Phase::Revalidated)
-            }
-            Lookup::VaryMiss => (None, Phase::VaryMiss),
-            Lookup::Miss => (None, Phase::Miss),
-        };
-        let key = key();
-        let proxy = self.clone();
-        Step::Later(Box::pin(async move {
-            proxy.fetch_patiently(req, key, stale, phase).await
-        }))
     }
 
     /// Charges a request that will reach the origin to the client's origin budget. Over it, a
@@ -346,7 +205,10 @@ impl Proxy {
                             let status = CacheStatus::new(Phase::Hit)
                                 .ttl(entry.ttl(now))
                                 .collapsed(true);
-                            return (from_entry(&entry, &req.parts, now), status);
+                            return (
+                                from_entry(&entry, &req.parts.method, &req.parts.headers, now),
+                                status,
+                            );
                         }
                     }
                     if let Some(refused) = self.charge_miss(&req, &stale) {
@@ -372,7 +234,10 @@ impl Proxy {
                                 .fwd_status(entry.status.as_u16())
                                 .ttl(entry.ttl(now))
                                 .collapsed(true);
-                            return (from_entry(&entry, &req.parts, now), status);
+                            return (
+                                from_entry(&entry, &req.parts.method, &req.parts.headers, now),
+                                status,
+                            );
                         }
                         Wait::Done(Outcome::Stored(_)) => {}
                         Wait::Done(Outcome::Uncacheable) => break,
@@ -422,7 +287,7 @@ impl Proxy {
         let reason = stale_on_error(
             &entry.stale,
             entry.staleness(now),
-            request_sie(&req.parts),
+            request_sie(&req.parts.headers),
             grace,
         )?;
         let mut status = CacheStatus::new(Phase::StaleOnError)
@@ -431,7 +296,10 @@ impl Proxy {
         if let Some(s) = origin_status {
             status = status.fwd_status(s.as_u16());
         }
-        Some((from_entry(entry, &req.parts, now), status))
+        Some((
+            from_entry(entry, &req.parts.method, &req.parts.headers, now),
+            status,
+        ))
     }
 
     /// The answer when the origin failed and no stale copy may be served.
@@ -457,22 +325,6 @@ impl Proxy {
             }
         }
         (response, status)
-    }
-
-    /// stale-while-revalidate: one background fetch per key, only when an origin slot is free;
-    /// errors never touch the stored copy.
-    fn revalidate_in_background(self: &Arc<Self>, req: &Req, key: String, stale: Arc<Entry>) {
-        let Some(leader) = self.coalescer.try_lead(&key) else {
-            return;
-        };
-        // A busy origin is not asked for a refresh nobody is waiting for.
-        let Some(permit) = self.sites[req.site].origin.try_slot(Some(req.ip)) else {
-            return;
-        };
-        tokio::spawn(
-            self.clone()
-                .refresh(req.copy_as(Method::GET), key, stale, leader, permit),
-        );
     }
 
     /// Revalidates `key` for nobody in particular (stale-while-revalidate, `origin_patience`):
@@ -537,7 +389,8 @@ impl Req {
     /// An owned copy as `method`, for work that outlives this request (a background refresh
     /// is a GET).
     fn copy_as(&self, method: Method) -> Req {
-        let mut parts = head_copy(&self.parts);
+        let p = &self.parts;
+        let mut parts = head_copy(&p.method, &p.uri, p.version, &p.headers);
         parts.method = method;
         Req {
             site: self.site,
@@ -588,8 +441,8 @@ fn path_and_query(parts: &request::Parts) -> &str {
 }
 
 /// A client's own `Cache-Control: stale-if-error=N` (RFC 5861 §4).
-fn request_sie(parts: &request::Parts) -> Option<Duration> {
-    parse_cache_control(&parts.headers)
+fn request_sie(headers: &HeaderMap) -> Option<Duration> {
+    parse_cache_control(headers)
         .stale_if_error
         .map(Duration::from_secs)
 }
@@ -599,13 +452,18 @@ fn fwd_of(phase: Phase) -> &'static str {
 }
 
 /// An owned copy of a request head (without extensions), for work that outlives the request.
-fn head_copy(parts: &request::Parts) -> request::Parts {
+fn head_copy(
+    method: &Method,
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &HeaderMap,
+) -> request::Parts {
     let (mut copy, ()) = Request::new(()).into_parts();
-    copy.method = parts.method.clone();
-    copy.uri = parts.uri.clone();
-    copy.version = parts.version;
+    copy.method = method.clone();
+    copy.uri = uri.clone();
+    copy.version = version;
     // Own copies: the client's values are slices of its connection's read buffer.
-    copy.headers = crate::cache::footprint::compact_headers(&parts.headers);
+    copy.headers = crate::cache::footprint::compact_headers(headers);
     copy
 }
 #[cfg(test)]

@@ -73,7 +73,7 @@ impl Proxy {
             && stale_on_error(
                 &entry.stale,
                 entry.staleness(SystemTime::now()),
-                request_sie(&req.parts),
+                request_sie(&req.parts.headers),
                 self.sites[req.site].grace(),
             )
             .is_some()
@@ -85,7 +85,10 @@ impl Proxy {
         let status = CacheStatus::new(phase)
             .ttl(entry.ttl(now))
             .detail(ORIGIN_SLOW);
-        (from_entry(entry, &req.parts, now), status)
+        (
+            from_entry(entry, &req.parts.method, &req.parts.headers, now),
+            status,
+        )
     }
 
     /// One background refresh per key, which queues for an origin slot behind the visitors

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
@@ -11,7 +11,7 @@ use http::header::{
     CONTENT_RANGE, CONTENT_TYPE, DATE, ETAG, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE, VARY,
 };
-use http::{request, Method, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 
 use super::body::{Body, HELD_PIECE};
 use crate::cache::conditional::{self, Precondition, RangeAnswer};
@@ -58,7 +58,10 @@ impl Canned {
 pub fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    *response.headers_mut() = headers;
+    // `Response::new` made its map with `HeaderMap::new`, which allocates nothing (http's
+    // documented promise): forgotten, it frees nothing less than dropped would, and its drop
+    // glue would run on every hit.
+    std::mem::forget(std::mem::replace(response.headers_mut(), headers));
     response
 }
 
@@ -136,7 +139,12 @@ thread_local! {
 /// `CDN-Cache-Control` (it is addressed to Kagami, RFC 9213: stored, not passed on). Fields
 /// made ready before are only cloned (a reference count each); making a value from the
 /// entry's buffer checks its every byte again.
-fn answer_headers(entry: &Arc<Entry>, headers: &mut HeaderMap) {
+///
+/// Without `Content-Length` too when `length_by_hyper`: the answer's body is the whole stored
+/// body, of exactly known size, and hyper writes that length itself (HTTP/1 as it encodes the
+/// head, HTTP/2 into the map), the value the stored field holds (`Entry::new` sets it from
+/// the body).
+fn answer_headers(entry: &Arc<Entry>, headers: &mut HeaderMap, length_by_hyper: bool) {
     let address = Arc::as_ptr(entry) as usize;
     let index = (address / std::mem::align_of::<Entry>()) % ANSWER_SLOTS;
     headers.clear();
@@ -154,6 +162,9 @@ fn answer_headers(entry: &Arc<Entry>, headers: &mut HeaderMap) {
         if let Some((_, ready)) = slot {
             headers.reserve(ready.len() + ANSWER_FIELDS);
             for (name, value) in ready.iter() {
+                if length_by_hyper && *name == CONTENT_LENGTH {
+                    continue;
+                }
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -163,34 +174,46 @@ fn answer_headers(entry: &Arc<Entry>, headers: &mut HeaderMap) {
 /// [`from_entry`] for a request that ends with this answer (a hit) and asks for no
 /// precondition or range (nearly every hit): the request's own header map becomes the
 /// answer's. hyper parses each request into the map of the answer before it, so a
-/// connection's hits allocate no header map at all.
-pub fn from_entry_reusing(
+/// connection's hits allocate no header map at all. `age` is the entry's at `now`.
+pub fn from_entry_reusing<B>(
     entry: &Arc<Entry>,
-    request: &mut request::Parts,
+    request: &mut http::Request<B>,
+    age: Duration,
     now: SystemTime,
 ) -> Response<Body> {
-    if asks(&request.headers) != (false, false) {
-        return from_entry(entry, request, now);
+    if asks(request.headers()) != (false, false) {
+        return from_entry(entry, request.method(), request.headers(), now);
     }
-    let mut headers = std::mem::take(&mut request.headers);
-    answer_headers(entry, &mut headers);
-    headers.insert(AGE, age_value(entry.age(now).as_secs()));
-    whole(entry, &request.method, headers)
+    let mut headers = std::mem::take(request.headers_mut());
+    // A 200 to a GET: the whole body, which hyper measures itself (one field less to add
+    // per hit). A HEAD's empty body would not tell it, and other statuses keep the stored
+    // field as they always had it.
+    let length_by_hyper = request.method() == Method::GET && entry.status == StatusCode::OK;
+    answer_headers(entry, &mut headers, length_by_hyper);
+    // An append, not an insert: the map holds the entry's fields only, and those never
+    // include `Age` (`Entry::new` drops it).
+    headers.append(AGE, age_value(age.as_secs()));
+    whole(entry, request.method(), headers)
 }
 
-/// Answers a request from a stored entry, with a correct `Age` (RFC 9111 §5.1), client
-/// preconditions and single byte ranges.
-pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> Response<Body> {
+/// Answers a request (its method and header fields) from a stored entry, with a correct
+/// `Age` (RFC 9111 §5.1), client preconditions and single byte ranges.
+pub fn from_entry(
+    entry: &Entry,
+    method: &Method,
+    request: &HeaderMap,
+    now: SystemTime,
+) -> Response<Body> {
     let age = age_value(entry.age(now).as_secs());
-    let head_only = request.method == Method::HEAD;
+    let head_only = method == Method::HEAD;
     // CDN-Cache-Control is addressed to Kagami (RFC 9213): it is stored, not passed on.
     let mut headers = entry
         .headers
         .to_map(ANSWER_FIELDS, Some(&CDN_CACHE_CONTROL));
 
-    let (conditional, ranged) = asks(&request.headers);
+    let (conditional, ranged) = asks(request);
     if conditional && entry.status.is_success() {
-        match conditional::evaluate(&request.headers, &headers) {
+        match conditional::evaluate(request, &headers) {
             Precondition::NotModified => {
                 let mut kept = HeaderMap::new();
                 for name in [
@@ -212,7 +235,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
             Precondition::Failed => {
                 let mut response =
                     Canned::error(StatusCode::PRECONDITION_FAILED, "precondition failed")
-                        .response(&request.method);
+                        .response(method);
                 response.headers_mut().insert(AGE, age);
                 return response;
             }
@@ -223,7 +246,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
     headers.insert(AGE, age.clone());
     let length = entry.body.len() as u64;
     if entry.status == StatusCode::OK && ranged {
-        match conditional::range(&request.headers, &headers, length) {
+        match conditional::range(request, &headers, length) {
             RangeAnswer::Full => {}
             RangeAnswer::Partial { start, end } => {
                 let (start, end) = (start as usize, end as usize);
@@ -253,7 +276,7 @@ pub fn from_entry(entry: &Entry, request: &request::Parts, now: SystemTime) -> R
             }
         }
     }
-    whole(entry, &request.method, headers)
+    whole(entry, method, headers)
 }
 
 /// The whole stored answer, with `headers` (the entry's, `Age` included).
@@ -293,15 +316,24 @@ mod tests {
     }
 
     fn hit(entry: &Arc<Entry>) -> Response<Body> {
-        let request = http::Request::get("/").header(http::header::HOST, "t.test");
-        let (mut parts, ()) = request.body(()).unwrap().into_parts();
-        from_entry_reusing(entry, &mut parts, SystemTime::now())
+        hit_as(entry, Method::GET)
+    }
+
+    fn hit_as(entry: &Arc<Entry>, method: Method) -> Response<Body> {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri("/")
+            .header(http::header::HOST, "t.test")
+            .body(())
+            .unwrap();
+        let now = SystemTime::now();
+        from_entry_reusing(entry, &mut request, entry.age(now), now)
     }
 
     #[test]
     fn answers_from_the_thread_table_are_each_entrys_own() {
         let (a, b) = (entry("\"a\""), entry("\"b\""));
-        let (empty, ()) = http::Request::new(()).into_parts();
+        let empty = HeaderMap::new();
         // First made, then from the table: the same answer both times.
         for _ in 0..2 {
             for (entry, etag) in [(&a, "\"a\""), (&b, "\"b\"")] {
@@ -317,8 +349,17 @@ mod tests {
                     !headers.contains_key(http::header::HOST),
                     "nothing of the request"
                 );
-                let general = from_entry(entry, &empty, SystemTime::now());
-                assert_eq!(headers, general.headers());
+                // The general path's fields, but the length: hyper writes it from the body.
+                let general = from_entry(entry, &Method::GET, &empty, SystemTime::now());
+                let mut expected = general.headers().clone();
+                assert_eq!(expected.remove(CONTENT_LENGTH).unwrap(), "4");
+                assert_eq!(*headers, expected);
+                assert_eq!(http_body::Body::size_hint(answer.body()).exact(), Some(4));
+                // A HEAD's body is empty: the stored length is sent as a field.
+                let head = hit_as(entry, Method::HEAD);
+                let general = from_entry(entry, &Method::HEAD, &empty, SystemTime::now());
+                assert_eq!(head.headers(), general.headers());
+                assert_eq!(head.headers()[CONTENT_LENGTH], "4");
             }
         }
         // A new entry, perhaps where a dropped one lived: never the old one's fields.

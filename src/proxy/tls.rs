@@ -21,7 +21,6 @@ pub(super) fn acme_challenge<B>(
     challenges: &crate::tls::acme::AcmeState,
     client: &Client,
     request: &http::Request<B>,
-    authority: Option<&str>,
 ) -> Option<Served> {
     if client.proto != "http"
         || !matches!(*request.method(), Method::GET | Method::HEAD)
@@ -31,7 +30,7 @@ pub(super) fn acme_challenge<B>(
         return None;
     }
     // Only for the name the token was issued to prove: the CA asks on that name.
-    let host = Authority::parse(authority?).ok()?;
+    let host = Authority::parse(super::front::raw_authority(request)?).ok()?;
     let answer = challenges.answer(request.uri().path(), host.host())?;
     let mut canned = Canned::error(StatusCode::OK, "");
     canned.body = answer.into();

@@ -4,9 +4,11 @@
 //! spelling of a name (case, trailing dot, `0080`, brackets around a name) can reach the origin
 //! raw while sharing a cache key with the canonical name.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::rc::Rc;
 
 /// A valid authority: lowercase host without a trailing dot (IPv6 without brackets), and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,16 +96,16 @@ impl Authority {
 }
 
 impl Authority {
-    /// [`Authority::normalised_on`], consuming the authority: the usual case (a name, no port
-    /// left to show) hands back the parsed host's own buffer instead of copying it, once per
-    /// request on the hit path.
-    pub fn into_normalised_on(self, default_port: u16, listener_port: u16) -> String {
+    /// [`Authority::normalised_on`], borrowed from the authority in the usual case (a name, no
+    /// port left to show): nothing is copied or allocated for it once per request on the hit
+    /// path.
+    pub fn normalised_ref(&self, default_port: u16, listener_port: u16) -> Cow<'_, str> {
         let port = self
             .port
             .filter(|p| *p != default_port && *p != listener_port);
         match port {
-            None if !self.host.contains(':') => self.host,
-            _ => self.normalised_on(default_port, listener_port),
+            None if !self.host.contains(':') => Cow::Borrowed(&self.host),
+            _ => Cow::Owned(self.normalised_on(default_port, listener_port)),
         }
     }
 }
@@ -115,7 +117,8 @@ const REMEMBERED_MAX: usize = 272;
 thread_local! {
     /// The last authority text this thread accepted, and what it parsed to: a connection's
     /// requests, and most of a busy site's, name the same host byte for byte.
-    static LAST_ACCEPTED: RefCell<(String, Option<Authority>)> =
+    /// Shared (`Rc`): handing it out costs a count, not a copy of the name.
+    static LAST_ACCEPTED: RefCell<(String, Option<Rc<Authority>>)> =
         const { RefCell::new((String::new(), None)) };
 }
 
@@ -124,12 +127,25 @@ impl Authority {
     /// again get the same answer without being parsed again (the parse is a pure function of
     /// the text, and only an accepted text is kept, so a refusal is always the full parser's).
     /// What is kept is a copy of the text, never a slice of the request's buffer.
-    pub fn parse_remembered(text: &str) -> Result<Authority, AuthorityError> {
+    /// The authority this thread accepted last, when `raw` (a `Host` value or a URI's
+    /// authority as received) is its text byte for byte. Only text that was read as a header
+    /// value's text (visible ASCII), trimmed and then accepted is ever remembered, so the
+    /// same bytes need none of that again: the answer is what [`Authority::parse_remembered`]
+    /// would give for them.
+    pub fn remembered(raw: &[u8]) -> Option<Rc<Authority>> {
+        LAST_ACCEPTED.with_borrow(|(seen, parsed)| {
+            parsed.as_ref().filter(|_| seen.as_bytes() == raw).cloned()
+        })
+    }
+
+    /// Shared with the thread's memory (an `Rc`, so it stays on this thread: whatever outlives
+    /// the request takes its own copy of the normalised text).
+    pub fn parse_remembered(text: &str) -> Result<Rc<Authority>, AuthorityError> {
         LAST_ACCEPTED.with_borrow_mut(|(seen, parsed)| {
             if let Some(parsed) = parsed.as_ref().filter(|_| seen.as_str() == text) {
                 return Ok(parsed.clone());
             }
-            let fresh = Authority::parse(text)?;
+            let fresh = Rc::new(Authority::parse(text)?);
             if text.len() <= REMEMBERED_MAX {
                 seen.clear();
                 seen.push_str(text);
@@ -245,10 +261,10 @@ mod tests {
     fn the_listener_port_is_implied() {
         let on = |text: &str, listener| {
             let parsed = Authority::parse(text).unwrap();
-            let owned = parsed.clone().into_normalised_on(80, listener);
-            let borrowed = parsed.normalised_on(80, listener);
-            assert_eq!(owned, borrowed, "{text} on {listener}");
-            borrowed
+            let by_ref = parsed.normalised_ref(80, listener);
+            let owned = parsed.normalised_on(80, listener);
+            assert_eq!(by_ref, owned, "{text} on {listener}");
+            owned
         };
         assert_eq!(on("www.pref.test:8080", 8080), "www.pref.test");
         assert_eq!(on("www.pref.test", 8080), "www.pref.test");
@@ -287,6 +303,60 @@ mod tests {
         assert!(Authority::parse(&long).is_err());
     }
 
+    /// What the front door does with a `Host` value without the thread's memory: read it as
+    /// header text, trim it, parse it.
+    fn slow(raw: &[u8]) -> Option<Authority> {
+        let value = http::HeaderValue::from_bytes(raw).ok()?;
+        let text = value.to_str().ok()?.trim();
+        (!text.is_empty()).then(|| Authority::parse(text).ok())?
+    }
+
+    #[test]
+    fn remembered_raw_bytes_agree_with_the_slow_path() {
+        let raws: Vec<Vec<u8>> = [
+            &b"www.pref.test"[..],
+            b"WWW.pref.test",
+            b" www.pref.test",
+            b"www.pref.test ",
+            b"www.pref.test\t",
+            b"\twww.pref.test",
+            b"www.pref.test:80",
+            b"www.pref.test:8080",
+            b"[::1]:8080",
+            b"127.0.0.1",
+            b"",
+            b" ",
+            b"www.pref.t\xc3\xa9st",
+            b"www.pref.test\x7f",
+            b"a b.test",
+        ]
+        .iter()
+        .map(|r| r.to_vec())
+        .collect();
+        for accepted in &raws {
+            for raw in &raws {
+                // The thread accepts `accepted` as the front door would, then is asked `raw`.
+                if let Some(text) = http::HeaderValue::from_bytes(accepted)
+                    .ok()
+                    .and_then(|v| v.to_str().ok().map(|t| t.trim().to_string()))
+                {
+                    let _ = Authority::parse_remembered(&text);
+                }
+                if let Some(fast) = Authority::remembered(raw) {
+                    assert_eq!(
+                        Some((*fast).clone()),
+                        slow(raw),
+                        "{raw:?} after {accepted:?}"
+                    );
+                }
+            }
+        }
+        // The usual case does take the fast path.
+        let _ = Authority::parse_remembered("www.pref.test:8080");
+        assert!(Authority::remembered(b"www.pref.test:8080").is_some());
+        assert!(Authority::remembered(b" www.pref.test:8080").is_none());
+    }
+
     #[test]
     fn remembered_parses_agree_with_the_full_parser() {
         let mut texts: Vec<String> = SPELLINGS.iter().map(|t| t.to_string()).collect();
@@ -323,7 +393,7 @@ mod tests {
             for b in &texts {
                 for text in [a, a, b, b, a] {
                     assert_eq!(
-                        Authority::parse_remembered(text),
+                        Authority::parse_remembered(text).map(|a| (*a).clone()),
                         Authority::parse(text),
                         "{text:?} after {a:?} / {b:?}"
                     );
