@@ -60,9 +60,9 @@ fn emitted() -> BTreeSet<String> {
     // Details kept in a named constant.
     let patience = read("src/proxy/patience.rs");
     details.extend(quoted_after(&patience, "pub const ORIGIN_SLOW: &str = \""));
-    let proxy = read("src/proxy/mod.rs");
+    let lookup = read("src/proxy/lookup.rs");
     details.extend(quoted_after(
-        block(&proxy, "let detail = if", "} else if"),
+        block(&lookup, "let detail = if", "} else if"),
         "Some(\"",
     ));
     details
