@@ -6,14 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::raw::{read_to_close, silent_reader};
-use common::{payload, Kagami, Origin, Route};
-use kagami::config::{Config, SiteConfig};
-
-fn cacheable(body: Bytes) -> Route {
-    Route::ok(body).header("cache-control", "max-age=600")
-}
+use common::{cacheable, payload, Kagami, Origin};
 
 #[tokio::test]
 async fn mapped_bodies_are_served_whole_and_in_ranges_and_counted() {
@@ -116,16 +110,9 @@ async fn a_slow_reader_keeps_a_replaced_mapped_body_whole() {
     // More than the kernel's loopback socket buffers take, so most of it waits in Kagami.
     const LEN: usize = 12 << 20;
     let origin = Origin::start().await;
-    let mut site = SiteConfig::new("test", &["127.0.0.1"], &origin.url()).unwrap();
-    site.limit_hits = None;
-    site.limit_misses = None;
-    site.max_object_size = 16 << 20;
-    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
-    config.log.access = false;
-    config.cache.memory = 32 << 20;
-    // A client's share (a quarter) is more than the body: the reader is slow, not cut off.
-    config.cache.inflight_memory = Some(64 << 20);
-    let kagami = Kagami::start_config(config).await;
+    // A client's share (a quarter of the budget) is more than the body: the reader is slow,
+    // not cut off.
+    let kagami = Kagami::for_large_bodies(&origin.url(), 32 << 20, 64 << 20, None).await;
     let first = payload(LEN, 11);
     origin.route("/slow.pdf", cacheable(first.clone()));
     assert!(kagami.get("/slow.pdf").await.body == first);

@@ -7,40 +7,25 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Kagami, Origin, Route};
+use common::{cacheable, payload, Kagami, Origin};
 use kagami::cache::mapped::live;
-use kagami::config::{Config, SiteConfig};
 use tokio::net::TcpStream;
-
-fn payload(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-fn cacheable(body: Bytes) -> Route {
-    Route::ok(body).header("cache-control", "max-age=600")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window_range_streams_do_not_keep_replaced_pages_mapped() {
     const LEN: usize = 12 << 20;
     const PAGES: usize = 3;
     let origin = Origin::start().await;
-    let mut site = SiteConfig::new("test", &["127.0.0.1"], &origin.url()).unwrap();
-    site.limit_hits = None;
-    site.limit_misses = None;
-    site.max_object_size = 16 << 20;
-    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
-    config.log.access = false;
-    config.cache.memory = 128 << 20;
-    config.cache.inflight_memory = Some(256 << 20);
-    config.server.idle_timeout = Duration::from_secs(3);
-    let kagami = Kagami::start_config(config).await;
+    let kagami = Kagami::for_large_bodies(
+        &origin.url(),
+        128 << 20,
+        256 << 20,
+        Some(Duration::from_secs(3)),
+    )
+    .await;
     for i in 0..PAGES {
         let path = format!("/doc/{i}.pdf");
-        let body = payload(LEN, i as u8);
+        let body = payload(LEN, (i) as u32);
         origin.route(&path, cacheable(body.clone()));
         assert!(kagami.get(&path).await.body == body);
     }
@@ -75,7 +60,7 @@ async fn zero_window_range_streams_do_not_keep_replaced_pages_mapped() {
     // Every page changes; the store now holds only the new bodies.
     for i in 0..PAGES {
         let path = format!("/doc/{i}.pdf");
-        let body = payload(LEN, 100 + i as u8);
+        let body = payload(LEN, (100 + i) as u32);
         origin.route(&path, cacheable(body.clone()));
         let posted = kagami
             .send(kagami.client.post(kagami.url(&path)).body("edit"))

@@ -9,40 +9,25 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Kagami, Origin, Route};
+use common::{cacheable, payload, Kagami, Origin};
 use kagami::cache::mapped::live;
-use kagami::config::{Config, SiteConfig};
 use tokio::net::TcpStream;
-
-fn payload(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-fn cacheable(body: Bytes) -> Route {
-    Route::ok(body).header("cache-control", "max-age=600")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a known gap, not yet fixed (stop 21's note): Held decides by is_unique, which two holders never are; run with --ignored"]
 async fn shared_stalled_answers_of_a_replaced_mapped_body_let_go_of_it() {
     const LEN: usize = 12 << 20;
     let origin = Origin::start().await;
-    let mut site = SiteConfig::new("test", &["127.0.0.1"], &origin.url()).unwrap();
-    site.limit_hits = None;
-    site.limit_misses = None;
-    site.max_object_size = 16 << 20;
-    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
-    config.log.access = false;
-    config.cache.memory = 128 << 20;
-    config.cache.inflight_memory = Some(256 << 20);
-    config.server.idle_timeout = Duration::from_secs(1);
-    let kagami = Kagami::start_config(config).await;
+    let kagami = Kagami::for_large_bodies(
+        &origin.url(),
+        128 << 20,
+        256 << 20,
+        Some(Duration::from_secs(1)),
+    )
+    .await;
     origin.route("/small", cacheable(Bytes::from_static(b"tick")));
     for streams in [1usize, 2] {
-        let body = payload(LEN, streams as u8);
+        let body = payload(LEN, (streams) as u32);
         origin.route("/doc.pdf", cacheable(body.clone()));
         if streams > 1 {
             let posted = kagami
@@ -71,7 +56,7 @@ async fn shared_stalled_answers_of_a_replaced_mapped_body_let_go_of_it() {
             held.push(response.await.unwrap());
             client = client.ready().await.unwrap();
         }
-        let new = payload(LEN, 100 + streams as u8);
+        let new = payload(LEN, (100 + streams) as u32);
         origin.route("/doc.pdf", cacheable(new.clone()));
         let posted = kagami
             .send(kagami.client.post(kagami.url("/doc.pdf")).body("edit"))

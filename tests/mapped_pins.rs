@@ -6,18 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::raw::silent_reader;
-use common::{Kagami, Origin, Route};
+use common::{cacheable, payload, Kagami, Origin, Route};
 use kagami::cache::mapped::live;
-use kagami::config::{Config, SiteConfig};
-
-fn payload(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect::<Vec<u8>>()
-        .into()
-}
 
 /// Waits up to `within` for `live()` to be `want`; returns what it was last.
 async fn live_becomes(kagami: &Kagami, want: usize, within: Duration) -> usize {
@@ -37,26 +28,20 @@ async fn live_becomes(kagami: &Kagami, want: usize, within: Duration) -> usize {
 async fn stalled_readers_of_a_replaced_mapped_body_let_go_of_it() {
     const LEN: usize = 12 << 20;
     let origin = Origin::start().await;
-    let mut site = SiteConfig::new("test", &["127.0.0.1"], &origin.url()).unwrap();
-    site.limit_hits = None;
-    site.limit_misses = None;
-    site.max_object_size = 16 << 20;
-    let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
-    config.log.access = false;
-    config.cache.memory = 64 << 20;
-    config.cache.inflight_memory = Some(256 << 20);
     // The stall time of a held body is the idle timeout.
-    config.server.idle_timeout = Duration::from_secs(1);
-    let kagami = Kagami::start_config(config).await;
+    let kagami = Kagami::for_large_bodies(
+        &origin.url(),
+        64 << 20,
+        256 << 20,
+        Some(Duration::from_secs(1)),
+    )
+    .await;
     let request = "GET /a.pdf HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
 
     // `readers` stalled connections on the stored body, then the page is replaced.
     for (round, readers) in [(0u8, 0usize), (1, 1), (2, 2)] {
-        let old = payload(LEN, round * 2);
-        origin.route(
-            "/a.pdf",
-            Route::ok(old.clone()).header("cache-control", "max-age=600"),
-        );
+        let old = payload(LEN, u32::from(round) * 2);
+        origin.route("/a.pdf", cacheable(old.clone()));
         if round > 0 {
             let posted = kagami
                 .send(kagami.client.post(kagami.url("/a.pdf")).body("edit"))
@@ -74,7 +59,7 @@ async fn stalled_readers_of_a_replaced_mapped_body_let_go_of_it() {
             held.push(silent_reader(kagami.addr, request).await);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let new = payload(LEN, round * 2 + 1);
+        let new = payload(LEN, u32::from(round) * 2 + 1);
         origin.route(
             "/a.pdf",
             Route::ok(new.clone()).header("cache-control", "max-age=600"),

@@ -358,6 +358,11 @@ pub fn payload(len: usize, seed: u32) -> Bytes {
         .into()
 }
 
+/// A 200 the store may keep for ten minutes.
+pub fn cacheable(body: impl Into<Bytes>) -> Route {
+    Route::ok(body).header("cache-control", "max-age=600")
+}
+
 /// A real Kagami on 127.0.0.1:0 in front of one origin, for site "test" answering 127.0.0.1.
 pub struct Kagami {
     pub running: Running,
@@ -375,6 +380,29 @@ impl Kagami {
         adjust(&mut site);
         let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
         config.log.access = false;
+        Kagami::start_config(config).await
+    }
+
+    /// For large bodies: no rate limits, objects up to 16 MiB, a `memory` store and an
+    /// `inflight` budget (a client's share is a quarter), and `idle_timeout` when given (also
+    /// how long a held body may stall).
+    pub async fn for_large_bodies(
+        origin: &str,
+        memory: u64,
+        inflight: u64,
+        idle_timeout: Option<Duration>,
+    ) -> Kagami {
+        let mut site = SiteConfig::new("test", &["127.0.0.1"], origin).unwrap();
+        site.limit_hits = None;
+        site.limit_misses = None;
+        site.max_object_size = 16 << 20;
+        let mut config = Config::new(vec!["127.0.0.1:0".parse().unwrap()], vec![site]);
+        config.log.access = false;
+        config.cache.memory = memory;
+        config.cache.inflight_memory = Some(inflight);
+        if let Some(idle) = idle_timeout {
+            config.server.idle_timeout = idle;
+        }
         Kagami::start_config(config).await
     }
 
