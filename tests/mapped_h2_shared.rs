@@ -1,9 +1,9 @@
 //! Two zero-window HTTP/2 streams answered whole from the same large mapped body, on a
 //! connection kept busy by other requests: once the store has let go of the body, neither
-//! answer is the pages' only holder (`StoredBody::is_unique`), so `Held` neither charges them
-//! nor lets the watchdog drop them. One test in this file (`mapped::live()` is global).
-//! It fails today and is ignored until `Held` asks whether the store still holds the entry
-//! rather than whether its own handle is the only one (the same holds for heap bodies).
+//! answer is the pages' only holder (`StoredBody::is_unique`), which is what `Held` used to ask,
+//! so it neither charged them nor let the watchdog drop them (the same held for heap bodies).
+//! It now asks whether any entry still holds the body (`StoredBody::let_go_by_store`). One test
+//! in this file (`mapped::live()` is global).
 mod common;
 
 use std::time::{Duration, Instant};
@@ -14,7 +14,6 @@ use kagami::cache::mapped::live;
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a known gap, not yet fixed (stop 21's note): Held decides by is_unique, which two holders never are; run with --ignored"]
 async fn shared_stalled_answers_of_a_replaced_mapped_body_let_go_of_it() {
     const LEN: usize = 12 << 20;
     let origin = Origin::start().await;

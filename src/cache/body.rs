@@ -11,7 +11,7 @@
 
 use std::mem::size_of;
 use std::ops::RangeInclusive;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::{Bytes, BytesMut};
 
@@ -25,10 +25,23 @@ pub const MAX_PARTS: usize = 4;
 /// gets when a hit first clones it. A part is split off only when its rounding costs more.
 const PART_COST: usize = 64;
 
+/// Bodies larger than this know whether an entry still holds them (`Kept`): the ones a client
+/// that does not read may be answered from (`proxy::body::Held`, which charges it once the store
+/// has let go). Smaller ones do not pay for it.
+pub const KEPT_MIN: usize = 64 * 1024;
+
+/// Shared by the entries that hold one body (a revalidated entry keeps its predecessor's);
+/// the body's copies hold it weakly, so that they can tell when no entry holds it any more,
+/// however many copies there are.
+#[derive(Debug)]
+pub struct Kept;
+
 #[derive(Debug, Clone, Default)]
 pub struct StoredBody {
     parts: Parts,
     len: usize,
+    /// Set when an entry holds a body larger than `KEPT_MIN` (`kept_by_entry`).
+    kept: Option<Weak<Kept>>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +122,7 @@ impl StoredBody {
         StoredBody {
             parts: Parts::Many(parts.into()),
             len,
+            kept: None,
         }
     }
 
@@ -124,6 +138,30 @@ impl StoredBody {
         StoredBody {
             parts: Parts::Mapped(parts.into(), mapping),
             len,
+            kept: None,
+        }
+    }
+
+    /// An entry takes this body: the hold it keeps for as long as it lives (shared with the
+    /// entries that already hold the same body), for bodies larger than `KEPT_MIN`.
+    pub fn kept_by_entry(&mut self) -> Option<Arc<Kept>> {
+        if self.len <= KEPT_MIN {
+            return None;
+        }
+        let kept = (self.kept.as_ref())
+            .and_then(Weak::upgrade)
+            .unwrap_or_else(|| Arc::new(Kept));
+        self.kept = Some(Arc::downgrade(&kept));
+        Some(kept)
+    }
+
+    /// Whether the store no longer holds this body, so that what it holds is its holders'
+    /// alone: no entry holds it any more (however many other copies there are), or, for a body
+    /// no entry ever followed, this handle is the only one.
+    pub fn let_go_by_store(&self) -> bool {
+        match &self.kept {
+            Some(kept) => kept.strong_count() == 0,
+            None => self.is_unique(),
         }
     }
 
@@ -144,10 +182,11 @@ impl StoredBody {
     }
 
     /// The body as one `Bytes` when it is kept in one part, else the body back.
+    /// A followed body (`kept_by_entry`) stays whole, so that its copies can still tell.
     pub fn into_single(self) -> Result<Bytes, StoredBody> {
         match self.parts {
-            Parts::One(bytes) => Ok(bytes),
-            Parts::Many(_) | Parts::Mapped(..) => Err(self),
+            Parts::One(bytes) if self.kept.is_none() => Ok(bytes),
+            _ => Err(self),
         }
     }
 
@@ -199,8 +238,12 @@ impl StoredBody {
         if start >= end {
             return StoredBody::default();
         }
+        let kept = self.kept.clone();
         if let Parts::One(bytes) = &self.parts {
-            return StoredBody::from(bytes.slice(start..end));
+            return StoredBody {
+                kept,
+                ..StoredBody::from(bytes.slice(start..end))
+            };
         }
         let mut pieces: Vec<Bytes> = Vec::new();
         let mut offset = 0;
@@ -217,9 +260,13 @@ impl StoredBody {
                 StoredBody {
                     len: end - start,
                     parts: Parts::Mapped(pieces.into(), mapping.clone()),
+                    kept,
                 }
             }
-            _ => StoredBody::from_pieces(pieces),
+            _ => StoredBody {
+                kept,
+                ..StoredBody::from_pieces(pieces)
+            },
         }
     }
 
@@ -260,6 +307,7 @@ impl StoredBody {
         StoredBody {
             parts: Parts::Many(pieces.into()),
             len,
+            kept: None,
         }
     }
 
@@ -292,6 +340,7 @@ impl From<Bytes> for StoredBody {
         StoredBody {
             len: bytes.len(),
             parts: Parts::One(bytes),
+            kept: None,
         }
     }
 }
@@ -384,6 +433,38 @@ mod tests {
     #[test]
     fn with_the_system_allocator_a_body_is_one_part() {
         assert_eq!(plan(41_300), vec![41_300]);
+    }
+
+    /// What `proxy::body::Held` asks: a large body's copies know when no entry holds it any
+    /// more, however many of them there are; a small body is not followed.
+    #[test]
+    fn copies_of_a_large_body_know_when_no_entry_holds_it() {
+        for len in [KEPT_MIN + 1, 300_000] {
+            let (_, mut stored) = stored(len);
+            let entry = stored.kept_by_entry().expect("a hold");
+            let (a, b) = (stored.clone(), stored.clone());
+            let range = stored.slice(10..=KEPT_MIN);
+            assert!(!a.let_go_by_store() && !range.let_go_by_store(), "{len}");
+            assert!(a.clone().into_single().is_err(), "{len}: stays followed");
+            // A revalidated entry keeps the same body: one hold between them.
+            let mut again = stored.clone();
+            let successor = again.kept_by_entry().expect("a hold");
+            assert!(Arc::ptr_eq(&entry, &successor));
+            drop(entry);
+            assert!(!a.let_go_by_store(), "{len}: the successor still holds it");
+            drop(successor);
+            drop((stored, again));
+            for copy in [&a, &b, &range] {
+                assert!(copy.let_go_by_store(), "{len}");
+                assert!(!copy.is_unique(), "{len}: two copies, neither the only one");
+            }
+        }
+        let (_, mut small) = stored(1000);
+        assert!(small.kept_by_entry().is_none());
+        let copy = small.clone();
+        assert!(!small.let_go_by_store());
+        drop(copy);
+        assert!(small.let_go_by_store(), "unfollowed: the only handle");
     }
 
     #[test]

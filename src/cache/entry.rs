@@ -1,6 +1,7 @@
 //! A stored response: status, headers, body, its secondary (Vary) key and its freshness facts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::{
@@ -9,7 +10,7 @@ use http::header::{
 };
 use http::StatusCode;
 
-use super::body::StoredBody;
+use super::body::{Kept, StoredBody};
 use super::control::response_directives;
 use super::fields::Fields;
 use super::footprint;
@@ -86,6 +87,9 @@ pub struct Entry {
     pub invalidated: bool,
     /// When this variant was last looked up, for the per-URI variant cap.
     pub last_used: LastUse,
+    /// This entry's hold on a large body (`StoredBody::kept_by_entry`): while any entry keeps
+    /// it, a client answered from the body is not charged for it.
+    kept: Option<Arc<Kept>>,
 }
 
 /// A logical clock of variant use: a process-wide counter, so order is exact even for uses in
@@ -184,7 +188,10 @@ impl Entry {
             explicitly_shareable(&directives, &headers),
             lifetime,
         );
+        let mut body = body;
+        let kept = body.kept_by_entry();
         Entry {
+            kept,
             status,
             // Own copies: the values parsed by hyper are slices of the origin connection's read
             // buffer, and would keep all of it alive for as long as the entry is stored.
@@ -327,6 +334,10 @@ impl Entry {
         let bytes = footprint::arc_footprint::<Entry>()
             + self.headers.footprint()
             + self.body.footprint()
+            + self
+                .kept
+                .as_ref()
+                .map_or(0, |_| footprint::arc_footprint::<Kept>())
             + footprint::strings_footprint(&self.variant);
         bytes.min(u32::MAX as usize) as u32
     }

@@ -110,6 +110,9 @@ pub struct Parts {
 /// entry's buffer go out as copied pieces of this size (see `Held`).
 pub const HELD_PIECE: usize = 64 * 1024;
 
+// Every body large enough to be held is one whose copies know when the store let go of it.
+const _: () = assert!(crate::cache::body::KEPT_MIN <= HELD_PIECE);
+
 /// A large body answered from the store. While the store still holds the entry the buffer is
 /// counted there; if the entry is evicted or replaced while a client is still (not) reading,
 /// this body would be the only thing keeping the whole buffer alive, uncounted. So:
@@ -236,7 +239,7 @@ async fn watch_held(
         let Some(state) = state.upgrade() else { return };
         let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(bytes) = &state.bytes else { return };
-        if state.progress == seen && bytes.is_unique() {
+        if state.progress == seen && bytes.let_go_by_store() {
             state.bytes = None;
             budget.note_stall();
             return;
@@ -249,12 +252,12 @@ impl Held {
     fn next_piece(&mut self) -> Option<Result<Piece, Truncated>> {
         let left = self.len.checked_sub(self.offset).filter(|n| *n > 0)?;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        // Taken out while in use, so that `is_unique` sees only the store's hold, if any.
+        // Taken out while in use, so that `let_go_by_store` sees only the store's hold, if any.
         let Some(bytes) = state.bytes.take() else {
             self.offset = self.len;
             return Some(Err(Truncated("the client took too long".into())));
         };
-        if self.charge.is_none() && bytes.is_unique() {
+        if self.charge.is_none() && bytes.let_go_by_store() {
             // The store let go of the entry: what is left is held for this client alone.
             let mut charge = self.budget.charge(self.owner);
             if !charge.try_grow(left as u64) {
