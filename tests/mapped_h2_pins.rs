@@ -6,10 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{cacheable, payload, Kagami, Origin};
+use common::{cacheable, h2_zero_window, payload, Kagami, Origin};
 use kagami::cache::mapped::live;
-use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window_range_streams_do_not_keep_replaced_pages_mapped() {
@@ -33,14 +31,7 @@ async fn zero_window_range_streams_do_not_keep_replaced_pages_mapped() {
     assert_eq!(live(), PAGES);
 
     // One connection, a small range of each page on a stream that may receive nothing.
-    let tcp = TcpStream::connect(kagami.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, driver) = h2_zero_window(kagami.addr).await;
     let mut responses = Vec::new();
     for i in 0..PAGES {
         let request = http::Request::get(format!("http://{}/doc/{i}.pdf", kagami.addr))

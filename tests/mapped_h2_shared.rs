@@ -9,9 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{cacheable, payload, Kagami, Origin};
+use common::{cacheable, h2_zero_window, payload, Kagami, Origin};
 use kagami::cache::mapped::live;
-use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_stalled_answers_of_a_replaced_mapped_body_let_go_of_it() {
@@ -38,14 +37,7 @@ async fn shared_stalled_answers_of_a_replaced_mapped_body_let_go_of_it() {
         kagami.running.proxy.store.entry_count();
         assert_eq!(live(), 1);
 
-        let tcp = TcpStream::connect(kagami.addr).await.unwrap();
-        let (client, connection) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .unwrap();
-        let driver = tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
+        let (mut client, driver) = h2_zero_window(kagami.addr).await;
         let mut held = Vec::new();
         for _ in 0..streams {
             let request = http::Request::get(format!("http://{}/doc.pdf", kagami.addr))

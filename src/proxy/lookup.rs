@@ -43,6 +43,13 @@ pub(super) struct Asked<'r> {
     ip: IpAddr,
 }
 
+impl Asked<'_> {
+    /// The request's path and query, the part of the cache key the request gives.
+    fn target(&self) -> &str {
+        (self.request.uri().path_and_query()).map_or("/", |p| p.as_str())
+    }
+}
+
 thread_local! {
     /// The buffer `Proxy::lookup` writes cache keys into (see there).
     static LOOKUP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
@@ -148,16 +155,7 @@ impl Proxy {
         // The key is written into a buffer this thread reuses: a hit needs it for the lookup
         // only, and what keeps a key (a fetch, a background refresh) builds its own copy.
         let found = LOOKUP_KEY.with_borrow_mut(|buffer| {
-            site.key_into(
-                buffer,
-                asked.client.proto,
-                asked.host,
-                asked
-                    .request
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str()),
-            );
+            site.key_into(buffer, asked.client.proto, asked.host, asked.target());
             self.store.lookup_with(buffer, || self.sent_for(&asked))
         });
         let (stale, phase) = match found {
@@ -215,15 +213,7 @@ impl Proxy {
     /// errors never touch the stored copy.
     fn revalidate_in_background(self: &Arc<Self>, asked: &Asked<'_>, stale: Arc<Entry>) {
         let site = &self.sites[asked.site];
-        let key = site.key_for(
-            asked.client.proto,
-            asked.host,
-            asked
-                .request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str()),
-        );
+        let key = site.key_for(asked.client.proto, asked.host, asked.target());
         let Some(leader) = self.coalescer.try_lead(&key) else {
             return;
         };

@@ -358,6 +358,25 @@ pub fn payload(len: usize, seed: u32) -> Bytes {
         .into()
 }
 
+/// An HTTP/2 client (prior knowledge, plain TCP) to `addr` whose streams receive nothing
+/// (a flow-control window of 0: a reader that never reads), ready for a request, and the task
+/// driving its connection.
+pub async fn h2_zero_window(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    (client.ready().await.unwrap(), driver)
+}
+
 /// A 200 the store may keep for ten minutes.
 pub fn cacheable(body: impl Into<Bytes>) -> Route {
     Route::ok(body).header("cache-control", "max-age=600")
