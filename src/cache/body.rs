@@ -19,6 +19,7 @@ use super::footprint::{self, ALLOCATION};
 use super::mapped::Mapping;
 
 /// At most this many allocations per body: a fourth part would save less than a part costs.
+/// A body with its pages in a mapping (`super::mapped`) has that and up to this many more.
 pub const MAX_PARTS: usize = 4;
 
 /// What another part costs: its `Bytes` handle in the list and the shared header its storage
