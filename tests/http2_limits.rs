@@ -137,11 +137,7 @@ async fn idle_http2_connections_are_closed() {
     let request = http::Request::get(format!("http://{}/p", kagami.addr))
         .body(())
         .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), response)
-        .await
-        .unwrap()
-        .unwrap();
+    let response = common::h2_answer(&mut client, request).await;
     assert_eq!(response.status(), 200);
     drop(response);
     // Idle from here on: closed between one and two idle timeouts later.

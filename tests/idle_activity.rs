@@ -40,11 +40,7 @@ async fn h2_after_one_request(
     let request = http::Request::get(format!("http://{}{path}", kagami.addr))
         .body(())
         .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), response)
-        .await
-        .unwrap()
-        .unwrap();
+    let response = common::h2_answer(&mut client, request).await;
     assert_eq!(response.status(), 200);
     (client, ping_pong, driver)
 }

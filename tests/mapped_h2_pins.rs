@@ -38,11 +38,7 @@ async fn zero_window_range_streams_do_not_keep_replaced_pages_mapped() {
             .header("range", "bytes=0-1023")
             .body(())
             .unwrap();
-        let (response, _) = client.send_request(request, true).unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(5), response)
-            .await
-            .unwrap()
-            .unwrap();
+        let response = common::h2_answer(&mut client, request).await;
         assert_eq!(response.status(), 206);
         responses.push(response);
         client = client.ready().await.unwrap();

@@ -167,7 +167,7 @@ impl Entry {
     fn from_parts(
         status: StatusCode,
         mut headers: HeaderMap,
-        body: StoredBody,
+        mut body: StoredBody,
         variant: Variant,
         credentials: bool,
         (request_time, response_time): (SystemTime, SystemTime),
@@ -188,7 +188,6 @@ impl Entry {
             explicitly_shareable(&directives, &headers),
             lifetime,
         );
-        let mut body = body;
         let kept = body.kept_by_entry();
         Entry {
             kept,

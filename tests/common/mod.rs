@@ -377,6 +377,18 @@ pub async fn h2_zero_window(
     (client.ready().await.unwrap(), driver)
 }
 
+/// Sends `request` (no body) on an HTTP/2 connection and waits at most 5 s for its head.
+pub async fn h2_answer(
+    client: &mut h2::client::SendRequest<Bytes>,
+    request: Request<()>,
+) -> Response<h2::RecvStream> {
+    let (response, _) = client.send_request(request, true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("an answer within 5 s")
+        .unwrap()
+}
+
 /// A 200 the store may keep for ten minutes.
 pub fn cacheable(body: impl Into<Bytes>) -> Route {
     Route::ok(body).header("cache-control", "max-age=600")
