@@ -8,6 +8,7 @@ use moka::ops::compute::Op;
 
 use super::entry::Entry;
 use super::footprint;
+use super::recent::{Changes, Table};
 
 /// Bound on variants kept per URI, so a `Vary` on a wild header cannot fill memory with one page.
 const MAX_VARIANTS: usize = 16;
@@ -30,6 +31,12 @@ pub struct MemoryStore {
     // foldhash: fast, and seeded per process, so keys chosen by clients cannot be aimed at
     // one bucket.
     cache: moka::sync::Cache<String, Arc<Variants>, foldhash::fast::RandomState>,
+    /// Moves on every write, so the threads' memos of lookups (`recent`) know when they end.
+    changes: Arc<Changes>,
+}
+
+thread_local! {
+    static RECENT: Table<Variants> = const { Table::new() };
 }
 
 /// What one key of the store really holds: its variants' entries (see `Entry::weight`), the
@@ -46,11 +53,28 @@ fn weigh(key: &str, variants: &Variants) -> u32 {
 
 impl MemoryStore {
     pub fn new(capacity_bytes: u64) -> MemoryStore {
+        let changes = Arc::new(Changes::new());
+        // moka's own removals (evictions for size, and every other cause) end memos too.
+        let evicted = changes.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, value: &Arc<Variants>| weigh(key, value))
+            .eviction_listener(move |_, _, _| evicted.bump())
             .build_with_hasher(foldhash::fast::RandomState::default());
-        MemoryStore { cache }
+        MemoryStore { cache, changes }
+    }
+
+    /// A key's variants: this thread's memo while the store has not changed since, else
+    /// moka's (then memoised).
+    fn variants(&self, key: &str) -> Option<Arc<Variants>> {
+        if let Some(found) = RECENT.with(|recent| recent.get(&self.changes, key)) {
+            return Some(found);
+        }
+        // Read before the lookup: a write racing it ends the memo made from it.
+        let seen = self.changes.now();
+        let found = self.cache.get(key)?;
+        RECENT.with(|recent| recent.put(&self.changes, seen, key, &found));
+        Some(found)
     }
 
     pub fn lookup(&self, key: &str, request: &HeaderMap) -> Lookup {
@@ -61,7 +85,7 @@ impl MemoryStore {
     /// building the headers an origin would be sent costs more than the rest of a hit, and
     /// most pages have no `Vary`.
     pub fn lookup_with<'a>(&self, key: &str, request: impl Fn() -> &'a HeaderMap) -> Lookup {
-        match self.cache.get(key) {
+        match self.variants(key) {
             None => Lookup::Miss,
             Some(variants) => variants
                 .entries
@@ -112,6 +136,7 @@ impl MemoryStore {
             entries.remove(lru);
         }
         self.cache.insert(key, Arc::new(Variants { entries }));
+        self.changes.bump();
         true
     }
 
@@ -171,6 +196,7 @@ impl MemoryStore {
                 false => Op::Put(Arc::new(Variants { entries })),
             }
         });
+        self.changes.bump();
         affected
     }
 
@@ -231,16 +257,20 @@ impl MemoryStore {
             self.cache
                 .insert(key.to_string(), Arc::new(Variants { entries }));
         }
+        self.changes.bump();
     }
 
     /// Removes every variant of a URI (RFC 9111 §4.4 invalidation, purge).
     pub fn invalidate(&self, key: &str) {
         self.cache.invalidate(key);
+        self.changes.bump();
     }
 
     /// Removes every variant of a URI; returns how many there were.
     pub fn remove(&self, key: &str) -> usize {
-        self.cache.remove(key).map_or(0, |v| v.entries.len())
+        let removed = self.cache.remove(key).map_or(0, |v| v.entries.len());
+        self.changes.bump();
+        removed
     }
 
     /// Bytes the store may hold (`cache.memory`).
@@ -381,5 +411,40 @@ mod tests {
         assert!(usage["a"].1 > 0);
         assert_eq!(store.purge_where(&in_a, &|_| true, false), 1);
         assert!(matches!(store.lookup("a\0h\0/x", &req("en")), Lookup::Miss));
+    }
+
+    #[test]
+    fn a_memoised_lookup_never_outlives_a_write_or_an_eviction() {
+        let store = MemoryStore::new(64 << 10);
+        let body = |store: &MemoryStore| match store.lookup("k", &req("ja")) {
+            Lookup::Found(e) => String::from_utf8(e.body.to_bytes().to_vec()).unwrap(),
+            Lookup::VaryMiss => String::from("vary-miss"),
+            Lookup::Miss => String::from("miss"),
+        };
+        store.insert("k".into(), entry("ja", "first"));
+        // Twice: the second is this thread's memo.
+        assert_eq!(body(&store), "first");
+        assert_eq!(body(&store), "first");
+        store.insert("k".into(), entry("ja", "second"));
+        assert_eq!(body(&store), "second", "a replacement");
+        store.mark_stale("k");
+        assert!(matches!(store.lookup("k", &req("ja")), Lookup::Found(e) if e.invalidated));
+        store.invalidate("k");
+        assert_eq!(body(&store), "miss", "a purge");
+        store.insert("k".into(), entry("ja", "third"));
+        assert_eq!(body(&store), "third");
+        // Evicted for size by moka alone: far more than 64 KiB of other pages.
+        for i in 0..400 {
+            store.insert(
+                format!("other{i}"),
+                entry("ja", "0123456789abcdef0123456789abcdef"),
+            );
+            store.cache.run_pending_tasks();
+        }
+        assert!(!store.cache.contains_key("k"), "moka evicted it");
+        assert_eq!(body(&store), "miss", "and the memo does not answer for it");
+        // A memo of one store is never another's answer.
+        let other = MemoryStore::new(1 << 20);
+        assert!(matches!(other.lookup("k", &req("ja")), Lookup::Miss));
     }
 }

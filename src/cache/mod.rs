@@ -14,6 +14,7 @@ pub mod key;
 pub mod mapped;
 pub mod memory;
 pub mod policy;
+pub mod recent;
 pub mod share;
 pub mod status;
 pub mod tags;
