@@ -447,4 +447,46 @@ mod tests {
         let other = MemoryStore::new(1 << 20);
         assert!(matches!(other.lookup("k", &req("ja")), Lookup::Miss));
     }
+
+    #[test]
+    fn a_purge_that_returned_is_seen_by_every_threads_next_lookup() {
+        let store = Arc::new(MemoryStore::new(1 << 20));
+        let rounds = 200;
+        let threads = 4;
+        let warm = Arc::new(std::sync::Barrier::new(threads + 1));
+        let purged = Arc::new(std::sync::Barrier::new(threads + 1));
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (store, warm, purged) = (store.clone(), warm.clone(), purged.clone());
+                std::thread::spawn(move || {
+                    let mut stale = 0;
+                    for _ in 0..rounds {
+                        // Twice: the second answer is this thread's memo.
+                        warm.wait(); // the page is stored
+                        for _ in 0..2 {
+                            assert!(matches!(store.lookup("k", &req("ja")), Lookup::Found(_)));
+                        }
+                        warm.wait();
+                        purged.wait();
+                        if !matches!(store.lookup("k", &req("ja")), Lookup::Miss) {
+                            stale += 1;
+                        }
+                        warm.wait();
+                    }
+                    stale
+                })
+            })
+            .collect();
+        for _ in 0..rounds {
+            store.insert("k".into(), entry("ja", "page"));
+            warm.wait();
+            warm.wait();
+            store.invalidate("k");
+            purged.wait();
+            warm.wait();
+        }
+        // Every barrier is waited on by all: the next round's insert follows every check.
+        let stale: i32 = workers.into_iter().map(|w| w.join().unwrap_or(1)).sum();
+        assert_eq!(stale, 0, "a lookup after a returned purge served the page");
+    }
 }
