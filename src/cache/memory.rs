@@ -489,4 +489,29 @@ mod tests {
         let stale: i32 = workers.into_iter().map(|w| w.join().unwrap_or(1)).sum();
         assert_eq!(stale, 0, "a lookup after a returned purge served the page");
     }
+
+    #[test]
+    fn a_page_read_often_through_the_memo_is_not_pushed_out_by_one_hit_pages() {
+        let store = MemoryStore::new(64 << 10);
+        store.insert("hot".into(), entry("ja", "popular"));
+        for i in 0..40 {
+            store.insert(format!("warm{i}"), entry("ja", "0123456789abcdef"));
+        }
+        store.cache.run_pending_tasks();
+        // Read often with no write in between: nearly every answer is this thread's memo.
+        for _ in 0..1_000 {
+            assert!(matches!(store.lookup("hot", &req("ja")), Lookup::Found(_)));
+        }
+        for i in 0..400 {
+            store.insert(
+                format!("junk{i}"),
+                entry("ja", "0123456789abcdef0123456789abcdef"),
+            );
+            store.cache.run_pending_tasks();
+        }
+        assert!(
+            store.cache.contains_key("hot"),
+            "moka saw enough of its reads to keep it"
+        );
+    }
 }

@@ -8,9 +8,10 @@
 //! while the counter still reads what it read before the memo's lookup. A memo never holds
 //! the variants themselves, only a `Weak`, so it keeps no evicted page alive.
 //!
-//! What moka does not see: the reads answered here. They are only answered while nothing
-//! is written, and nothing is evicted without a write, so the order moka evicts in is only
-//! ever decided after reads it saw again.
+//! What moka does not see: most reads answered here. Its eviction order (recency, and the
+//! frequency that decides whether a new page may push an old one out) comes from the reads
+//! it sees, so every `REPORT_EVERY`th use of a memo goes to moka again, as does each
+//! thread's first read after any write. A page hit often stays often-read in moka's eyes.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +23,9 @@ const SLOTS: usize = 64;
 
 /// Longer keys are looked up in the store every time: a memo copies its key.
 const MAX_KEY: usize = 512;
+
+/// One use of a memo in this many is a lookup in moka instead (its read counts there).
+const REPORT_EVERY: u32 = 16;
 
 /// One store's write counter, and an identity so that memos of one store are never taken
 /// for another's (tests and reloads make several stores in one process).
@@ -60,6 +64,8 @@ impl Default for Changes {
 struct Memo<V> {
     store: usize,
     seen: u64,
+    /// Answers given since the last lookup in moka (`REPORT_EVERY`).
+    uses: u32,
     key: String,
     value: Weak<V>,
 }
@@ -76,13 +82,22 @@ impl<V> Table<V> {
         }
     }
 
-    /// The value memoised for `key` of `changes`' store, if the store has not changed since.
+    /// The value memoised for `key` of `changes`' store, if the store has not changed since
+    /// (and this is not the use that goes to moka, see `REPORT_EVERY`).
     pub fn get(&self, changes: &Changes, key: &str) -> Option<Arc<V>> {
-        let slots = self.slots.try_borrow().ok()?;
-        let memo = slots[slot(key)].as_ref()?;
+        let mut slots = self.slots.try_borrow_mut().ok()?;
+        let memo = slots[slot(key)].as_mut()?;
         let current =
             memo.store == changes.store && memo.seen == changes.now() && memo.key.as_str() == key;
-        current.then(|| memo.value.upgrade()).flatten()
+        if !current {
+            return None;
+        }
+        memo.uses += 1;
+        if memo.uses >= REPORT_EVERY {
+            // The lookup in moka that follows memoises again, from zero.
+            return None;
+        }
+        memo.value.upgrade()
     }
 
     /// Memoises what the store returned for `key`, looked up after `seen = changes.now()`.
@@ -98,6 +113,7 @@ impl<V> Table<V> {
             Some(memo) => {
                 memo.store = changes.store;
                 memo.seen = seen;
+                memo.uses = 0;
                 memo.key.clear();
                 memo.key.push_str(key);
                 memo.value = Arc::downgrade(value);
@@ -106,6 +122,7 @@ impl<V> Table<V> {
                 *place = Some(Memo {
                     store: changes.store,
                     seen,
+                    uses: 0,
                     key: key.to_string(),
                     value: Arc::downgrade(value),
                 })
@@ -151,6 +168,22 @@ mod tests {
             table.get(&changes, "k").is_none(),
             "a write ends every memo"
         );
+    }
+
+    #[test]
+    fn one_use_in_report_every_goes_to_the_store() {
+        let table = Table::<u32>::new();
+        let changes = Changes::new();
+        let value = Arc::new(7);
+        table.put(&changes, changes.now(), "k", &value);
+        let answered = (1..REPORT_EVERY)
+            .filter(|_| table.get(&changes, "k").is_some())
+            .count();
+        assert_eq!(answered as u32, REPORT_EVERY - 1);
+        assert!(table.get(&changes, "k").is_none(), "this one is moka's");
+        // The lookup in moka memoises again.
+        table.put(&changes, changes.now(), "k", &value);
+        assert!(table.get(&changes, "k").is_some());
     }
 
     #[test]
