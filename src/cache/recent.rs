@@ -137,17 +137,11 @@ impl<V> Default for Table<V> {
     }
 }
 
-/// A key's slot. Not seeded: a client that picks keys sharing a slot only sends its own
-/// requests to the store, as they would go without the memo.
+/// A key's slot, by foldhash (the store's hasher too). Not seeded: a client that picks keys
+/// sharing a slot only sends its own requests to the store, as they would go without the memo.
 fn slot(key: &str) -> usize {
-    let bytes = key.as_bytes();
-    // The end of a key (the path, the query) differs most between pages of a site.
-    let tail = &bytes[bytes.len().saturating_sub(16)..];
-    let mut hash = bytes.len() as u64;
-    for &b in tail {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash ^ (hash >> 29)) as usize % SLOTS
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(key) as usize % SLOTS
 }
 
 #[cfg(test)]
