@@ -37,6 +37,10 @@
 //!
 //! Environment:
 //! * `KAGAMI_BENCH_SECS`: measurement per run, default 5.
+//! * `KAGAMI_BENCH_ROUNDS`: how many times the whole set of targets is measured, one after
+//!   the other (default 1, at most 20). With more than one, the ratios are the median of the
+//!   rounds' ratios, with their range: on a shared machine one round's ratio moves with
+//!   whatever else ran during it, and interleaved rounds spread that over every target.
 //! * `KAGAMI_BENCH_CONNS`: keep-alive connections, default 64.
 //! * `KAGAMI_BENCH_WARMUP_SECS`: unmeasured load before each run, default 1, 0 = none.
 //! * `KAGAMI_BENCH_LOADGEN=builtin`: use the built-in client even when wrk is installed.
@@ -146,6 +150,7 @@ impl Target {
 
 pub struct Settings {
     secs: u64,
+    rounds: usize,
     warmup_secs: u64,
     conns: usize,
     wrk: Option<PathBuf>,
@@ -240,6 +245,7 @@ fn run() -> anyhow::Result<()> {
     let (run_plain, run_tls) = env_tls();
     let settings = Settings {
         secs: env_u64("KAGAMI_BENCH_SECS", 5, 1, 600),
+        rounds: env_u64("KAGAMI_BENCH_ROUNDS", 1, 1, 20) as usize,
         warmup_secs: env_u64("KAGAMI_BENCH_WARMUP_SECS", 1, 0, 60),
         conns: env_u64("KAGAMI_BENCH_CONNS", 64, 1, 4096) as usize,
         wrk: if builtin { None } else { which("wrk") },
@@ -268,8 +274,8 @@ fn run() -> anyhow::Result<()> {
         );
     }
     println!(
-        "{} s per run ({} s unmeasured warm-up), {} keep-alive HTTP/1.1 connections",
-        settings.secs, settings.warmup_secs, settings.conns
+        "{} s per run ({} s unmeasured warm-up), {} keep-alive HTTP/1.1 connections, {} round(s)",
+        settings.secs, settings.warmup_secs, settings.conns, settings.rounds
     );
     match &settings.wrk {
         Some(path) => println!("load generator: {} -t1", path.display()),
@@ -283,11 +289,20 @@ fn run() -> anyhow::Result<()> {
     println!("origin: http://{}", origin.addr());
 
     let mut rows: Vec<Row> = Vec::new();
-    if settings.run_plain {
-        measure::measure_plain(&origin, &settings, &mut rows)?;
-    }
-    if settings.run_tls {
-        measure::measure_tls(&origin, &settings, &mut rows)?;
+    for round in 0..settings.rounds {
+        if settings.rounds > 1 {
+            println!("-- round {} of {} --", round + 1, settings.rounds);
+        }
+        let before = rows.len();
+        if settings.run_plain {
+            measure::measure_plain(&origin, &settings, &mut rows)?;
+        }
+        if settings.run_tls {
+            measure::measure_tls(&origin, &settings, &mut rows)?;
+        }
+        for row in &mut rows[before..] {
+            row.round = round;
+        }
     }
     origin.stop();
     print_summary(&rows, &settings);

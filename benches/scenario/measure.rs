@@ -362,5 +362,6 @@ fn measure_run(
         load_busy,
         other_busy,
         origin_requests,
+        round: 0,
     })
 }

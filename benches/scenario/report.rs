@@ -23,6 +23,8 @@ pub struct Row {
     /// Share of the server's CPU used by anything but the server during the run.
     pub other_busy: Option<f64>,
     pub origin_requests: u64,
+    /// Which round of `KAGAMI_BENCH_ROUNDS` it belongs to, from 0.
+    pub round: usize,
 }
 
 /// CPU used by the server under test during a measured run.
@@ -73,7 +75,8 @@ pub fn print_summary(rows: &[Row], settings: &Settings) {
         settings.bare_flavor.describe()
     );
     println!(
-        "{:<13} {:<10} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
+        "{:<5} {:<13} {:<10} {:>10} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
+        "round",
         "target",
         "object",
         "req/s",
@@ -90,7 +93,8 @@ pub fn print_summary(rows: &[Row], settings: &Settings) {
     for row in rows {
         let (busy, per_request) = show_cpu_use(row.cpu);
         println!(
-            "{:<13} {:<10} {:>10.0} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
+            "{:<5} {:<13} {:<10} {:>10.0} {:>9} {:>9} {:>8} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8}",
+            row.round + 1,
             row.target.label(),
             row.object,
             row.result.rps,
@@ -116,7 +120,7 @@ pub fn print_summary(rows: &[Row], settings: &Settings) {
              -H 'Connection: close'); for those req/s = handshakes/s and cpu/req = cpu per handshake"
         );
     }
-    print_ratios(rows);
+    print_ratios(rows, settings.rounds);
     println!(
         "srv cpu: the server's CPU time per wall second; other: the rest of the server's CPU's busy \
          time (other processes, interrupts); gen cpu: how busy the load generator's CPU was (all \
@@ -133,7 +137,8 @@ pub fn print_summary(rows: &[Row], settings: &Settings) {
 /// Ratios between targets per run: req/s, and in brackets requests per server CPU-second (the
 /// inverse ratio of CPU per request; meaningful even when the load generator is the
 /// bottleneck). Plain HTTP first, then HTTPS (and HTTPS against plain HTTP: what TLS costs).
-fn print_ratios(rows: &[Row]) {
+/// Over several rounds: the median of the rounds' ratios, then their range.
+fn print_ratios(rows: &[Row], rounds: usize) {
     const PLAIN_PAIRS: [(Target, Target); 5] = [
         (Target::Bare, Target::Nginx { sendfile: false }),
         (Target::Bare, Target::Nginx { sendfile: true }),
@@ -146,22 +151,37 @@ fn print_ratios(rows: &[Row]) {
         (Target::KagamiTls, Target::Kagami),
         (Target::NginxTls, Target::Nginx { sendfile: false }),
     ];
-    println!();
-    println!("== ratios: req/s (requests per server CPU-second) ==");
+    let has_tls = rows
+        .iter()
+        .any(|r| matches!(r.target, Target::KagamiTls | Target::NginxTls));
     if !rows
         .iter()
         .any(|r| matches!(r.target, Target::Nginx { .. } | Target::NginxTls))
     {
+        println!();
         println!("no nginx figures: the ratios to nginx are n/a");
     }
     let plain: Vec<&str> = PLAIN_RUNS.iter().map(|r| r.label).collect();
     let tls: Vec<&str> = TLS_RUNS.iter().map(|r| r.label).collect();
-    let mut below_target = print_ratio_table(rows, &PLAIN_PAIRS, &plain);
-    if rows
-        .iter()
-        .any(|r| matches!(r.target, Target::KagamiTls | Target::NginxTls))
-    {
-        below_target |= print_ratio_table(rows, &TLS_PAIRS, &tls);
+    let shows: &[Show] = if rounds > 1 {
+        &[Show::Median, Show::Range]
+    } else {
+        &[Show::Median]
+    };
+    let mut below_target = false;
+    for &show in shows {
+        println!();
+        match show {
+            Show::Median if rounds > 1 => println!(
+                "== ratios, median of {rounds} rounds: req/s (requests per server CPU-second) =="
+            ),
+            Show::Median => println!("== ratios: req/s (requests per server CPU-second) =="),
+            Show::Range => println!("== ratios, lowest-highest of the {rounds} rounds =="),
+        }
+        below_target |= print_ratio_table(rows, &PLAIN_PAIRS, &plain, show);
+        if has_tls {
+            below_target |= print_ratio_table(rows, &TLS_PAIRS, &tls, show);
+        }
     }
     if below_target {
         println!(
@@ -170,6 +190,14 @@ fn print_ratios(rows: &[Row]) {
              {KAGAMI_BARE_TARGET_RUN}"
         );
     }
+}
+
+/// What a ratio cell shows: the median over the rounds (the one value with one round), or
+/// the lowest and highest.
+#[derive(Clone, Copy, PartialEq)]
+enum Show {
+    Median,
+    Range,
 }
 
 /// Whether a req/s ratio misses issue 7's target for its pair and run (plain targets only:
@@ -184,37 +212,80 @@ fn target_missed(num: Target, den: Target, run: &str, ratio: f64) -> bool {
     }
 }
 
-/// One table of ratios: a column per run label, a line per pair (lines without any figure
-/// left out). True when a plain kagami ratio is below its target (`target_missed`).
-fn print_ratio_table(rows: &[Row], pairs: &[(Target, Target)], columns: &[&str]) -> bool {
-    let find = |target: Target, object: &str| {
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// The req/s ratios and requests-per-CPU-second ratios of `num` to `den` on one run label, one
+/// per round that measured both.
+fn round_ratios(rows: &[Row], num: Target, den: Target, column: &str) -> (Vec<f64>, Vec<f64>) {
+    let find = |target: Target, round: usize| {
         rows.iter()
-            .find(|r| r.target == target && r.object == object)
+            .find(|r| r.target == target && r.object == column && r.round == round)
     };
+    let (mut rps, mut efficiency) = (Vec::new(), Vec::new());
+    let rounds = rows.iter().map(|r| r.round + 1).max().unwrap_or(0);
+    for round in 0..rounds {
+        let (Some(n), Some(d)) = (find(num, round), find(den, round)) else {
+            continue;
+        };
+        rps.push(n.result.rps / d.result.rps.max(f64::MIN_POSITIVE));
+        if let (Some(nc), Some(dc)) = (n.cpu, d.cpu) {
+            if nc.us_per_request > 0.0 {
+                efficiency.push(dc.us_per_request / nc.us_per_request);
+            }
+        }
+    }
+    (rps, efficiency)
+}
+
+/// One table of ratios: a column per run label, a line per pair (lines without any figure
+/// left out). True when a plain kagami median ratio is below its target (`target_missed`).
+fn print_ratio_table(
+    rows: &[Row],
+    pairs: &[(Target, Target)],
+    columns: &[&str],
+    show: Show,
+) -> bool {
     let mut below_target = false;
     let mut header = false;
     for &(num, den) in pairs {
         let name = format!("{}/{}", num.label(), den.label());
         let mut cells = Vec::new();
         for column in columns {
-            let (Some(n), Some(d)) = (find(num, column), find(den, column)) else {
-                cells.push(String::from("n/a"));
-                continue;
-            };
-            let ratio = n.result.rps / d.result.rps.max(f64::MIN_POSITIVE);
-            let efficiency = match (n.cpu, d.cpu) {
-                (Some(nc), Some(dc)) if nc.us_per_request > 0.0 => {
-                    format!("{:.2}", dc.us_per_request / nc.us_per_request)
+            let (mut rps, mut efficiency) = round_ratios(rows, num, den, column);
+            let cell = match show {
+                Show::Median => median(&mut rps).map(|ratio| {
+                    let flag = if target_missed(num, den, column, ratio) {
+                        below_target = true;
+                        "*"
+                    } else {
+                        ""
+                    };
+                    let efficiency = median(&mut efficiency)
+                        .map_or_else(|| String::from("n/a"), |e| format!("{e:.2}"));
+                    format!("{ratio:.2}{flag} ({efficiency})")
+                }),
+                Show::Range => {
+                    let range = |values: &[f64]| {
+                        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+                        let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        (!values.is_empty()).then(|| format!("{low:.2}-{high:.2}"))
+                    };
+                    range(&rps).map(|r| {
+                        let e = range(&efficiency).unwrap_or_else(|| String::from("n/a"));
+                        format!("{r} ({e})")
+                    })
                 }
-                _ => String::from("n/a"),
             };
-            let flag = if target_missed(num, den, column, ratio) {
-                below_target = true;
-                "*"
-            } else {
-                ""
-            };
-            cells.push(format!("{ratio:.2}{flag} ({efficiency})"));
+            cells.push(cell.unwrap_or_else(|| String::from("n/a")));
         }
         if cells.iter().all(|c| c == "n/a") {
             continue;
@@ -223,13 +294,13 @@ fn print_ratio_table(rows: &[Row], pairs: &[(Target, Target)], columns: &[&str])
             header = true;
             print!("{:<22}", "");
             for column in columns {
-                print!(" {column:>17}");
+                print!(" {column:>21}");
             }
             println!();
         }
         print!("{name:<22}");
         for cell in cells {
-            print!(" {cell:>17}");
+            print!(" {cell:>21}");
         }
         println!();
     }
