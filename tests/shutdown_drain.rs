@@ -69,3 +69,63 @@ async fn a_request_still_running_at_the_drain_deadline_gets_503_with_retry_after
         .expect("shutdown returned in time")
         .unwrap();
 }
+
+/// Idle keep-alive connections that have answered requests (so the drain signal was checked
+/// at many polls since it was first watched) close as soon as the drain begins, over HTTP/1.1
+/// and HTTP/2, long before the idle timeout or the drain time would close them.
+#[tokio::test]
+async fn idle_connections_that_answered_requests_close_as_soon_as_the_drain_begins() {
+    let origin = Origin::start().await;
+    origin.route("/page", common::cacheable("page"));
+    let kagami = start(&origin, Duration::from_secs(10)).await;
+
+    let mut h1 = connect(kagami.addr).await;
+    for _ in 0..20 {
+        h1.write_all(b"GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let got = common::raw::read_one_response(&mut h1, Duration::from_secs(5)).await;
+        assert!(got.ends_with("page"), "{got}");
+    }
+
+    let tcp = tokio::net::TcpStream::connect(kagami.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut h2_done = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    for _ in 0..20 {
+        let request = http::Request::get(format!("http://{}/page", kagami.addr))
+            .body(())
+            .unwrap();
+        let response = common::h2_answer(&mut client, request).await;
+        assert_eq!(response.status(), 200);
+        client = client.ready().await.unwrap();
+    }
+    // Idle now, with nothing under way on either.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!h2_done.is_finished(), "the HTTP/2 connection ended early");
+
+    let started = Instant::now();
+    let stopping = tokio::spawn(kagami.running.shutdown(Duration::from_secs(10)));
+    let (when, rest) = wait_for_close(&mut h1, started, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        when < Duration::from_secs(1),
+        "HTTP/1.1 closed after {when:?}"
+    );
+    // The HTTP/2 server sends GOAWAY and closes; the client's connection task then ends.
+    tokio::time::timeout(Duration::from_secs(1), &mut h2_done)
+        .await
+        .expect("HTTP/2 connection closed within 1 s of the drain")
+        .unwrap()
+        .ok();
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("shutdown returned in time")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -96,7 +96,9 @@ where
     TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     // A dropped sender (the listener gone) counts as a drain too, as with hyper-util's.
+    let seen = drain.clone();
     let mut drained = pin!(drain.changed().fuse());
+    let mut registered = false;
     let Some(first) = read_preface(&mut io).await? else {
         return Ok(());
     };
@@ -107,7 +109,7 @@ where
         let mut connection = Box::pin(http.h2.serve_connection(io, service));
         let mut draining = false;
         return poll_fn(|cx| {
-            if !draining && drained.as_mut().poll(cx).is_ready() {
+            if !draining && drain_seen(drained.as_mut(), &seen, &mut registered, cx) {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
@@ -127,7 +129,7 @@ where
                 activity.watch_for_shrink(cx.waker());
                 watched = true;
             }
-            if !draining && drained.as_mut().poll(cx).is_ready() {
+            if !draining && drain_seen(drained.as_mut(), &seen, &mut registered, cx) {
                 draining = true;
                 Pin::new(&mut *connection).graceful_shutdown();
             }
@@ -182,6 +184,25 @@ where
         rest.put_back(next);
         io = rest;
     }
+}
+
+/// Whether the drain has begun, as a connection's every poll asks it. Polling `changed` each
+/// time would take the watch's waiter lock (tokio's `Notified` locks its list at every poll
+/// while it waits), one lock for every connection of the listener: a lock per poll shared by
+/// all workers. So `changed` is polled once, which leaves the task's waker in the list (the
+/// drain wakes it), and every later check is one atomic load (`has_changed`; a dropped sender
+/// counts as a drain, as `changed` has it). The task's waker stays the same from poll to poll.
+fn drain_seen<F: Future>(
+    changed: Pin<&mut F>,
+    seen: &watch::Receiver<()>,
+    registered: &mut bool,
+    cx: &mut Context<'_>,
+) -> bool {
+    if !*registered {
+        *registered = true;
+        return changed.poll(cx).is_ready();
+    }
+    seen.has_changed().unwrap_or(true)
 }
 
 /// Reads until the bytes are the HTTP/2 preface or cannot be; `None` when the client closed
@@ -289,6 +310,65 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `drain_seen` says drained, polled with a waker that does nothing.
+    fn seen_now<F: Future>(
+        changed: Pin<&mut F>,
+        seen: &watch::Receiver<()>,
+        registered: &mut bool,
+    ) -> bool {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        drain_seen(changed, seen, registered, &mut cx)
+    }
+
+    #[test]
+    fn the_drain_is_seen_after_one_poll_by_a_load_and_a_dropped_sender_counts() {
+        for drop_sender in [false, true] {
+            let drain = Drain::new();
+            let mut rx = drain.watcher();
+            let seen = rx.clone();
+            let mut changed = pin!(rx.changed());
+            let mut registered = false;
+            for _ in 0..3 {
+                assert!(!seen_now(changed.as_mut(), &seen, &mut registered));
+            }
+            assert!(registered, "the first check polls `changed`");
+            if drop_sender {
+                drop(drain);
+            } else {
+                drain.tx.send(()).unwrap();
+            }
+            assert!(seen_now(changed.as_mut(), &seen, &mut registered));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_check_leaves_the_tasks_waker_for_the_drain_to_wake() {
+        let drain = Drain::new();
+        let mut rx = drain.watcher();
+        let seen = rx.clone();
+        let waited = tokio::spawn(async move {
+            let mut changed = pin!(rx.changed());
+            let mut registered = false;
+            let mut polls = 0;
+            poll_fn(|cx| {
+                polls += 1;
+                match drain_seen(changed.as_mut(), &seen, &mut registered, cx) {
+                    true => Poll::Ready(polls),
+                    false => Poll::Pending,
+                }
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drain.tx.send(()).unwrap();
+        let polls = tokio::time::timeout(std::time::Duration::from_secs(5), waited)
+            .await
+            .expect("the drain woke the task")
+            .unwrap();
+        assert_eq!(polls, 2, "one poll to watch, one when woken");
+    }
 
     #[tokio::test]
     async fn the_preface_is_read_whole_and_anything_else_stops_at_the_first_difference() {
