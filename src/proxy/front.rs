@@ -102,7 +102,7 @@ impl Proxy {
                         authority.normalised_ref(default_port(client.proto), client.local_port);
                     // The request stays borrowed through the lookup (`serve`), so a hit moves
                     // none of it; only what goes on to the origin takes it over (`onward`).
-                    match self.serve(index, &mut request, client, &host, ip) {
+                    match self.serve(index, &mut request, client, &host, ip, started) {
                         // Answered here, not through the match's value: a response not moved
                         // once more per hit.
                         Ok((mut response, status)) => {

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::Instant;
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -41,6 +41,8 @@ pub(super) struct Asked<'r> {
     client: &'r Client,
     host: &'r str,
     ip: IpAddr,
+    /// When the request began (`Proxy::handle`), for the wall clock (`clock::wall_at`).
+    started: Instant,
 }
 
 impl Asked<'_> {
@@ -67,6 +69,7 @@ impl Proxy {
         host: &str,
         // The rate-limit key, worked out once by the front door (`limit_key(client_ip(..))`).
         ip: IpAddr,
+        started: Instant,
     ) -> Result<Served, Onward> {
         let method = request.method().clone();
         // A forwarding header the operator lets visitors send reaches the origin unkeyed, so
@@ -87,6 +90,7 @@ impl Proxy {
                     client,
                     host,
                     ip,
+                    started,
                 };
                 self.lookup(asked)
             }
@@ -151,7 +155,8 @@ impl Proxy {
     /// GET/HEAD: answer from the cache when allowed, else what to fetch (coalesced).
     fn lookup(self: &Arc<Self>, asked: Asked<'_>) -> Result<Served, Onward> {
         let site = &self.sites[asked.site];
-        let now = SystemTime::now();
+        // Moments after `started`: the wall clock from that reading, not one of its own.
+        let now = crate::clock::wall_at(asked.started);
         // The key is written into a buffer this thread reuses: a hit needs it for the lookup
         // only, and what keeps a key (a fetch, a background refresh) builds its own copy.
         let found = LOOKUP_KEY.with_borrow_mut(|buffer| {
