@@ -65,15 +65,17 @@ impl MemoryStore {
     }
 
     /// A key's variants: this thread's memo while the store has not changed since, else
-    /// moka's (then memoised).
+    /// moka's (then memoised). A thread being torn down has no memo: moka's only
+    /// (`try_with`, where `with` would panic).
     fn variants(&self, key: &str) -> Option<Arc<Variants>> {
-        if let Some(found) = RECENT.with(|recent| recent.get(&self.changes, key)) {
+        let memo = RECENT.try_with(|recent| recent.get(&self.changes, key));
+        if let Ok(Some(found)) = memo {
             return Some(found);
         }
         // Read before the lookup: a write racing it ends the memo made from it.
         let seen = self.changes.now();
         let found = self.cache.get(key)?;
-        RECENT.with(|recent| recent.put(&self.changes, seen, key, &found));
+        let _ = RECENT.try_with(|recent| recent.put(&self.changes, seen, key, &found));
         Some(found)
     }
 
